@@ -1,0 +1,718 @@
+"""An index directory, read side: `open_index(path) -> Index`.
+
+Layout of an index directory:
+
+    index.duckdb           tables below; the committed token count is the truth for the states
+    states/layers.1.c.f16  unit-major float16 columns per (layer, kind), see `lstmsearch.store`
+    faiss/layers.1.c.index FAISS index over the token states of one (layer, kind)
+    model.pt               copy of the model checkpoint the states came from
+
+An index is complete only once the build's final step (statistics, top-K, FAISS) committed.
+`open_index` refuses an incomplete index with a message pointing at `--resume`, unless
+`allow_partial=True`, which serves the committed shards (statistics and FAISS then describe
+the last completed build, or are empty).
+
+Everything here is read-only: the database is opened read-only with file access from SQL
+switched off, and `Index.sql` accepts only a single SELECT (or EXPLAIN of one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from lstmsearch.store import CorruptStoreError, StateStore, state_file_name
+
+FORMAT_VERSION = 1
+DB_FILE = "index.duckdb"
+STATES_DIR = "states"
+FAISS_DIR = "faiss"
+MODEL_FILE = "model.pt"
+
+STATUS_BUILDING = "building"
+STATUS_COMPLETE = "complete"
+
+TOP_K = 100
+ON_THRESHOLDS = tuple(round(t / 10, 1) for t in range(-9, 10))
+"""Thresholds of the `unit_on` table: fraction of tokens with value >= threshold."""
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILE_COLUMNS = tuple(f"q{round(q * 100):02d}" for q in QUANTILES)
+
+SCHEMA = [
+    """CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+    """CREATE TABLE layers (
+        name VARCHAR PRIMARY KEY, layer INTEGER, kind VARCHAR, dim INTEGER,
+        dtype VARCHAR, file VARCHAR)""",
+    """CREATE TABLE vocab (token_id INTEGER, text VARCHAR)""",
+    """CREATE TABLE shards (
+        shard INTEGER PRIMARY KEY, doc_start INTEGER, doc_end INTEGER,
+        tok_start BIGINT, tok_end BIGINT, committed BOOLEAN, seconds DOUBLE)""",
+    """CREATE TABLE documents (
+        doc INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT, n_chars INTEGER,
+        text VARCHAR)""",
+    """CREATE TABLE tokens (
+        pos BIGINT, doc INTEGER, pos_in_doc INTEGER, token_id INTEGER, text VARCHAR,
+        char_start INTEGER, char_end INTEGER)""",
+    """CREATE TABLE tracks (name VARCHAR, pos BIGINT, value DOUBLE, label VARCHAR)""",
+    f"""CREATE TABLE unit_stats (
+        layer INTEGER, kind VARCHAR, unit INTEGER, mean DOUBLE, std DOUBLE,
+        min REAL, max REAL, {", ".join(f"{c} REAL" for c in QUANTILE_COLUMNS)})""",
+    """CREATE TABLE unit_on (
+        layer INTEGER, kind VARCHAR, unit INTEGER, threshold DOUBLE, fraction DOUBLE)""",
+    """CREATE TABLE unit_top (
+        layer INTEGER, kind VARCHAR, unit INTEGER, lowest BOOLEAN, rank INTEGER,
+        pos BIGINT, value REAL)""",
+    """CREATE TABLE faiss_indexes (
+        name VARCHAR, layer INTEGER, kind VARCHAR, file VARCHAR, description VARCHAR,
+        n_tokens BIGINT, recall_at_10 DOUBLE, seconds DOUBLE)""",
+    # staging for a build in progress: the planned documents and their token-level tracks
+    """CREATE TABLE plan_documents (
+        doc INTEGER, shard INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT,
+        text VARCHAR)""",
+    """CREATE TABLE plan_tracks (name VARCHAR, pos BIGINT, value DOUBLE)""",
+    # a top activation with its token, document and 40 characters of context either side
+    """CREATE VIEW unit_top_tokens AS
+        SELECT u.layer, u.kind, u.unit, u.lowest, u.rank, u.pos, u.value,
+               t.doc, t.pos_in_doc, t.text AS token,
+               substr(d.text, greatest(t.char_start - 40, 0) + 1,
+                      t.char_start - greatest(t.char_start - 40, 0)) AS before,
+               substr(d.text, t.char_end + 1, 40) AS after
+        FROM unit_top u JOIN tokens t USING (pos) JOIN documents d ON d.doc = t.doc""",
+]
+
+
+class IndexOpenError(ValueError):
+    """An index that cannot be served: missing, corrupted, unknown version or incomplete."""
+
+
+class FormatVersionError(IndexOpenError):
+    """An index written in a format this version of lstmsearch does not read."""
+
+
+class IncompleteIndexError(IndexOpenError):
+    """An index whose build was interrupted (or is still running)."""
+
+
+class SqlRefusedError(ValueError):
+    """SQL that is not a single read-only query."""
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    """One stored (layer, kind): its name, and number of units."""
+
+    name: str
+    layer: int
+    kind: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One document: tokens [start, end) in global positions, and its length in characters."""
+
+    doc: int
+    name: str
+    start: int
+    end: int
+    n_chars: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The tokens of a span, column by column (arrays of equal length)."""
+
+    pos: np.ndarray
+    doc: np.ndarray
+    pos_in_doc: np.ndarray
+    token_id: np.ndarray
+    char_start: np.ndarray
+    char_end: np.ndarray
+    text: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """Rows of a read-only query, with the column names."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list:
+        """All values of one column."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r} in the result; columns: {', '.join(self.columns)}")
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One dict per row (for JSON output)."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What `lstmsearch info` reports about an index."""
+
+    path: str
+    format_version: int
+    status: str
+    n_docs: int
+    n_tokens: int
+    n_shards: int
+    n_shards_committed: int
+    states: tuple[StateInfo, ...]
+    sizes: dict[str, int]
+    model: dict[str, Any]
+    tokenizer: str
+    corpus: str
+    created_at: str
+    updated_at: str
+    build_seconds: float
+    faiss: tuple[dict[str, Any], ...]
+
+    @property
+    def bytes_per_token_unit(self) -> float:
+        """State-file bytes per token per unit per stored kind (target <= 2)."""
+        units = sum(s.dim for s in self.states)
+        return self.sizes["states"] / max(1, units * self.n_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        data = asdict(self)
+        data["bytes_per_token_unit"] = self.bytes_per_token_unit
+        return data
+
+    def summary(self) -> str:
+        """Human-readable report, one fact per line."""
+        model = self.model
+        lines = [
+            f"index        {self.path}",
+            f"status       {self.status}"
+            + (
+                ""
+                if self.status == STATUS_COMPLETE
+                else f" ({self.n_shards_committed} of {self.n_shards} shards committed)"
+            ),
+            f"format       version {self.format_version}",
+            f"corpus       {self.corpus}",
+            f"documents    {self.n_docs:,}",
+            f"tokens       {self.n_tokens:,}",
+            f"model        {model.get('arch')} {model.get('layers')}x{model.get('hidden')}"
+            f"{' bidirectional' if model.get('bidirectional') else ''}, "
+            f"vocab {model.get('vocab_size')}, tokenizer {self.tokenizer}",
+            f"model file   {model.get('file')} (sha256 {str(model.get('sha256'))[:16]}..., "
+            f"from {model.get('source')})",
+            "states       "
+            + ", ".join(f"{s.name} ({s.dim})" for s in self.states)
+            + f"; float16, {self.bytes_per_token_unit:.2f} bytes/token/unit",
+        ]
+        for f in self.faiss:
+            lines.append(
+                f"faiss        {f['name']}: {f['description']}, recall@10 {f['recall_at_10']:.3f}"
+            )
+        lines.append(
+            "disk         "
+            + ", ".join(f"{k} {human_bytes(v)}" for k, v in self.sizes.items() if k != "total")
+            + f"; total {human_bytes(self.sizes['total'])}"
+        )
+        lines.append(
+            f"built        {self.created_at} (last change {self.updated_at}), "
+            f"{self.build_seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def dir_size(path: Path) -> int:
+    """Bytes on disk of the regular files below `path` (allocated blocks, so sparse is small)."""
+    if not path.exists():
+        return 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(min(p.stat().st_size, p.stat().st_blocks * 512) for p in files)
+
+
+def check_format(meta: dict[str, str], where: Path) -> None:
+    """Refuse an index of an unknown format version."""
+    found = meta.get("format_version")
+    if found is None:
+        raise IndexOpenError(f"{where} is not an lstmsearch index: it has no format version")
+    if found != str(FORMAT_VERSION):
+        raise FormatVersionError(
+            f"index {where} has format version {found}, but this lstmsearch reads version "
+            f"{FORMAT_VERSION}: rebuild it with `lstmsearch index` (or use a matching lstmsearch)"
+        )
+
+
+def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with file access from SQL switched off; clear errors."""
+    try:
+        return duckdb.connect(
+            str(db_path),
+            read_only=True,
+            config={"enable_external_access": False, "lock_configuration": True},
+        )
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise IndexOpenError(
+                f"index {db_path.parent} is open for writing by another process (an indexer "
+                "still running?); wait for it to finish, or stop it and run "
+                f"`lstmsearch index --resume {db_path.parent}`"
+            ) from exc
+        raise IndexOpenError(f"cannot open {db_path}: {exc}") from exc
+    except duckdb.Error as exc:
+        raise IndexOpenError(
+            f"{db_path} is corrupted or not an lstmsearch index database: {exc}"
+        ) from exc
+
+
+def parse_state(layer: int | str, kind: str | None) -> tuple[int, str]:
+    """(layer, kind) from either (1, "c") or ("layers.1.c", None)."""
+    if isinstance(layer, str):
+        parts = layer.split(".")
+        if kind is not None or len(parts) != 3 or parts[0] != "layers" or not parts[1].isdigit():
+            raise ValueError(
+                f"bad state {layer!r}{'' if kind is None else f', {kind!r}'}: "
+                "give a name like 'layers.1.c' or a layer number and a kind"
+            )
+        return int(parts[1]), parts[2]
+    if kind is None:
+        raise ValueError(f"layer {layer} given without a kind: say which state, e.g. (1, 'c')")
+    return int(layer), kind
+
+
+def open_index(path: str | Path, *, allow_partial: bool = False) -> Index:
+    """Open an index directory for reading; refuse a corrupted, unknown or incomplete one."""
+    return Index(path, allow_partial=allow_partial)
+
+
+class Index:
+    """A read-only index: documents, tokens, stored states, statistics, FAISS, SQL.
+
+    Safe to share between threads: database access is serialised by a lock, state columns
+    are read-only memory maps.
+    """
+
+    def __init__(self, path: str | Path, *, allow_partial: bool = False):
+        self.path = Path(path)
+        db_path = self.path / DB_FILE
+        if not self.path.is_dir():
+            raise IndexOpenError(f"no index at {self.path}: not a directory")
+        if not db_path.is_file():
+            raise IndexOpenError(
+                f"{self.path} is not an lstmsearch index (no {DB_FILE}); "
+                "build one with `lstmsearch index CORPUS --model MODEL.pt --out DIR`"
+            )
+        self._lock = threading.RLock()
+        self._con = connect_read_only(db_path)
+        try:
+            self._load(allow_partial)
+        except BaseException:
+            self._con.close()
+            raise
+        self._offsets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._texts: OrderedDict[int, str] = OrderedDict()
+        self._faiss: dict[str, Any] = {}
+        self._register_functions()
+
+    # --- opening ---------------------------------------------------------------------------
+
+    def _load(self, allow_partial: bool) -> None:
+        """Read and check meta, shards, documents and state files."""
+        try:
+            rows = self._con.execute("SELECT key, value FROM meta").fetchall()
+        except duckdb.Error as exc:
+            raise IndexOpenError(
+                f"{self.path} is not an lstmsearch index, or its database is half-written "
+                f"(no meta table): {exc}"
+            ) from exc
+        self.meta: dict[str, str] = dict(rows)
+        check_format(self.meta, self.path)
+        self.status = self.meta.get("status", STATUS_BUILDING)
+        n_shards, n_committed, n_tokens = self._con.execute(
+            "SELECT count(*), count(*) FILTER (committed), "
+            "coalesce(max(tok_end) FILTER (committed), 0) FROM shards"
+        ).fetchone()
+        self.n_shards, self.n_shards_committed = int(n_shards), int(n_committed)
+        if self.status != STATUS_COMPLETE and not allow_partial:
+            raise IncompleteIndexError(
+                f"index {self.path} is incomplete ({self.n_shards_committed} of {self.n_shards} "
+                "shards committed, final step not done): its build was interrupted or is still "
+                f"running. Finish it with `lstmsearch index --resume {self.path}`, or open it "
+                "with allow_partial=True to use the committed shards"
+            )
+        self.n_tokens = int(n_tokens)
+        starts = self._con.execute(
+            "SELECT tok_start, tok_end FROM documents ORDER BY doc"
+        ).fetchnumpy()
+        self.doc_starts = np.concatenate(
+            [starts["tok_start"].astype(np.int64), starts["tok_end"][-1:].astype(np.int64)]
+        ) if len(starts["tok_start"]) else np.zeros(1, dtype=np.int64)
+        if int(self.doc_starts[-1]) != self.n_tokens:
+            raise IndexOpenError(
+                f"index {self.path} is corrupted: documents end at token {self.doc_starts[-1]} "
+                f"but the committed shards end at {self.n_tokens}"
+            )
+        self.doc_starts.setflags(write=False)
+        layers = self._con.execute(
+            "SELECT name, layer, kind, dim FROM layers ORDER BY layer, name"
+        ).fetchall()
+        self.state_infos = tuple(StateInfo(n, int(lay), k, int(d)) for n, lay, k, d in layers)
+        self._stores: dict[str, StateStore] = {}
+        for info in self.state_infos:
+            try:
+                self._stores[info.name] = StateStore(
+                    self.path / STATES_DIR / state_file_name(info.name),
+                    info.name, info.layer, info.kind, info.dim, self.n_tokens,
+                )
+            except CorruptStoreError as exc:
+                raise IndexOpenError(f"index {self.path} is corrupted: {exc}") from exc
+
+    def _register_functions(self) -> None:
+        """SQL access to stored values: `unit_value(layer, kind, unit, pos) -> REAL`."""
+        from duckdb import sqltypes
+
+        def unit_value(layer: int, kind: str, unit: int, pos: int) -> float:
+            store = self.store(layer, kind)
+            if not 0 <= pos < store.n_tokens:
+                raise ValueError(f"position {pos} out of range 0..{store.n_tokens - 1}")
+            return float(store.column(unit)[pos])
+
+        self._con.create_function(
+            "unit_value",
+            unit_value,
+            [sqltypes.INTEGER, sqltypes.VARCHAR, sqltypes.INTEGER, sqltypes.BIGINT],
+            sqltypes.FLOAT,
+        )
+
+    def close(self) -> None:
+        """Release the database connection (the index object is unusable afterwards)."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.path)!r}, docs={self.n_docs}, tokens={self.n_tokens})"
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError(f"index {self.path} is closed")
+        return self._con.execute(sql, params or [])
+
+    def _fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        with self._lock:
+            return self._query(sql, params).fetchall()
+
+    def _fetchnumpy(self, sql: str, params: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._query(sql, params).fetchnumpy()
+
+    def _check_span(self, start: int, end: int) -> tuple[int, int]:
+        start, end = int(start), int(end)
+        if not 0 <= start <= end <= self.n_tokens:
+            raise ValueError(
+                f"token span [{start}, {end}) out of range: the index has tokens 0..{self.n_tokens}"
+            )
+        return start, end
+
+    def _token_offsets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(doc, char_start, char_end) of every token, loaded once."""
+        if self._offsets is None:
+            cols = self._fetchnumpy(
+                "SELECT doc, char_start, char_end FROM tokens WHERE pos < ? ORDER BY pos",
+                [self.n_tokens],
+            )
+            self._offsets = (
+                np.asarray(cols["doc"], dtype=np.int32),
+                np.asarray(cols["char_start"], dtype=np.int64),
+                np.asarray(cols["char_end"], dtype=np.int64),
+            )
+        return self._offsets
+
+    # --- documents and tokens --------------------------------------------------------------
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_starts) - 1
+
+    def documents(self) -> list[DocumentInfo]:
+        """Every committed document, in order."""
+        rows = self._fetchall(
+            "SELECT doc, name, tok_start, tok_end, n_chars FROM documents ORDER BY doc"
+        )
+        return [DocumentInfo(int(d), n, int(s), int(e), int(c)) for d, n, s, e, c in rows]
+
+    def doc_of(self, pos: int) -> int:
+        """The document holding token position `pos`."""
+        pos = int(pos)
+        if not 0 <= pos < self.n_tokens:
+            raise ValueError(f"position {pos} out of range: the index has tokens 0..{self.n_tokens - 1}")
+        return int(np.searchsorted(self.doc_starts, pos, side="right") - 1)
+
+    def document_text(self, doc: int) -> str:
+        """The full text of document `doc` (recently used texts are cached)."""
+        doc = int(doc)
+        if not 0 <= doc < self.n_docs:
+            raise ValueError(f"document {doc} out of range: the index has documents 0..{self.n_docs - 1}")
+        with self._lock:
+            if doc in self._texts:
+                self._texts.move_to_end(doc)
+                return self._texts[doc]
+            (text,) = self._query("SELECT text FROM documents WHERE doc = ?", [doc]).fetchone()
+            self._texts[doc] = text
+            if len(self._texts) > 256:
+                self._texts.popitem(last=False)
+            return text
+
+    def tokens(self, start: int, end: int) -> Tokens:
+        """The tokens at positions [start, end)."""
+        start, end = self._check_span(start, end)
+        cols = self._fetchnumpy(
+            "SELECT pos, doc, pos_in_doc, token_id, char_start, char_end, text FROM tokens "
+            "WHERE pos >= ? AND pos < ? ORDER BY pos",
+            [start, end],
+        )
+        return Tokens(
+            pos=np.asarray(cols["pos"], dtype=np.int64),
+            doc=np.asarray(cols["doc"], dtype=np.int32),
+            pos_in_doc=np.asarray(cols["pos_in_doc"], dtype=np.int32),
+            token_id=np.asarray(cols["token_id"], dtype=np.int32),
+            char_start=np.asarray(cols["char_start"], dtype=np.int64),
+            char_end=np.asarray(cols["char_end"], dtype=np.int64),
+            text=tuple(str(t) for t in cols["text"]),
+        )
+
+    def text(self, start: int, end: int) -> str:
+        """Document text covering tokens [start, end), whitespace between tokens included.
+
+        A span across documents gives each document's part, joined by a newline.
+        """
+        start, end = self._check_span(start, end)
+        if start == end:
+            return ""
+        doc_ids, char_start, char_end = self._token_offsets()
+        parts = []
+        first, last = int(doc_ids[start]), int(doc_ids[end - 1])
+        for doc in range(first, last + 1):
+            a = max(start, int(self.doc_starts[doc]))
+            b = min(end, int(self.doc_starts[doc + 1]))
+            parts.append(self.document_text(doc)[char_start[a] : char_end[b - 1]])
+        return "\n".join(parts)
+
+    def vocab(self) -> list[str]:
+        """The tokenizer's vocabulary; the list index is the token id."""
+        return [t for (t,) in self._fetchall("SELECT text FROM vocab ORDER BY token_id")]
+
+    # --- states ----------------------------------------------------------------------------
+
+    @property
+    def state_names(self) -> list[str]:
+        """Stored states, e.g. ['layers.0.h', 'layers.0.c', ...]."""
+        return [s.name for s in self.state_infos]
+
+    def store(self, layer: int | str, kind: str | None = None) -> StateStore:
+        """The stored columns of one state: `store(1, "c")` or `store("layers.1.c")`."""
+        layer, kind = parse_state(layer, kind)
+        name = f"layers.{layer}.{kind}"
+        if name not in self._stores:
+            raise ValueError(
+                f"state {name} is not in this index; stored: {', '.join(self.state_names)}"
+            )
+        return self._stores[name]
+
+    def states(self, layer: int | str, kind: str | None = None) -> np.ndarray:
+        """Stored values of one state as a tokens x units float16 memory-mapped view."""
+        return self.store(layer, kind).tokens_by_units()
+
+    def track(self, name: str) -> np.ndarray:
+        """Values of annotation track `name` per token (NaN where it has no value)."""
+        (count,) = self._fetchall("SELECT count(*) FROM tracks WHERE name = ?", [name])[0]
+        if not count:
+            names = [n for (n,) in self._fetchall("SELECT DISTINCT name FROM tracks ORDER BY 1")]
+            raise ValueError(f"no track {name!r} in this index; tracks: {', '.join(names) or 'none'}")
+        cols = self._fetchnumpy(
+            "SELECT pos, value FROM tracks WHERE name = ? AND pos < ?", [name, self.n_tokens]
+        )
+        out = np.full(self.n_tokens, np.nan)
+        values = np.asarray(cols["value"], dtype=np.float64)
+        out[np.asarray(cols["pos"], dtype=np.int64)] = values
+        return out
+
+    def track_names(self) -> list[str]:
+        """Names of the annotation tracks."""
+        return [n for (n,) in self._fetchall("SELECT DISTINCT name FROM tracks ORDER BY 1")]
+
+    def unit_top(
+        self, layer: int | str, kind: str | None = None, unit: int = 0, *, lowest: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Precomputed top-K positions and values of one unit (highest first, or lowest first)."""
+        store = self.store(layer, kind)
+        unit = store.check_unit(unit)
+        cols = self._fetchnumpy(
+            "SELECT pos, value FROM unit_top WHERE layer = ? AND kind = ? AND unit = ? "
+            "AND lowest = ? ORDER BY rank",
+            [store.layer, store.kind, unit, lowest],
+        )
+        return np.asarray(cols["pos"], dtype=np.int64), np.asarray(cols["value"], dtype=np.float32)
+
+    def faiss(self, layer: int | str, kind: str | None = None) -> Any:
+        """The FAISS index over the token states of one state (ids are token positions)."""
+        import faiss
+
+        store = self.store(layer, kind)
+        with self._lock:
+            if store.name not in self._faiss:
+                rows = self._query(
+                    "SELECT file FROM faiss_indexes WHERE name = ?", [store.name]
+                ).fetchall()
+                if not rows:
+                    raise ValueError(f"index {self.path} has no FAISS index for {store.name}")
+                path = self.path / rows[0][0]
+                if not path.is_file():
+                    raise IndexOpenError(f"index {self.path} is corrupted: {path} is missing")
+                self._faiss[store.name] = faiss.read_index(str(path))
+            return self._faiss[store.name]
+
+    # --- SQL -------------------------------------------------------------------------------
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> SqlResult:
+        """Run one read-only query (SELECT/WITH/DESCRIBE/SHOW/SUMMARIZE, or EXPLAIN of one).
+
+        Values go in `params` (`?` placeholders), never into the query text.
+        """
+        check_read_only(query)
+        with self._lock:
+            try:
+                cursor = self._query(query, params)
+                columns = tuple(d[0] for d in cursor.description or ())
+                rows = cursor.fetchall() if columns else []
+            except duckdb.Error as exc:
+                raise ValueError(f"SQL error: {exc}") from exc
+        return SqlResult(columns, rows)
+
+    # --- info ------------------------------------------------------------------------------
+
+    def info(self) -> IndexInfo:
+        """Documents, tokens, states, sizes on disk, model and build time."""
+        return read_info(self.path, self.meta, self.state_infos, self.n_docs, self.n_tokens,
+                         self.n_shards, self.n_shards_committed, self._fetchall(
+                             "SELECT name, description, recall_at_10, seconds FROM faiss_indexes "
+                             "ORDER BY name"))
+
+
+def read_info(
+    path: Path,
+    meta: dict[str, str],
+    states: tuple[StateInfo, ...],
+    n_docs: int,
+    n_tokens: int,
+    n_shards: int,
+    n_committed: int,
+    faiss_rows: list[tuple],
+) -> IndexInfo:
+    """Assemble an `IndexInfo` from what an open index knows."""
+    sizes = {
+        "database": dir_size(path / DB_FILE) + dir_size(path / (DB_FILE + ".wal")),
+        "states": dir_size(path / STATES_DIR),
+        "faiss": dir_size(path / FAISS_DIR),
+        "model": dir_size(path / MODEL_FILE),
+    }
+    sizes["total"] = sum(sizes.values())
+    config = json.loads(meta.get("model_config", "{}"))
+    model = {
+        **config,
+        "file": MODEL_FILE,
+        "sha256": meta.get("model_sha256", ""),
+        "source": meta.get("model_source", ""),
+    }
+    return IndexInfo(
+        path=str(path),
+        format_version=int(meta["format_version"]),
+        status=meta.get("status", STATUS_BUILDING),
+        n_docs=n_docs,
+        n_tokens=n_tokens,
+        n_shards=n_shards,
+        n_shards_committed=n_committed,
+        states=states,
+        sizes=sizes,
+        model=model,
+        tokenizer=meta.get("tokenizer_kind", ""),
+        corpus=meta.get("corpus", ""),
+        created_at=meta.get("created_at", ""),
+        updated_at=meta.get("updated_at", ""),
+        build_seconds=float(meta.get("build_seconds", 0.0)),
+        faiss=tuple(
+            {"name": n, "description": d, "recall_at_10": r if r is not None else float("nan"),
+             "seconds": s}
+            for n, d, r, s in faiss_rows
+        ),
+    )
+
+
+READ_ONLY_HINT = (
+    "only a single read-only query is allowed (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, "
+    "or EXPLAIN of one)"
+)
+
+
+EXPLAIN_PREFIX = re.compile(r"\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
+
+
+def check_read_only(query: str) -> None:
+    """Refuse anything but one SELECT-like statement (or EXPLAIN of one), before running it."""
+    if not isinstance(query, str) or not query.strip():
+        raise SqlRefusedError(f"empty SQL: {READ_ONLY_HINT}")
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise ValueError(f"SQL error: {exc}") from exc
+    if len(statements) != 1:
+        raise SqlRefusedError(f"{len(statements)} statements given: {READ_ONLY_HINT}")
+    kind = statements[0].type
+    if kind == duckdb.StatementType.EXPLAIN:
+        match = EXPLAIN_PREFIX.match(query)
+        if match is None:
+            raise SqlRefusedError(f"EXPLAIN must start the query: {READ_ONLY_HINT}")
+        check_read_only(query[match.end() :])
+        return
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRefusedError(f"{kind.name} statement refused: {READ_ONLY_HINT}")

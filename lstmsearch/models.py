@@ -1,0 +1,204 @@
+"""Recurrent language models: an embedding, a stack of LSTM or GRU layers, a softmax head.
+
+Each layer is its own single-layer `nn.LSTM`/`nn.GRU`, so that every layer's states can be
+read (`nn.LSTM(num_layers=N)` only returns the top layer's per-step outputs). A bidirectional
+model is two separate stacks, ELMo style: the forward stack reads left to right and predicts
+the next token, the backward stack reads right to left and predicts the previous token, and a
+layer's state is the two directions side by side (forward units first). Keeping the stacks
+apart means neither direction ever sees the token it predicts.
+
+A checkpoint is one file holding the config, the weights, the tokenizer and training state,
+loaded by `load_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from lstmsearch.tokenize import Tokenizer
+
+ARCHS = ("lstm", "gru")
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a language model: enough to rebuild it before loading weights."""
+
+    arch: str
+    vocab_size: int
+    embed_dim: int = 64
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        for name in ("vocab_size", "embed_dim", "hidden", "layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_dim(self) -> int:
+        """Units per layer as stored: both directions side by side when bidirectional."""
+        return self.hidden * self.directions
+
+
+def make_stack(config: ModelConfig) -> nn.ModuleList:
+    """One single-layer recurrent module per layer; layer 0 reads embeddings."""
+    cell = nn.LSTM if config.arch == "lstm" else nn.GRU
+    return nn.ModuleList(
+        cell(config.embed_dim if i == 0 else config.hidden, config.hidden, batch_first=True)
+        for i in range(config.layers)
+    )
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> recurrent stack(s) -> linear head over the vocabulary."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.forward_layers = make_stack(config)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        if config.bidirectional:
+            self.backward_layers = make_stack(config)
+            self.backward_head = nn.Linear(config.hidden, config.vocab_size)
+
+    def stacks(self) -> list[nn.ModuleList]:
+        """The recurrent stacks, forward first."""
+        if self.config.bidirectional:
+            return [self.forward_layers, self.backward_layers]
+        return [self.forward_layers]
+
+    def run_stack(self, layers: nn.ModuleList, ids: torch.Tensor, state: list | None = None):
+        """Run one direction's stack over `ids` (B, T) from `state` (per layer, or None)."""
+        x = self.drop(self.embed(ids))
+        new_state = []
+        for i, rnn in enumerate(layers):
+            x, s = rnn(x, None if state is None else state[i])
+            new_state.append(s)
+            x = self.drop(x)
+        return x, new_state
+
+    def forward(self, ids: torch.Tensor, state: list | None = None):
+        """Next-token logits (B, T, V) and the final state of the forward stack.
+
+        For a bidirectional model this is the forward direction only; `backward_logits` gives
+        the previous-token logits of the backward stack.
+        """
+        top, new_state = self.run_stack(self.forward_layers, ids, state)
+        return self.head(top), new_state
+
+    def backward_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Previous-token logits (B, T, V) of the backward stack, aligned with `ids`."""
+        top, _ = self.run_stack(self.backward_layers, ids.flip(1))
+        return self.backward_head(top).flip(1)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with the tokenizer it was trained with."""
+
+    model: LanguageModel
+    tokenizer: Tokenizer
+    config: ModelConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> None:
+    """Write config, weights, tokenizer and training state to one file, atomically."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(model.config),
+        "state_dict": model.state_dict(),
+        "tokenizer": tokenizer.to_json(),
+        "meta": meta or {},
+        "train_state": train_state,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary; a clear error when the file is not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise ValueError(f"{path} is not a readable lstmsearch checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not an lstmsearch checkpoint of format {CHECKPOINT_FORMAT} "
+            f"(found format {payload.get('format') if isinstance(payload, dict) else None!r})"
+        )
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint written by `save_checkpoint`, in eval mode."""
+    from lstmsearch.tokenize import Tokenizer
+
+    payload = read_checkpoint(path)
+    config = ModelConfig(**payload["config"])
+    model = LanguageModel(config)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=Tokenizer.from_json(payload["tokenizer"]),
+        config=config,
+        meta=dict(payload.get("meta") or {}),
+        sha256=file_sha256(path),
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file: the identity of a checkpoint in an index."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hex sha256 of a model's weights, independent of how they were saved."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        buf = io.BytesIO()
+        buf.write(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(buf.getvalue())
+    return digest.hexdigest()

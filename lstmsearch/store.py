@@ -1,0 +1,231 @@
+"""State columns: one unit-major float16 file per (layer, kind).
+
+A state file `states/layers.1.c.f16` holds a raw little-endian float16 array of shape
+(dim, capacity): row `u` is unit `u`'s values at every token position, one contiguous column
+per unit, so a query reads only the units it needs. The number of committed tokens lives in
+the index database; positions at or beyond it are never read (they may hold a half-written
+shard). The capacity is the file size divided by `2 * dim`.
+
+The stored float16 values are the truth for every query: values are rounded to float16 once,
+here, and values beyond float16's range are clipped to +-65504 rather than becoming inf.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DTYPE = np.dtype("<f2")
+ITEMSIZE = DTYPE.itemsize
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+STATE_SUFFIX = ".f16"
+
+
+class CorruptStoreError(ValueError):
+    """A state file that is missing, truncated or the wrong shape for its index."""
+
+
+def state_file_name(name: str) -> str:
+    """File name of the state columns of `name` (e.g. `layers.1.c.f16`)."""
+    return f"{name}{STATE_SUFFIX}"
+
+
+def file_capacity(path: Path, dim: int) -> int:
+    """Token capacity of a state file of `dim` units; a clear error when its size is wrong."""
+    if not path.is_file():
+        raise CorruptStoreError(f"state file {path} is missing")
+    size = path.stat().st_size
+    if size % (dim * ITEMSIZE):
+        raise CorruptStoreError(
+            f"state file {path} has {size} bytes, not a whole number of {dim}-unit float16 rows"
+        )
+    return size // (dim * ITEMSIZE)
+
+
+class StateStore:
+    """Read-only view of the stored states of one (layer, kind): `dim` units x `n_tokens`.
+
+    `column(u)` is a zero-copy contiguous memory-mapped view; nothing is loaded until read.
+    """
+
+    def __init__(self, path: str | Path, name: str, layer: int, kind: str, dim: int, n_tokens: int):
+        self.path = Path(path)
+        self.name = name
+        self.layer = layer
+        self.kind = kind
+        self.dim = dim
+        self.n_tokens = n_tokens
+        capacity = file_capacity(self.path, dim)
+        if capacity < n_tokens:
+            raise CorruptStoreError(
+                f"state file {self.path} holds {capacity} tokens but the index has committed "
+                f"{n_tokens}: the file is truncated"
+            )
+        if capacity == 0:
+            self._data = np.zeros((dim, 0), dtype=DTYPE)
+        else:
+            self._data = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(dim, capacity))
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.name!r}, dim={self.dim}, n_tokens={self.n_tokens})"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(units, tokens) of the unit-major columns."""
+        return (self.dim, self.n_tokens)
+
+    @property
+    def columns(self) -> np.ndarray:
+        """All columns as a (dim, n_tokens) float16 memory-mapped view."""
+        return self._data[:, : self.n_tokens]
+
+    def tokens_by_units(self) -> np.ndarray:
+        """The states as a (n_tokens, dim) float16 memory-mapped view (a transpose, no copy)."""
+        return self.columns.T
+
+    def check_unit(self, unit: int) -> int:
+        """`unit` as an int, or a clear error when it is not a unit of this state."""
+        if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)):
+            raise TypeError(f"unit must be an integer, got {unit!r}")
+        if not 0 <= unit < self.dim:
+            raise ValueError(f"unit {unit} out of range: {self.name} has units 0..{self.dim - 1}")
+        return int(unit)
+
+    def check_span(self, start: int, end: int) -> tuple[int, int]:
+        """(start, end) as ints, or a clear error when it is not a span of stored tokens."""
+        start, end = int(start), int(end)
+        if not 0 <= start <= end <= self.n_tokens:
+            raise ValueError(
+                f"token span [{start}, {end}) out of range: the index has tokens 0..{self.n_tokens}"
+            )
+        return start, end
+
+    def column(self, unit: int) -> np.ndarray:
+        """Unit `unit` at every token: float16 (n_tokens,), a contiguous memory-mapped view."""
+        return self._data[self.check_unit(unit), : self.n_tokens]
+
+    def block(self, units: Sequence[int] | slice, start: int, end: int) -> np.ndarray:
+        """Units x tokens [start, end): a float16 (len(units), end - start) copy."""
+        start, end = self.check_span(start, end)
+        if isinstance(units, slice):
+            return np.array(self._data[units, start:end])
+        rows = np.asarray(units, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.dim):
+            bad = rows[(rows < 0) | (rows >= self.dim)][0]
+            raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
+        return self._data[rows, start:end]
+
+    def vectors(self, positions: Sequence[int]) -> np.ndarray:
+        """Full state vectors at token `positions`: float16 (len(positions), dim)."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.size and (pos.min() < 0 or pos.max() >= self.n_tokens):
+            bad = pos[(pos < 0) | (pos >= self.n_tokens)][0]
+            raise ValueError(f"position {bad} out of range: the index has tokens 0..{self.n_tokens - 1}")
+        return np.ascontiguousarray(self._data[:, pos].T)
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def to_stored(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Token-major float32 states (T, dim) -> unit-major float16 (dim, T), clipped to range."""
+    t = torch.as_tensor(values)
+    t = t.clamp(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16)
+    return t.t().contiguous()
+
+
+class StateWriter:
+    """Writable state file of one (layer, kind): fill token blocks, flush, grow.
+
+    Writes go to positions the database has not committed yet, so a crash mid-write leaves
+    only bytes that nobody reads.
+    """
+
+    def __init__(self, path: str | Path, dim: int):
+        self.path = Path(path)
+        self.dim = dim
+        self.capacity = file_capacity(self.path, dim)
+        self._data = self._map()
+
+    def _map(self) -> np.memmap | None:
+        if self.capacity == 0:
+            return None
+        return np.memmap(self.path, dtype=DTYPE, mode="r+", shape=(self.dim, self.capacity))
+
+    @classmethod
+    def create(cls, path: str | Path, dim: int, capacity: int) -> StateWriter:
+        """A new zero-filled (sparse) state file with room for `capacity` tokens."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.truncate(dim * capacity * ITEMSIZE)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return cls(path, dim)
+
+    @classmethod
+    def ensure(cls, path: str | Path, dim: int, capacity: int, keep: int) -> StateWriter:
+        """The state file at `path` with room for at least `capacity` tokens.
+
+        Creates it when missing; when it is too small, grows it to exactly `capacity`, keeping
+        the first `keep` (committed) tokens of every unit.
+        """
+        path = Path(path)
+        if not path.exists():
+            if keep:
+                raise CorruptStoreError(
+                    f"state file {path} is missing but the index has {keep} committed tokens"
+                )
+            return cls.create(path, dim, capacity)
+        writer = cls(path, dim)
+        if writer.capacity < keep:
+            raise CorruptStoreError(
+                f"state file {path} holds {writer.capacity} tokens but the index has committed {keep}"
+            )
+        if writer.capacity < capacity:
+            writer.grow(capacity, keep)
+        return writer
+
+    def grow(self, capacity: int, keep: int) -> None:
+        """Rewrite the file with room for `capacity` tokens, atomically (temp file, rename)."""
+        tmp = self.path.with_name(self.path.name + ".grow")
+        with open(tmp, "wb") as f:
+            f.truncate(self.dim * capacity * ITEMSIZE)
+        if keep:
+            new = np.memmap(tmp, dtype=DTYPE, mode="r+", shape=(self.dim, capacity))
+            for unit in range(self.dim):
+                new[unit, :keep] = self._data[unit, :keep]
+            new.flush()
+            del new
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        self._data = None
+        os.replace(tmp, self.path)
+        self.capacity = capacity
+        self._data = self._map()
+
+    def write(self, start: int, columns: torch.Tensor | np.ndarray) -> None:
+        """Store unit-major float16 `columns` (dim, T) at token positions [start, start + T)."""
+        columns = np.asarray(columns)
+        end = start + columns.shape[1]
+        if columns.shape[0] != self.dim or end > self.capacity or start < 0:
+            raise ValueError(
+                f"cannot write {columns.shape} states at [{start}, {end}) into {self.path} "
+                f"of {self.dim} units x {self.capacity} tokens"
+            )
+        if columns.shape[1]:
+            self._data[:, start:end] = columns
+
+    def flush(self) -> None:
+        """Make written blocks durable before the database commits them."""
+        if self._data is not None:
+            self._data.flush()
+
+    def close(self) -> None:
+        """Flush and release the mapping."""
+        self.flush()
+        self._data = None
