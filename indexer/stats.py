@@ -1,12 +1,16 @@
 """Per-unit statistics and top-K activations, computed exactly from the stored float16 values.
 
-A float16 column takes at most 65,536 distinct values, so one histogram over the bit
-patterns per unit (a single counting pass) gives every order statistic exactly: min, max,
-quantiles (numpy's default linear interpolation), mean, standard deviation (population),
-the fraction of tokens at or above each threshold, and the K-th highest and lowest values.
-The top-K positions then come from one comparison against those K-th values. Ties at the
-K-th value are broken by the lowest position, so the result depends only on the stored
-values, not on how the build was split into shards.
+A float16 column takes at most 65,536 distinct values, so one histogram of its bit patterns
+per unit (a single counting pass) gives every order statistic exactly once the bins are put
+in value order ("keys": negative values reversed below positive ones, -0.0 merged into
++0.0): min, max, quantiles (numpy's default linear interpolation), mean and standard
+deviation (population), the fraction of tokens at or above each threshold, and the K-th
+highest and lowest values. The top-K positions then come from integer comparisons of the
+bit patterns against those K-th values. Ties at the K-th value are broken by the lowest
+position, so the result depends only on the stored values, not on how the build was split
+into shards.
+
+Everything is numpy on the raw bits: no float conversion of the columns, no thread pools.
 """
 
 from __future__ import annotations
@@ -14,18 +18,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lstmsearch.index import ON_THRESHOLDS, QUANTILES, TOP_K
 from lstmsearch.store import StateStore
 
 UNITS_PER_BLOCK = 16
+N_KEYS = 1 << 16
 
-_ALL_VALUES = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
-_FINITE = ~np.isnan(_ALL_VALUES)
-_ORDER = np.flatnonzero(_FINITE)[np.argsort(_ALL_VALUES[_FINITE], kind="stable")]
-_SORTED_VALUES = _ALL_VALUES[_ORDER]
-"""Bit patterns ordered by value (NaNs left out), and the value of each."""
+SIGN = 0x8000
+NEGATIVE_ZERO_KEY = 0x7FFF
+_BITS = np.arange(N_KEYS, dtype=np.int64)
+_KEY_OF_BITS = np.where(_BITS & SIGN, 0xFFFF - _BITS, _BITS | SIGN)
+BITS_OF_KEY = np.argsort(_KEY_OF_BITS)
+"""Bit pattern of each key: keys sort like values; -0.0 has key 0x7FFF, merged into +0.0."""
+VALUE_OF_KEY = _BITS[BITS_OF_KEY].astype(np.uint16).view(np.float16).astype(np.float64)
+VALUE_OF_KEY[NEGATIVE_ZERO_KEY] = 0.0
+FINITE_KEYS = slice(0x0400, 0xFC00)
+"""Keys of finite values; below are -inf and NaNs, above +inf and NaNs (never counted)."""
+_COUNTED = np.zeros(N_KEYS, dtype=bool)
+_COUNTED[FINITE_KEYS] = True
+_SUM_VALUES = np.where(_COUNTED, VALUE_OF_KEY, 0.0)
+
+
+def key_histograms(bits: np.ndarray) -> np.ndarray:
+    """Counts per key (units, N_KEYS) of the float16 bit patterns `bits` (units, tokens)."""
+    counts = np.stack([np.bincount(row, minlength=N_KEYS) for row in bits])[:, BITS_OF_KEY]
+    counts[:, SIGN] += counts[:, NEGATIVE_ZERO_KEY]
+    counts[:, NEGATIVE_ZERO_KEY] = 0
+    return counts
+
+
+def bits_of(value: float) -> int:
+    """Bit pattern of a float16 value (+0.0 for zero)."""
+    return int(np.array(value + 0.0, dtype=np.float16).view(np.uint16))
+
+
+def compare(bits: np.ndarray, value: float, op: str) -> np.ndarray:
+    """Positions where the float16 values with these bit patterns are >, < or == `value`.
+
+    Integer comparisons only: positive values sort like their bits, negative values
+    (sign bit set) in reverse, and +0.0 equals -0.0.
+    """
+    b = bits_of(value)
+    if op == "==":
+        mask = (bits == 0) | (bits == SIGN) if value == 0 else bits == b
+    elif op == ">":
+        mask = bits < b if value < 0 else (bits > b) & (bits < SIGN)
+    elif value > 0:  # "<"
+        mask = (bits < b) | (bits >= SIGN)
+    else:
+        mask = bits > (SIGN if value == 0 else b)
+    return np.flatnonzero(mask)
 
 
 @dataclass(frozen=True)
@@ -44,48 +87,55 @@ class UnitStats:
     bottom_value: np.ndarray
 
 
-def order_statistic(cum: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Value of the k-th smallest stored value (0-based) from cumulative sorted counts."""
-    return _SORTED_VALUES[np.searchsorted(cum, k, side="right")]
+def histogram_stats(counts: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Distribution statistics of a block of units from their key histograms (units, N_KEYS).
 
+    Returns arrays per unit; `kth_high`/`kth_low` are the k-th highest/lowest values.
+    """
+    counts = np.where(_COUNTED, counts, 0)
+    weights = counts.astype(np.float64)
+    cum = np.cumsum(counts, axis=1)
+    n = cum[:, -1]
+    units = len(counts)
 
-def histogram_stats(counts: np.ndarray) -> dict[str, np.ndarray | float]:
-    """Every distribution statistic of one unit from its bit-pattern histogram."""
-    c = counts[_ORDER]
-    cum = np.cumsum(c)
-    n = int(cum[-1])
-    if n == 0:
-        nan = float("nan")
-        return {"mean": nan, "std": nan, "min": nan, "max": nan,
-                "quantiles": np.full(len(QUANTILES), nan), "on": np.full(len(ON_THRESHOLDS), nan),
-                "kth_high": nan, "kth_low": nan}
-    mean = float(np.dot(c, _SORTED_VALUES) / n)
-    var = float(np.dot(c, (_SORTED_VALUES - mean) ** 2) / n)
-    p = np.asarray(QUANTILES) * (n - 1)
+    def order_statistic(rank: np.ndarray) -> np.ndarray:
+        """Key of the rank-th smallest value (0-based) of each unit; rank is (units, r)."""
+        return np.stack([np.searchsorted(cum[u], rank[u], side="right") for u in range(units)])
+
+    valid = n > 0
+    safe_n = np.maximum(n, 1)
+    mean = weights @ _SUM_VALUES / safe_n
+    var = (weights * (_SUM_VALUES[None, :] - mean[:, None]) ** 2).sum(axis=1) / safe_n
+    p = np.asarray(QUANTILES)[None, :] * (safe_n[:, None] - 1)
     lo, hi = np.floor(p).astype(np.int64), np.ceil(p).astype(np.int64)
-    v_lo, v_hi = order_statistic(cum, lo), order_statistic(cum, hi)
-    below = np.searchsorted(_SORTED_VALUES, np.asarray(ON_THRESHOLDS), side="left")
-    n_below = np.where(below > 0, cum[np.maximum(below - 1, 0)], 0)
-    k = min(TOP_K, n)
+    v_lo, v_hi = VALUE_OF_KEY[order_statistic(lo)], VALUE_OF_KEY[order_statistic(hi)]
+    key_at = FINITE_KEYS.start + np.searchsorted(
+        VALUE_OF_KEY[FINITE_KEYS], np.asarray(ON_THRESHOLDS), side="left"
+    )  # the first key whose value is >= each threshold
+    n_below = cum[:, key_at - 1]
+    ends = np.stack([np.zeros(units, np.int64), safe_n - 1], axis=1)
+    extremes = VALUE_OF_KEY[order_statistic(ends)]
+    kk = np.minimum(k, safe_n)
+    kth = order_statistic(np.stack([safe_n - kk, kk - 1], axis=1))
+    nan = np.where(valid, 1.0, np.nan)
     return {
-        "mean": mean,
-        "std": var**0.5,
-        "min": float(order_statistic(cum, np.array([0]))[0]),
-        "max": float(order_statistic(cum, np.array([n - 1]))[0]),
-        "quantiles": v_lo + (v_hi - v_lo) * (p - lo),
-        "on": (n - n_below) / n,
-        "kth_high": float(order_statistic(cum, np.array([n - k]))[0]),
-        "kth_low": float(order_statistic(cum, np.array([k - 1]))[0]),
+        "mean": mean * nan,
+        "std": np.sqrt(var) * nan,
+        "min": extremes[:, 0] * nan,
+        "max": extremes[:, 1] * nan,
+        "quantiles": (v_lo + (v_hi - v_lo) * (p - lo)) * nan[:, None],
+        "on": (n[:, None] - n_below) / safe_n[:, None] * nan[:, None],
+        "kth_high": VALUE_OF_KEY[kth[:, 0]],
+        "kth_low": VALUE_OF_KEY[kth[:, 1]],
     }
 
 
-def top_positions(values: torch.Tensor, kth: float, k: int, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
+def top_positions(bits: np.ndarray, kth: float, k: int, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
     """The k highest (or lowest) positions of one unit, given the k-th value; ties by position."""
-    beyond = torch.nonzero(values < kth if lowest else values > kth).flatten()
-    need = k - len(beyond)
-    ties = torch.nonzero(values == kth).flatten()[:need]
-    pos = torch.cat([beyond, ties]).numpy()
-    vals = values[pos].numpy()
+    beyond = compare(bits, kth, "<" if lowest else ">")
+    ties = compare(bits, kth, "==")[: k - len(beyond)]
+    pos = np.concatenate([beyond, ties])
+    vals = bits[pos].view(np.float16).astype(np.float64)
     order = np.lexsort((pos, vals if lowest else -vals))
     return pos[order].astype(np.int64), vals[order].astype(np.float32)
 
@@ -103,21 +153,19 @@ def unit_stats(store: StateStore, k: int = TOP_K) -> UnitStats:
         "bottom_pos": np.empty((dim, k), np.int64), "bottom_value": np.empty((dim, k), np.float32),
     }
     columns = store.columns
-    buffer = np.empty((min(UNITS_PER_BLOCK, dim), n), dtype=np.float16)
     for first in range(0, dim, UNITS_PER_BLOCK):
         last = min(first + UNITS_PER_BLOCK, dim)
-        block = buffer[: last - first]
-        block[:] = columns[first:last]
-        as_float = torch.from_numpy(block).float()
-        for j, unit in enumerate(range(first, last)):
-            s = histogram_stats(np.bincount(block[j].view(np.uint16), minlength=1 << 16))
-            out["mean"][unit], out["std"][unit] = s["mean"], s["std"]
-            out["min"][unit], out["max"][unit] = s["min"], s["max"]
-            out["quantiles"][unit] = s["quantiles"]
-            out["on_fraction"][unit] = s["on"]
-            if k:
-                pos, val = top_positions(as_float[j], s["kth_high"], k, lowest=False)
+        bits = columns[first:last].view(np.uint16)
+        s = histogram_stats(key_histograms(bits), k)
+        block = slice(first, last)
+        out["mean"][block], out["std"][block] = s["mean"], s["std"]
+        out["min"][block], out["max"][block] = s["min"], s["max"]
+        out["quantiles"][block] = s["quantiles"]
+        out["on_fraction"][block] = s["on"]
+        if k:
+            for j, unit in enumerate(range(first, last)):
+                pos, val = top_positions(bits[j], s["kth_high"][j], k, lowest=False)
                 out["top_pos"][unit], out["top_value"][unit] = pos, val
-                pos, val = top_positions(as_float[j], s["kth_low"], k, lowest=True)
+                pos, val = top_positions(bits[j], s["kth_low"][j], k, lowest=True)
                 out["bottom_pos"][unit], out["bottom_value"][unit] = pos, val
     return UnitStats(**out)

@@ -68,7 +68,602 @@ def run_train(args: argparse.Namespace) -> None:
               f"{result.val_perplexity:.3f} ({result.seconds:.0f} s)")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train]
+def add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index", help="index a corpus: store every token's hidden states",
+        description="Run MODEL over CORPUS and write an index directory (DuckDB tables, "
+        "float16 state columns, FAISS). Written in shards: an interrupted build is finished "
+        "with --resume; --append adds documents to a complete index.",
+    )
+    p.add_argument("corpus", nargs="?", help="bundled name or path (not needed with --resume)")
+    p.add_argument("--model", help="checkpoint (.pt); with --resume/--append the index's own; "
+                   "or your own model: module.path:factory, file.py:factory or a TorchScript "
+                   "file (see docs/own-data.md)")
+    p.add_argument("--tokenizer", help="for your own model: a tokenizer JSON file or "
+                   "module:name (required for TorchScript)")
+    p.add_argument("--out", required=True, help="index directory")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted build")
+    p.add_argument("--append", action="store_true", help="add CORPUS to an existing index")
+    p.add_argument("--layers", type=int, nargs="+", help="layers to store (default: all)")
+    p.add_argument("--kinds", nargs="+", help="state kinds to store (default: h c; gates: i f g o)")
+    p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_index)
+
+
+def run_index(args: argparse.Namespace) -> None:
+    from indexer.build import build_index
+
+    if not args.resume and args.corpus is None:
+        raise UsageError("give a CORPUS to index (or --resume to finish an interrupted build)")
+    if user_model(args):
+        result = index_user_model(args)
+    else:
+        result = build_index(
+            args.corpus, args.model, args.out, resume=args.resume, append=args.append,
+            layers=args.layers, kinds=args.kinds, limit=args.limit,
+            shard_tokens=args.shard_tokens, device=args.device, faiss=not args.no_faiss,
+        )
+    if args.json:
+        print(json.dumps({
+            "index": str(result.path), "mode": result.mode, "documents": result.n_docs,
+            "tokens": result.n_tokens, "new_documents": result.new_docs,
+            "new_tokens": result.new_tokens, "states": list(result.states),
+            "seconds": round(result.seconds, 3), "tokens_per_second": result.tokens_per_second,
+            "skipped": result.skipped,
+        }, indent=2))
+    else:
+        print(result.summary())
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="describe an index: documents, tokens, states, sizes, model",
+        description="Documents, tokens, layers/kinds/dims, sizes on disk, model and build time.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from lstmsearch.index import open_index
+
+    with open_index(args.index, allow_partial=True) as index:
+        info = index.info()
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info.summary())
+
+
+def add_annotate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "annotate", help="add an annotation track (one value per token) to an index",
+        description="FILE: .npy (one value per token), a CSV with header pos,value, or a "
+        "text file with one value per line. Numbers are stored as values, anything else as "
+        "labels. A file of the wrong length is refused and the index left unchanged.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("file", help="track file")
+    p.add_argument("--track", required=True, help="track name")
+    p.add_argument("--replace", action="store_true", help="replace a track of that name")
+    p.set_defaults(run=run_annotate)
+
+
+def run_annotate(args: argparse.Namespace) -> None:
+    from indexer.annotate import annotate_index
+
+    n = annotate_index(args.index, args.track, args.file, replace=args.replace)
+    print(f"added track {args.track!r} to {args.index}: {n:,} tokens")
+
+
+def add_analyze(sub: argparse._SubParsersAction) -> None:
+    """`analyze {surprisal,gradients,saliency,trajectory,gates,weights,units}`: each
+    sub-command registers its own `run` (see `lstmsearch.analysis.commands`)."""
+    from lstmsearch.analysis.commands import add_analyze_commands
+
+    add_analyze_commands(sub)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve the web UI for an index (select, match, neurons)",
+        description="Start the web UI (an embedded Bokeh server) for INDEX and print its URL. "
+        "Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("index", help="index directory")
+    add_server_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """--port, --host, --allow-origin, --open: shared by serve and demo."""
+    p.add_argument("--port", type=int, default=5006, help="TCP port (default 5006; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-origin", action="append", default=None, metavar="HOST[:PORT]",
+                   help="also accept pages served through this host name (e.g. a proxy)")
+    p.add_argument("--open", action="store_true", help="open the page in a browser")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from lstmsearch.serve import serve
+
+    serve(args.index, port=args.port, host=args.host, open_browser=args.open,
+          allow_origin=args.allow_origin)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="build the bundled demo index once, then serve the web UI",
+        description="Index a bundled corpus with its shipped model (first run only, with a "
+        "progress bar; cached in $LSTMSEARCH_CACHE or ~/.cache/lstmsearch) and serve it.",
+    )
+    p.add_argument("name", nargs="?", default="parens",
+                   help="parens (default), english or python-stdlib")
+    add_server_options(p)
+    p.add_argument("--rebuild", action="store_true", help="build the demo index again")
+    p.add_argument("--limit", type=int, default=None,
+                   help="index only the first N documents (default: the demo's own)")
+    p.add_argument("--cache", default=None, help="where demo indexes are kept")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from lstmsearch.serve import DEMOS, demo_index, serve
+
+    if args.name not in DEMOS:
+        raise UsageError(f"unknown demo {args.name!r}; choose one of {', '.join(DEMOS)}")
+    path = demo_index(args.name, cache=args.cache, rebuild=args.rebuild, limit=args.limit)
+    print(f"lstmsearch: demo {args.name}: {DEMOS[args.name].about}", flush=True)
+    serve(path, port=args.port, host=args.host, open_browser=args.open,
+          allow_origin=args.allow_origin)
+
+
+# --- your own data: user models, LSTMVis projects, precomputed states, export ---------------
+
+
+def user_model(args: argparse.Namespace) -> bool:
+    """Whether `index --model` names a user model (module:factory or TorchScript)."""
+    from lstmsearch.adapters import is_adapter_spec
+
+    if is_adapter_spec(args.model):
+        return True
+    if args.tokenizer is not None:
+        raise UsageError("--tokenizer is for your own model (--model module:factory or a "
+                         "TorchScript file); an lstmsearch checkpoint holds its tokenizer")
+    return False
+
+
+def index_user_model(args: argparse.Namespace):
+    """`index CORPUS --model module:factory`: index with the model adapter."""
+    from indexer.states import index_with_model
+    from lstmsearch.adapters import load_adapter
+
+    if args.resume or args.append:
+        raise UsageError("--resume and --append need an lstmsearch checkpoint; an index of "
+                         "your own model is built in one go (build a new one to add documents)")
+    adapter = load_adapter(args.model, tokenizer=args.tokenizer, device=args.device)
+    return index_with_model(args.corpus, adapter, args.out, layers=args.layers,
+                            kinds=args.kinds, limit=args.limit, faiss=not args.no_faiss)
+
+
+def print_build(result, as_json: bool) -> None:
+    """A `BuildResult` as the final summary line, or as JSON."""
+    if as_json:
+        print(json.dumps({
+            "index": str(result.path), "mode": result.mode, "documents": result.n_docs,
+            "tokens": result.n_tokens, "states": list(result.states),
+            "seconds": round(result.seconds, 3), "skipped": result.skipped,
+        }, indent=2))
+    else:
+        print(result.summary())
+
+
+def add_import_lstmvis(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-lstmvis", help="import an LSTMVis project (lstm.yml + HDF5) as an index",
+        description="Read PROJECT_DIR/lstm.yml with its word ids, .dict word list, states "
+        "(type state -> c, output -> h; LSTMVis layer 1 -> layers.0) and meta annotations, "
+        "and write a new index at INDEX_DIR. States are copied block by block; the index "
+        "appears only when complete. Needs h5py: pip install 'lstmsearch[hdf5]'.",
+    )
+    p.add_argument("project", help="LSTMVis project folder (holding lstm.yml)")
+    p.add_argument("out", help="new index directory")
+    p.add_argument("--doc-boundary", metavar="WORD",
+                   help="end a document after each occurrence of WORD (e.g. '</s>'); "
+                   "default: the word stream is one document")
+    p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_import_lstmvis)
+
+
+def run_import_lstmvis(args: argparse.Namespace) -> None:
+    from lstmsearch.lstmvis import import_lstmvis
+
+    result = import_lstmvis(args.project, args.out, doc_boundary=args.doc_boundary,
+                            faiss=not args.no_faiss)
+    print_build(result, args.json)
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export an index as an LSTMVis project, .npz arrays or Parquet tables",
+        description="Write INDEX to the new directory OUT_DIR: --format lstmvis (lstm.yml, "
+        "states.hdf5, train.hdf5, words.dict, meta.hdf5: LSTMVis opens it), npz (states.npz, "
+        "tokens.npz, documents.jsonl) or parquet (tables and state columns). Streams a "
+        "block of tokens at a time.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("out", help="new output directory")
+    p.add_argument("--format", choices=["lstmvis", "npz", "parquet"], default="lstmvis")
+    p.add_argument("--states", nargs="+", metavar="NAME", help="states to export (default: all)")
+    p.add_argument("--dtype", choices=["float16", "float32"],
+                   help="npz value type (default float16: the stored values)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from lstmsearch.export import export_index
+
+    result = export_index(args.index, args.out, format=args.format, states=args.states,
+                          dtype=args.dtype)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "format": result.format,
+                          "files": list(result.files), "documents": result.n_docs,
+                          "tokens": result.n_tokens, "states": list(result.states),
+                          "seconds": round(result.seconds, 3)}, indent=2))
+    else:
+        print(result.summary())
+
+
+def add_index_states(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index-states", help="index states computed elsewhere (.npy per layer and kind)",
+        description="Index precomputed states of any recurrent model (or time series). "
+        "TOKENS: one token per line with an empty line between documents, or .jsonl "
+        '({"token": ..., "doc": ...} per line), or .csv/.tsv with a token column (and doc). '
+        "Each --states NAME=FILE.npy is a tokens x units float16/32/64 array, NAME like "
+        "layers.0.h. Each --track NAME=FILE is read like `lstmsearch annotate` reads it.",
+    )
+    p.add_argument("--tokens", required=True, help="tokens file")
+    p.add_argument("--states", required=True, nargs="+", action="extend",
+                   metavar="NAME=FILE.npy", help="states, e.g. layers.0.h=h0.npy")
+    p.add_argument("--track", nargs="+", action="extend", default=[], metavar="NAME=FILE",
+                   help="annotation tracks, e.g. label=labels.txt")
+    p.add_argument("--out", required=True, help="new index directory")
+    p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_index_states)
+
+
+def run_index_states(args: argparse.Namespace) -> None:
+    from indexer.states import index_states, parse_assignments
+
+    result = index_states(args.tokens, parse_assignments(args.states, "--states"), args.out,
+                          tracks=parse_assignments(args.track, "--track"),
+                          faiss=not args.no_faiss)
+    print_build(result, args.json)
+
+
+# --- queries: match, nearest, neurons, sql ---------------------------------------------------
+
+CONTEXT_WIDTH = 24
+"""Characters of context shown on each side of a match in the terminal."""
+STYLES = {"match": ("\033[1m", "\033[0m"), "context": ("\033[2m", "\033[0m")}
+
+
+def number(text: str, flag: str) -> float:
+    """A command-line number, or a one-line error naming the flag and the value."""
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number, got {text!r}") from None
+
+
+def visible(text: str) -> str:
+    """Text on one terminal line: line breaks and tabs shown as symbols."""
+    return text.replace("\r", "").replace("\n", "↵").replace("\t", "→")
+
+
+def marked(left: str, text: str, right: str, width: int = CONTEXT_WIDTH) -> str:
+    """Context and span on one line, aligned on the span's start: the span in bold with dim
+    context on a terminal, in [brackets] otherwise."""
+    left = visible(left)[-width:].rjust(width) if width else ""
+    right = visible(right)[:CONTEXT_WIDTH]
+    text = visible(text)
+    if sys.stdout.isatty():
+        (b, e), (db, de) = STYLES["match"], STYLES["context"]
+        return f"{db}{left}{de}{b}{text}{e}{db}{right}{de}"
+    return f"{left}[{text}]{right}"
+
+
+def marked_lines(spans: Sequence[tuple[str, str, str]]) -> list[str]:
+    """`marked` (left, text, right) triples, aligned on the span starts."""
+    width = min(CONTEXT_WIDTH, max((len(visible(left)) for left, _, _ in spans), default=0))
+    return [marked(left, text, right, width) for left, text, right in spans]
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Rows under a header, columns right-aligned except the last (free text)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header[:-1])]
+    for row in [list(header), *cells]:
+        print("  ".join([c.rjust(w) for c, w in zip(row, widths)] + [row[-1]]))
+
+
+def add_state_options(p: argparse.ArgumentParser) -> None:
+    """--layer and --kind: the stored state a query reads."""
+    p.add_argument("--layer", type=int, required=True, help="layer number (from 0)")
+    p.add_argument("--kind", required=True, help="state kind: c or h (or a stored gate)")
+
+
+def add_match(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "match", help="select the units on over a span, and find spans where they switch on",
+        description="Select the pattern S: units of LAYER/KIND that are >= THRESHOLD over the "
+        "span [START, END) (half-open token positions) or over a PHRASE found in the text, "
+        "and off on the padding; then rank every span of the index by how many units of S "
+        "switch on there (overlap), fewest extra units first.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--start", type=int, help="first token of the span")
+    p.add_argument("--end", type=int, help="one past the last token of the span")
+    p.add_argument("--phrase", help="select on this text instead of --start/--end")
+    p.add_argument("--doc", type=int, default=None, help="look for --phrase in this document")
+    p.add_argument("--occurrence", type=int, default=0,
+                   help="which occurrence of --phrase (from 0; default the first)")
+    p.add_argument("--threshold", required=True, help="a unit is on where its value >= this")
+    add_state_options(p)
+    p.add_argument("--pad-left", type=int, default=1, help="tokens before the span where "
+                   "units must be off (default 1)")
+    p.add_argument("--pad-right", type=int, default=0, help="tokens after the span where "
+                   "units must be off (default 0)")
+    p.add_argument("--limit", type=int, default=20, help="matches to show (default 20)")
+    p.add_argument("--no-fuzzy", action="store_true",
+                   help="only spans where every unit of S is on")
+    p.add_argument("--negative", action="store_true",
+                   help="select units <= -THRESHOLD instead of >= THRESHOLD")
+    p.add_argument("--json", action="store_true", help="print the pattern and matches as JSON")
+    p.set_defaults(run=run_match)
+
+
+def run_match(args: argparse.Namespace) -> None:
+    from lstmsearch.index import open_index
+
+    threshold = number(args.threshold, "--threshold")
+    by_span = args.start is not None or args.end is not None
+    if by_span == (args.phrase is not None) or (by_span and None in (args.start, args.end)):
+        raise UsageError("give either --start and --end, or --phrase")
+    options = {"pad_left": args.pad_left, "pad_right": args.pad_right,
+               "sign": -1 if args.negative else 1}
+    with open_index(args.index) as index:
+        if by_span:
+            pattern = index.select(args.start, args.end, threshold, args.layer, args.kind,
+                                   **options)
+        else:
+            pattern = index.select_phrase(args.phrase, threshold, args.layer, args.kind,
+                                          doc=args.doc, occurrence=args.occurrence, **options)
+        result = index.match(pattern, limit=args.limit, fuzzy=not args.no_fuzzy)
+        span_text = index.text(pattern.start, pattern.end)
+    if args.json:
+        print(json.dumps(match_json(result, span_text), indent=2, ensure_ascii=False))
+        return
+    print(f"pattern  {len(pattern.units)} units of {pattern.state}: "
+          f"{' '.join(map(str, pattern.units))}")
+    print(f"         {pattern.how}, document {pattern.document}, text {visible(span_text)!r}")
+    print(f"matches  {len(result.matches)} shown of {result.n_candidates:,} candidates")
+    print()
+    print_table(
+        ("rank", "doc", "start", "end", "overlap", "extra", "text"),
+        [(rank, m.document, m.start, m.end, m.overlap, m.extra,
+          line + ("   (the query)" if m.is_query else ""))
+         for rank, (m, line) in enumerate(zip(result.matches, marked_lines(
+             [(m.left, m.text, m.right) for m in result.matches])), start=1)],
+    )
+
+
+def match_json(result, span_text: str) -> dict:
+    """A `MatchResult` as plain data: the pattern and the ranked matches."""
+    p = result.pattern
+
+    def one(m) -> dict:
+        return {"doc": m.document, "start": m.start, "end": m.end, "text": m.text,
+                "left": m.left, "right": m.right, "overlap": m.overlap, "extra": m.extra,
+                "counts": list(m.counts), "is_query": m.is_query}
+
+    return {
+        "pattern": {"state": p.state, "layer": p.layer, "kind": p.kind, "units": list(p.units),
+                    "threshold": p.threshold, "sign": p.sign, "span": [p.start, p.end],
+                    "doc": p.document, "text": span_text, "pad_left": p.pad_left,
+                    "pad_right": p.pad_right, "how": p.how},
+        "matches": [one(m) for m in result.matches],
+        "query": one(result.query),
+        "n_candidates": result.n_candidates,
+        "length_histogram": {str(k): v for k, v in result.length_histogram.items()},
+    }
+
+
+def add_nearest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nearest", help="the stored states nearest to a span's mean state (FAISS)",
+        description="The K token states of LAYER/KIND nearest (Euclidean, on the stored "
+        "values) to the mean state of the span [START, END), outside the span.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--start", type=int, required=True, help="first token of the span")
+    p.add_argument("--end", type=int, required=True, help="one past the last token")
+    add_state_options(p)
+    p.add_argument("--k", type=int, default=20, help="neighbours to show (default 20)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=run_nearest)
+
+
+def run_nearest(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from lstmsearch.index import open_index
+
+    with open_index(args.index) as index:
+        neighbors = index.nearest(args.start, args.end, args.layer, args.kind, args.k)
+        span_text = index.text(args.start, args.end) if args.end > args.start else ""
+    if args.json:
+        print(json.dumps({"query": {"span": [args.start, args.end], "text": span_text,
+                                    "layer": args.layer, "kind": args.kind},
+                          "neighbors": [asdict(n) for n in neighbors]},
+                         indent=2, ensure_ascii=False))
+        return
+    print(f"nearest to the mean layers.{args.layer}.{args.kind} state of "
+          f"[{args.start}, {args.end}) {visible(span_text)!r}")
+    print()
+    print_table(("rank", "doc", "pos", "distance", "text"),
+                [(rank, n.document, n.start, f"{n.distance:.4f}", line)
+                 for rank, (n, line) in enumerate(zip(neighbors, marked_lines(
+                     [(n.left, n.text, n.right) for n in neighbors])), start=1)])
+
+
+def add_neurons(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neurons", help="where a unit is above/below a threshold, its top contexts, "
+        "its statistics; or units ranked by correlation with a track",
+        description="Ask about UNIT of LAYER/KIND: --above T (positions where x >= T), "
+        "--below T (x <= T; both: a band), --top K (strongest values, --lowest for the most "
+        "negative), --stats; or rank every unit by |Pearson r| with --correlate TRACK.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--unit", type=int, help="unit number (from 0)")
+    add_state_options(p)
+    p.add_argument("--above", help="positions where the unit is >= this")
+    p.add_argument("--below", help="positions where the unit is <= this")
+    p.add_argument("--top", type=int, metavar="K", help="the K strongest values of the unit")
+    p.add_argument("--lowest", action="store_true", help="with --top: the K lowest values")
+    p.add_argument("--stats", action="store_true", help="the unit's statistics")
+    p.add_argument("--correlate", metavar="TRACK",
+                   help="rank units by |Pearson r| with an annotation track (e.g. depth)")
+    p.add_argument("--limit", type=int, default=20,
+                   help="hits or units to show (default 20)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(run=run_neurons)
+
+
+def run_neurons(args: argparse.Namespace) -> None:
+    from lstmsearch.index import open_index
+
+    bound = args.above is not None or args.below is not None
+    asked = [bound, args.top is not None, args.stats, args.correlate is not None]
+    if sum(asked) != 1:
+        raise UsageError("ask one thing: --above/--below, --top K, --stats or --correlate TRACK")
+    if args.lowest and args.top is None:
+        raise UsageError("--lowest goes with --top K")
+    if args.correlate is None and args.unit is None:
+        raise UsageError("give the unit: --unit U")
+    above = None if args.above is None else number(args.above, "--above")
+    below = None if args.below is None else number(args.below, "--below")
+    with open_index(args.index) as index:
+        neurons = index.neurons
+        if args.correlate is not None:
+            ranked = neurons.correlate(args.correlate, args.layer, args.kind, top=args.limit)
+            print_correlations(ranked, args)
+        elif args.stats:
+            print_stats(neurons.stats(args.unit, args.layer, args.kind), args.json)
+        elif args.top is not None:
+            print_hits(neurons.top(args.unit, args.layer, args.kind, args.top,
+                                   lowest=args.lowest), index.n_tokens, args.json)
+        else:
+            print_hits(neurons.where(args.unit, args.layer, args.kind, above=above, below=below,
+                                     limit=args.limit), index.n_tokens, args.json)
+
+
+def print_hits(result, n_tokens: int, as_json: bool) -> None:
+    """Threshold hits or top activations of a unit, as a table or JSON."""
+    from dataclasses import asdict
+
+    if as_json:
+        data = asdict(result)
+        data["n_tokens"] = n_tokens
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    head = f"{result.state} unit {result.unit}: {result.how}"
+    if result.source == "scan" and not result.how.startswith("top"):
+        print(f"{head} at {result.count:,} of {n_tokens:,} tokens"
+              f"{f'; the first {len(result.hits)}' if len(result.hits) < result.count else ''}")
+    else:
+        print(f"{head} (from the {result.source})")
+    print()
+    print_table(("rank", "doc", "pos", "value", "text"),
+                [(rank, h.document, h.pos, f"{h.value:.4g}", line)
+                 for rank, (h, line) in enumerate(zip(result.hits, marked_lines(
+                     [(h.left, h.token, h.right) for h in result.hits])), start=1)])
+
+
+def print_stats(stats, as_json: bool) -> None:
+    """A unit's statistics, one per line, or as JSON."""
+    from dataclasses import asdict
+
+    data = asdict(stats)
+    if as_json:
+        data["on_fraction"] = {str(k): v for k, v in data["on_fraction"].items()}
+        print(json.dumps(data, indent=2))
+        return
+    on = data.pop("on_fraction")
+    print(f"{data.pop('state')} unit {data.pop('unit')}")
+    del data["layer"], data["kind"]
+    for key, value in data.items():
+        print(f"  {key:9s} {value:.6g}" if isinstance(value, float) else f"  {key:9s} {value:,}")
+    print("  on (fraction of tokens x >= threshold): "
+          + ", ".join(f"{t:g}: {f:.3f}" for t, f in on.items()))
+
+
+def print_correlations(ranked, args: argparse.Namespace) -> None:
+    """Units ranked by correlation with a track, as a table or JSON."""
+    if args.json:
+        print(json.dumps({"track": args.correlate, "layer": args.layer, "kind": args.kind,
+                          "units": [{"unit": c.unit, "r": c.r, "n": c.n} for c in ranked]},
+                         indent=2))
+        return
+    print(f"units of layers.{args.layer}.{args.kind} by |Pearson r| with track "
+          f"{args.correlate!r}" + (f" over {ranked[0].n:,} tokens" if ranked else ""))
+    print()
+    print_table(("rank", "unit", "r"),
+                [(rank, c.unit, f"{c.r:+.4f}") for rank, c in enumerate(ranked, start=1)])
+
+
+def add_sql(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sql", help="run one read-only SQL query over the index tables",
+        description="Run one SELECT (or WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) over the "
+        "index's tables: documents, tokens, vocab, layers, unit_stats, unit_on, unit_top, "
+        "unit_top_tokens, tracks, faiss_indexes; unit_value(layer, kind, unit, pos) reads a "
+        "stored state value. Anything that writes is refused.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("query", help='e.g. "SELECT unit, mean FROM unit_stats ORDER BY mean LIMIT 5"')
+    p.add_argument("--json", action="store_true", help="print the rows as JSON objects")
+    p.set_defaults(run=run_sql)
+
+
+def run_sql(args: argparse.Namespace) -> None:
+    from lstmsearch.index import open_index
+
+    with open_index(args.index, allow_partial=True) as index:
+        result = index.sql(args.query)
+    if args.json:
+        print(json.dumps(result.to_dicts(), indent=2, default=str, ensure_ascii=False))
+        return
+    rows = [[visible(str(v))[:60] for v in row] for row in result.rows]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
+    for row in [list(result.columns), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_train, add_index, add_info, add_annotate, add_analyze, add_serve, add_demo,
+    add_import_lstmvis, add_export, add_index_states, add_match, add_nearest, add_neurons,
+    add_sql,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

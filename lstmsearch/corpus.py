@@ -368,6 +368,7 @@ def _load_parquet(path: Path, text_field: str, out: _Collector) -> None:
 
 
 _PARENS_FILLERS = "0123456789"
+_PARENS_DEPTH_FILLER = 0.75  # share of fillers that are the current depth as a digit
 _PARENS_MOVES = {  # (P(open), P(close)) when the depth is below, at or above the target
     -1: (0.6, 0.1),
     0: (0.15, 0.15),
@@ -409,7 +410,9 @@ def _parens_document(rng: random.Random, length: int, max_depth: int) -> tuple[s
             depths.append(depth)
             depth -= 1
         else:
-            chars.append(rng.choice(_PARENS_FILLERS))
+            # most fillers name the current depth, so predicting them needs a counter
+            named = depth <= 9 and rng.random() < _PARENS_DEPTH_FILLER
+            chars.append(str(depth) if named else rng.choice(_PARENS_FILLERS))
             depths.append(depth)
     return "".join(chars), depths
 
@@ -423,7 +426,8 @@ def parens_corpus(
 ) -> Corpus:
     """The generated nested-bracket language (deterministic for a seed).
 
-    Each document mixes "(", ")" and the filler digits "0"-"9", is well nested with depth at
+    Each document mixes "(", ")" and the filler digits "0"-"9" (three in four fillers are the
+    current depth, so a model that counts predicts them better), is well nested with depth at
     most ``max_depth``, ends with every bracket closed, and has a length drawn uniformly from
     ``[min_len, max_len]``. Every document carries ``char_tracks["depth"]``. Documents are
     drawn one after another from one generator, so the first k documents do not depend on

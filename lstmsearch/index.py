@@ -25,12 +25,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 
 from lstmsearch.store import CorruptStoreError, StateStore, state_file_name
+
+if TYPE_CHECKING:
+    from lstmsearch.nearest import Neighbor
+    from lstmsearch.neurons import Neurons
+    from lstmsearch.query import MatchResult, Pattern
+    from lstmsearch.spans import Span
 
 FORMAT_VERSION = 1
 DB_FILE = "index.duckdb"
@@ -50,7 +56,7 @@ QUANTILE_COLUMNS = tuple(f"q{round(q * 100):02d}" for q in QUANTILES)
 SCHEMA = [
     """CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
     """CREATE TABLE layers (
-        name VARCHAR PRIMARY KEY, layer INTEGER, kind VARCHAR, dim INTEGER,
+        name VARCHAR PRIMARY KEY, seq INTEGER, layer INTEGER, kind VARCHAR, dim INTEGER,
         dtype VARCHAR, file VARCHAR)""",
     """CREATE TABLE vocab (token_id INTEGER, text VARCHAR)""",
     """CREATE TABLE shards (
@@ -77,7 +83,7 @@ SCHEMA = [
     # staging for a build in progress: the planned documents and their token-level tracks
     """CREATE TABLE plan_documents (
         doc INTEGER, shard INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT,
-        text VARCHAR)""",
+        n_chars INTEGER, text VARCHAR)""",
     """CREATE TABLE plan_tracks (name VARCHAR, pos BIGINT, value DOUBLE)""",
     # a top activation with its token, document and 40 characters of context either side
     """CREATE VIEW unit_top_tokens AS
@@ -284,6 +290,11 @@ def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
                 f"`lstmsearch index --resume {db_path.parent}`"
             ) from exc
         raise IndexOpenError(f"cannot open {db_path}: {exc}") from exc
+    except duckdb.ConnectionException as exc:
+        raise IndexOpenError(
+            f"index {db_path.parent} is being written by this process; open it when the "
+            "writing has finished"
+        ) from exc
     except duckdb.Error as exc:
         raise IndexOpenError(
             f"{db_path} is corrupted or not an lstmsearch index database: {exc}"
@@ -379,7 +390,7 @@ class Index:
             )
         self.doc_starts.setflags(write=False)
         layers = self._con.execute(
-            "SELECT name, layer, kind, dim FROM layers ORDER BY layer, name"
+            "SELECT name, layer, kind, dim FROM layers ORDER BY seq"
         ).fetchall()
         self.state_infos = tuple(StateInfo(n, int(lay), k, int(d)) for n, lay, k, d in layers)
         self._stores: dict[str, StateStore] = {}
@@ -393,21 +404,36 @@ class Index:
                 raise IndexOpenError(f"index {self.path} is corrupted: {exc}") from exc
 
     def _register_functions(self) -> None:
-        """SQL access to stored values: `unit_value(layer, kind, unit, pos) -> REAL`."""
+        """SQL access to stored values: `unit_value(layer, kind, unit, pos) -> DOUBLE`.
+
+        The stored float16 value, widened exactly, so comparing it with any threshold gives
+        the same answer as comparing the stored value in float64. DuckDB shares one database
+        per file within a process, so a second `Index` on the same files finds the function
+        already there (reading the same files) and keeps it.
+        """
         from duckdb import sqltypes
 
+        stores = self._stores
+
         def unit_value(layer: int, kind: str, unit: int, pos: int) -> float:
-            store = self.store(layer, kind)
+            name = f"layers.{layer}.{kind}"
+            if name not in stores:
+                raise ValueError(f"state {name} is not in this index; stored: {', '.join(stores)}")
+            store = stores[name]
             if not 0 <= pos < store.n_tokens:
                 raise ValueError(f"position {pos} out of range 0..{store.n_tokens - 1}")
             return float(store.column(unit)[pos])
 
-        self._con.create_function(
-            "unit_value",
-            unit_value,
-            [sqltypes.INTEGER, sqltypes.VARCHAR, sqltypes.INTEGER, sqltypes.BIGINT],
-            sqltypes.FLOAT,
-        )
+        try:
+            self._con.create_function(
+                "unit_value",
+                unit_value,
+                [sqltypes.INTEGER, sqltypes.VARCHAR, sqltypes.INTEGER, sqltypes.BIGINT],
+                sqltypes.DOUBLE,
+            )
+        except duckdb.CatalogException as exc:
+            if "already exists" not in str(exc):
+                raise
 
     def close(self) -> None:
         """Release the database connection (the index object is unusable afterwards)."""
@@ -564,17 +590,31 @@ class Index:
         return self.store(layer, kind).tokens_by_units()
 
     def track(self, name: str) -> np.ndarray:
-        """Values of annotation track `name` per token (NaN where it has no value)."""
+        """Values of annotation track `name` per token (NaN where it has no value, and
+        everywhere for a label track: see `track_labels`)."""
         (count,) = self._fetchall("SELECT count(*) FROM tracks WHERE name = ?", [name])[0]
         if not count:
             names = [n for (n,) in self._fetchall("SELECT DISTINCT name FROM tracks ORDER BY 1")]
             raise ValueError(f"no track {name!r} in this index; tracks: {', '.join(names) or 'none'}")
         cols = self._fetchnumpy(
-            "SELECT pos, value FROM tracks WHERE name = ? AND pos < ?", [name, self.n_tokens]
+            "SELECT pos, value FROM tracks WHERE name = ? AND pos < ? AND value IS NOT NULL",
+            [name, self.n_tokens],
         )
         out = np.full(self.n_tokens, np.nan)
         values = np.asarray(cols["value"], dtype=np.float64)
         out[np.asarray(cols["pos"], dtype=np.int64)] = values
+        return out
+
+    def track_labels(self, name: str) -> list[str | None]:
+        """Labels of a label track (e.g. parts of speech) per token; None where absent."""
+        self.track(name)  # a clear error for an unknown track
+        rows = self._fetchall(
+            "SELECT pos, label FROM tracks WHERE name = ? AND pos < ? AND label IS NOT NULL",
+            [name, self.n_tokens],
+        )
+        out: list[str | None] = [None] * self.n_tokens
+        for pos, label in rows:
+            out[pos] = label
         return out
 
     def track_names(self) -> list[str]:
@@ -611,6 +651,85 @@ class Index:
                     raise IndexOpenError(f"index {self.path} is corrupted: {path} is missing")
                 self._faiss[store.name] = faiss.read_index(str(path))
             return self._faiss[store.name]
+
+    # --- queries (see lstmsearch.query, lstmsearch.nearest, lstmsearch.neurons) --------------
+
+    def select(
+        self,
+        start: int,
+        end: int,
+        threshold: float,
+        layer: int | str | None = None,
+        kind: str | None = None,
+        *,
+        pad_left: int = 1,
+        pad_right: int = 0,
+        sign: int = 1,
+        state: str | None = None,
+    ) -> Pattern:
+        """The pattern S of span [start, end) on a state (`layer, kind` or `state="layers.1.c"`):
+        units on (x >= threshold; sign=-1: x <= -threshold) throughout it, off on its padding."""
+        from lstmsearch.query import select
+
+        if state is None and layer is None:
+            raise ValueError("say which state: a layer and a kind, or state='layers.1.c'")
+        store = self.store(state if state is not None else layer, kind)
+        return select(store, self.doc_starts, start, end, threshold, pad_left, pad_right, sign)
+
+    def select_phrase(
+        self,
+        phrase: str,
+        threshold: float,
+        layer: int | str,
+        kind: str | None = None,
+        *,
+        doc: int | None = None,
+        occurrence: int = 0,
+        pad_left: int = 1,
+        pad_right: int = 0,
+        sign: int = 1,
+    ) -> Pattern:
+        """Select on the tokens of a phrase: its `occurrence`-th place in document `doc` (or
+        in the whole corpus), found in the text and mapped to the tokens it touches."""
+        from lstmsearch.spans import find_span
+
+        span = find_span(self, phrase, doc=doc, occurrence=occurrence)
+        return self.select(span.start, span.end, threshold, layer, kind, pad_left=pad_left,
+                           pad_right=pad_right, sign=sign)
+
+    def find(self, phrase: str, limit: int = 100, *, doc: int | None = None) -> list[Span]:
+        """Token spans where `phrase` occurs (exact text), in corpus order, at most `limit`."""
+        from lstmsearch.spans import find_phrase
+
+        return find_phrase(self, phrase, limit, document=doc)
+
+    def match(
+        self, pattern: Pattern, limit: int = 50, fuzzy: bool = True, *, context: int = 5
+    ) -> MatchResult:
+        """The spans whose units switch on like `pattern`'s, best first, with their text."""
+        from lstmsearch.query import match
+
+        return match(self.store(pattern.state), self.doc_starts, pattern, limit=limit,
+                     fuzzy=fuzzy, text_of=self.text, context=context)
+
+    def nearest(
+        self, start: int, end: int, layer: int | str, kind: str | None = None, k: int = 20,
+        *, context: int = 5,
+    ) -> list[Neighbor]:
+        """The k stored states nearest to the span's mean state (outside the span)."""
+        from lstmsearch.nearest import nearest
+
+        return nearest(self, start, end, layer, kind, k, context)
+
+    @property
+    def neurons(self) -> Neurons:
+        """Neuron queries: `where`, `top`, `stats`, `correlate` (see `lstmsearch.neurons`)."""
+        from lstmsearch.neurons import Neurons
+
+        with self._lock:
+            if "_neurons" not in vars(self):
+                self._neurons = Neurons(self)
+            return self._neurons
 
     # --- SQL -------------------------------------------------------------------------------
 

@@ -131,10 +131,18 @@ class StateStore:
 # --- writing -----------------------------------------------------------------------------
 
 
+def clip(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Float32 states clipped, in place, to float16's finite range (NaN stays NaN)."""
+    return torch.as_tensor(values).clamp_(-FLOAT16_MAX, FLOAT16_MAX)
+
+
 def to_stored(values: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Token-major float32 states (T, dim) -> unit-major float16 (dim, T), clipped to range."""
-    t = torch.as_tensor(values)
-    t = t.clamp(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16)
+    """Token-major float32 states (T, dim) -> unit-major float16 (dim, T), clipped to range.
+
+    The definition of the stored values; `StateWriter.write_block` of clipped values gives
+    the same bits.
+    """
+    t = torch.as_tensor(values).clamp(-FLOAT16_MAX, FLOAT16_MAX).to(torch.float16)
     return t.t().contiguous()
 
 
@@ -219,6 +227,24 @@ class StateWriter:
             )
         if columns.shape[1]:
             self._data[:, start:end] = columns
+
+    def write_block(self, start: int, values: np.ndarray | torch.Tensor, unit_offset: int = 0) -> None:
+        """Store token-major values (T, units) at positions [start, start + T), units from
+        `unit_offset`: rounded to float16 and transposed straight into the mapped file.
+
+        Values beyond float16's range must have been clipped (see `clip`), as `to_stored` does.
+        """
+        values = torch.as_tensor(values)
+        length, units = values.shape
+        end = start + length
+        if start < 0 or end > self.capacity or unit_offset < 0 or unit_offset + units > self.dim:
+            raise ValueError(
+                f"cannot write {tuple(values.shape)} states at tokens [{start}, {end}), units "
+                f"from {unit_offset}, into {self.path} of {self.dim} units x {self.capacity} tokens"
+            )
+        if length:
+            target = torch.from_numpy(self._data)
+            target[unit_offset : unit_offset + units, start:end].copy_(values.to(torch.float16).T)
 
     def flush(self) -> None:
         """Make written blocks durable before the database commits them."""

@@ -25,8 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lstmsearch.corpus import Corpus, load_corpus
-from lstmsearch.models import LanguageModel, ModelConfig, read_checkpoint, save_checkpoint
-from lstmsearch.tokenize import Tokenizer, train_tokenizer
+from lstmsearch.models import ARCHS, LanguageModel, ModelConfig, read_checkpoint, save_checkpoint
+from lstmsearch.tokenize import KINDS, Tokenizer, train_tokenizer
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and at every epoch end)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        if self.tokenizer not in KINDS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
         for name in ("epochs", "seq_len", "batch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -152,13 +156,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, device:
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
+    if resume and not out.exists():
+        raise FileNotFoundError(f"nothing to resume: {out} does not exist")
     previous = read_checkpoint(out) if resume else None
     if previous is not None:
         saved = previous["train_state"]["config"]
         config = TrainConfig(**{**saved, "epochs": config.epochs, "steps": config.steps})
         tokenizer = Tokenizer.from_json(previous["tokenizer"])
-    elif resume:
-        raise FileNotFoundError(f"nothing to resume: {out} does not exist")
 
     corpus = load_corpus(config.corpus, limit=config.limit)
     train_texts, val_texts = split_documents(corpus, config.val_fraction, config.seed)

@@ -1,0 +1,125 @@
+"""Nearest stored states to a span: ``Index.nearest(start, end, layer, kind, k)``.
+
+The query is the mean of the span's stored states (one token: its own state). FAISS
+(the index's per-state index, ids = token positions) proposes candidates; they are re-ranked
+by their exact Euclidean distance to the query on the stored float16 values, ties by
+position, and the span's own positions are left out. With the exact (exhaustive) FAISS index
+the result equals a brute-force search on the stored values; with an IVF index, recall is
+that index's (its recall@10 is recorded in `lstmsearch info`). An index built without FAISS
+is searched by an exact scan of the stored states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lstmsearch.spans import DEFAULT_CONTEXT, check_count, check_span, contexts
+
+if TYPE_CHECKING:
+    from lstmsearch.index import Index
+    from lstmsearch.store import StateStore
+
+__all__ = ["Neighbor", "exact_distances", "nearest", "neighbor_key"]
+
+OVERSAMPLE = 2
+"""FAISS candidates fetched per neighbour wanted (plus `SPARE`), re-ranked exactly."""
+SPARE = 32
+SCAN_BLOCK = 1 << 15
+"""Tokens per block of the exact scan used when there is no FAISS index."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A stored state near the query: its token, Euclidean distance and the text around it."""
+
+    document: int
+    start: int
+    end: int  # start + 1: a neighbour is one token
+    distance: float
+    text: str
+    left: str
+    right: str
+
+
+def neighbor_key(neighbor: Neighbor) -> tuple[float, int]:
+    """Sort key of neighbours: nearest first, ties by position."""
+    return (neighbor.distance, neighbor.start)
+
+
+def mean_state(store: StateStore, start: int, end: int) -> np.ndarray:
+    """The mean of the stored states of tokens ``[start, end)``, float64 (dim,)."""
+    return np.asarray(store.block(slice(None), start, end), dtype=np.float64).mean(axis=1)
+
+
+def exact_distances(store: StateStore, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Euclidean distances (float64) from ``query`` to the stored states at ``positions``."""
+    vectors = np.asarray(store.vectors(positions), dtype=np.float64)
+    return np.sqrt(((vectors - query[None, :]) ** 2).sum(axis=1))
+
+
+def has_faiss(index: Index, store: StateStore) -> bool:
+    """Whether the index holds a FAISS index for this state."""
+    found = index.sql("SELECT count(*) AS n FROM faiss_indexes WHERE name = ?", [store.name])
+    return bool(found.rows[0][0])
+
+
+def faiss_candidates(index: Index, store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` positions FAISS finds nearest to ``query``."""
+    found = index.faiss(store.layer, store.kind)
+    n = min(n, int(found.ntotal))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, ids = found.search(query[None, :].astype(np.float32), n)
+    ids = ids[0]
+    return ids[(ids >= 0) & (ids < store.n_tokens)].astype(np.int64)
+
+
+def scan_candidates(store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` positions nearest to ``query`` by a float32 scan of every stored state."""
+    q = query.astype(np.float32)
+    best_pos = np.zeros(0, dtype=np.int64)
+    best_d = np.zeros(0, dtype=np.float32)
+    for a in range(0, store.n_tokens, SCAN_BLOCK):
+        b = min(store.n_tokens, a + SCAN_BLOCK)
+        block = np.asarray(store.block(slice(None), a, b), dtype=np.float32)
+        d = ((block - q[:, None]) ** 2).sum(axis=0)
+        pos = np.concatenate([best_pos, np.arange(a, b)])
+        d = np.concatenate([best_d, d])
+        keep = np.argsort(d, kind="stable")[:n]
+        best_pos, best_d = pos[keep], d[keep]
+    return best_pos
+
+
+def nearest(
+    index: Index,
+    start: int,
+    end: int,
+    layer: int | str,
+    kind: str | None = None,
+    k: int = 20,
+    context: int = DEFAULT_CONTEXT,
+) -> list[Neighbor]:
+    """The ``k`` stored states nearest to the mean state of ``[start, end)`` (outside the
+    span), nearest first, with ``context`` tokens of text either side."""
+    store = index.store(layer, kind)
+    start, end, _ = check_span(index.doc_starts, start, end)
+    k = check_count("k", k)
+    query = mean_state(store, start, end)
+    wanted = OVERSAMPLE * (k + end - start) + SPARE
+    if has_faiss(index, store):
+        candidates = faiss_candidates(index, store, query, wanted)
+    else:
+        candidates = scan_candidates(store, query, wanted)
+    candidates = np.unique(candidates[(candidates < start) | (candidates >= end)])
+    distances = exact_distances(store, query, candidates)
+    order = np.lexsort((candidates, distances))[:k]
+    chosen, chosen_d = candidates[order], distances[order]
+    docs = np.searchsorted(index.doc_starts, chosen, side="right") - 1
+    texts = contexts(index, chosen, chosen + 1, context)
+    return [
+        Neighbor(int(d), int(p), int(p) + 1, float(dist), c.text, c.left, c.right)
+        for p, d, dist, c in zip(chosen, docs, chosen_d, texts)
+    ]

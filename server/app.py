@@ -1,0 +1,568 @@
+"""The lstmsearch web app: `build(doc, index)` puts every view into a Bokeh document.
+
+The header holds what all views share (state, threshold, padding, sign, annotation track,
+navigation, phrase search, a busy indicator); below it two tabs: "Select & match" (select
+plot, token row, pattern S, match list) and "Neuron" (one unit in depth).
+
+All data comes from `server.fetch`, pure functions over the Python API, run off the event
+loop by a `Runner` (or at once when no executor is given, as in tests). Each view has one
+update method per result that assigns its sources' data.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from functools import partial
+from pathlib import Path
+
+from bokeh.document import Document
+from bokeh.layouts import column, row
+from bokeh.models import (
+    Button,
+    Div,
+    NumericInput,
+    Select,
+    Slider,
+    Spinner,
+    TabPanel,
+    Tabs,
+    TextInput,
+)
+from bokeh.themes import Theme
+
+from lstmsearch.index import Index
+from server import fetch
+from server.display import stylesheet
+from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
+from server.neuron_view import NeuronView
+from server.select_view import PLOT_WIDTH, SelectView
+from server.session import Runner, Session
+
+HERE = Path(__file__).resolve().parent
+THEME_FILE = HERE / "theme.yaml"
+TEMPLATE_DIR = HERE / "templates"
+
+DEFAULT_THRESHOLD = 0.3
+PAGE_WIDTH = 1400
+SECONDARY_DELAY_MS = 40
+"""Delay of the updates that follow the match list (S, summary): the page paints first."""
+SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
+NO_TRACK = "(none)"
+SELECT_TAB, NEURON_TAB = 0, 1
+
+
+def default_state(names: list[str]) -> str:
+    """The state a session starts on: the top layer's cell state, else its hidden state."""
+    cells = [n for n in names if n.endswith(".c")]
+    return (cells or names)[-1]
+
+
+def default_window(char_level: bool) -> int:
+    """Tokens per window: enough to see structure, few enough for readable labels."""
+    return 64 if char_level else 28
+
+
+class App:
+    """One browser session's app: views, header widgets and how they talk to each other."""
+
+    def __init__(self, doc: Document, shared: fetch.Shared, executor: Executor | None) -> None:
+        self.doc = doc
+        self.shared = shared
+        index = shared.index
+        char_level = shared.char_level
+        state = default_state(shared.state_names)
+        self.session = Session(state=state, threshold=DEFAULT_THRESHOLD,
+                               track=shared.track_names[0] if shared.track_names else None)
+        self.width = default_window(char_level)
+        self.session.window = (0, min(index.n_tokens, self.width))
+        self._quiet = 0
+        self.neuron_stale = True
+        self.correlations_shown: tuple[str, str | None] | None = None
+        self.phrase_hits: list[tuple[int, int]] = []
+        self.phrase_at = -1
+
+        style = stylesheet()
+        # --- header --------------------------------------------------------------------------
+        model = shared.model_config
+        title = (
+            f"<div class='brand'>lstmsearch</div><div class='subtitle'>"
+            f"{index.path.name} · {index.meta.get('corpus', '')} · "
+            f"{index.n_docs:,} documents · {index.n_tokens:,} tokens · "
+            f"{model.get('arch', '')} {model.get('layers', '')}×{model.get('hidden', '')}</div>"
+        )
+        self.title = Div(text=title, name="title", stylesheets=[style], width=860)
+        self.busy = Div(text=self._busy_html(()), name="busy", stylesheets=[style], width=500,
+                        styles={"text-align": "right"})
+        self.status = Div(text="", name="status", stylesheets=[style], width=500,
+                          styles={"text-align": "right"})
+
+        _, high = shared.values_range(state)
+        self.state_select = Select(title="State", value=state, options=shared.state_names,
+                                   width=120, name="state-select")
+        self.threshold_slider = Slider(title="Threshold θ", start=0.0, end=max(1.0, high),
+                                       step=0.01, value=DEFAULT_THRESHOLD, width=230,
+                                       name="threshold-slider")
+        self.threshold_input = NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
+                                            width=80, name="threshold-input")
+        self.sign_select = Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
+                                  name="sign-select")
+        self.pad_left = Spinner(title="Pad left", low=0, high=50, step=1, value=1, width=80,
+                                name="pad-left")
+        self.pad_right = Spinner(title="Pad right", low=0, high=50, step=1, value=0, width=80,
+                                 name="pad-right")
+        self.track_select = Select(
+            title="Track", value=self.session.track or NO_TRACK,
+            options=[NO_TRACK, *shared.track_names], width=110, name="track-select",
+        )
+        self.doc_input = NumericInput(title="Document", value=0, low=0,
+                                      high=max(0, index.n_docs - 1), width=90, name="doc-input")
+        self.pos_input = NumericInput(title="Position", value=0, low=0,
+                                      high=max(0, index.n_tokens - 1), width=110,
+                                      name="pos-input")
+        self.window_size = Spinner(title="Window", low=8, high=200, step=4, value=self.width,
+                                   width=80, name="window-size")
+        self.prev_button = Button(label="◀", width=40, name="prev-window", align="end")
+        self.next_button = Button(label="▶", width=40, name="next-window", align="end")
+        self.phrase_input = TextInput(title="Find a phrase", placeholder="text to find…",
+                                      width=200, name="phrase-input")
+        self.phrase_button = Button(label="Find", width=60, name="phrase-find", align="end",
+                                    button_type="primary")
+        self.phrase_next = Button(label="Next", width=60, name="phrase-next", align="end",
+                                  disabled=True)
+        self.phrase_status = Div(text="", width=140, name="phrase-status", align="end",
+                                 stylesheets=[style])
+
+        # --- views ---------------------------------------------------------------------------
+        self.select_view = SelectView(char_level=char_level, has_track=bool(shared.track_names))
+        self.select_view.set_threshold(DEFAULT_THRESHOLD, 1)
+        self.select_view.pattern_div.stylesheets = [style]
+        self.match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
+        self.match_view.summary.stylesheets = [style]
+        dim = index.store(state).dim
+        self.neuron_view = NeuronView(char_level=char_level, dim=dim, width=PLOT_WIDTH + 240)
+        for div in (self.neuron_view.stats, self.neuron_view.corr_title, self.neuron_view.legend,
+                    self.match_view.legend):
+            div.stylesheets = [style]
+
+        select_tab = column(
+            row(column(self.select_view.fig, self.select_view.tok_fig),
+                self.select_view.pattern_div),
+            self.match_view.layout,
+            name="select-tab",
+        )
+        self.tabs = Tabs(tabs=[TabPanel(title="Select & match", child=select_tab),
+                               TabPanel(title="Neuron", child=self.neuron_view.layout)],
+                         name="tabs")
+        header = column(
+            row(self.title, column(self.busy, self.status)),
+            row(self.state_select, self.threshold_slider, self.threshold_input,
+                self.sign_select, self.pad_left, self.pad_right, self.track_select),
+            row(self.doc_input, self.pos_input, self.window_size, self.prev_button,
+                self.next_button, Div(width=30), self.phrase_input, self.phrase_button,
+                self.phrase_next, self.phrase_status),
+            name="header", width=PAGE_WIDTH,
+            styles={"background": "#ffffff", "border": "1px solid #d0d7de",
+                    "border-radius": "6px", "padding": "6px 12px 8px 12px",
+                    "margin-bottom": "8px"},
+        )
+        self.tabs.width = PAGE_WIDTH
+        self.tabs.styles = {"background": "#ffffff", "border": "1px solid #d0d7de",
+                            "border-radius": "6px", "padding": "4px 10px 10px 10px"}
+        self.root = column(header, self.tabs, name="root")
+
+        self.runner = Runner(doc, executor, self._show_busy, self._show_error)
+        self._wire()
+
+        doc.title = f"lstmsearch · {index.path.name}"
+        if THEME_FILE.is_file():
+            doc.theme = Theme(filename=str(THEME_FILE))
+        template = TEMPLATE_DIR / "index.html"
+        if template.is_file():
+            from jinja2 import Environment, FileSystemLoader
+
+            doc.template = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR))).get_template(
+                "index.html"
+            )
+        doc.add_root(self.root)
+        self.refresh_window()
+
+    # --- wiring ------------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        sv, mv, nv = self.select_view, self.match_view, self.neuron_view
+        sv.on_span = self.set_span
+        sv.on_unit = self.open_unit
+        sv.on_threshold = self.set_threshold
+        mv.on_row = self.jump_to
+        mv.on_mode = self.set_mode
+        nv.on_unit = self.open_unit
+        nv.on_row = self.jump_to
+        nv.on_threshold = self.set_threshold
+        self.state_select.on_change("value", lambda a, o, n: self.set_state(n))
+        # while the slider is dragged only the lines move; the query runs on release
+        self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
+        self.threshold_slider.on_change("value_throttled",
+                                        lambda a, o, n: self.set_threshold(n))
+        self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
+        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(int(n)))
+        self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
+        self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
+        self.track_select.on_change("value", lambda a, o, n: self.set_track(n))
+        self.doc_input.on_change("value", lambda a, o, n: self.go_to_document(n))
+        self.pos_input.on_change("value", lambda a, o, n: self.go_to_position(n))
+        self.window_size.on_change("value", lambda a, o, n: self.set_window_size(n))
+        self.prev_button.on_click(lambda: self.step_window(-1))
+        self.next_button.on_click(lambda: self.step_window(+1))
+        self.phrase_button.on_click(self.find_phrase)
+        self.phrase_input.on_change("value", lambda a, o, n: self.find_phrase())
+        self.phrase_next.on_click(self.next_phrase)
+        self.tabs.on_change("active", lambda a, o, n: self._on_tab(n))
+
+    def _quietly(self, model: object, **values: object) -> None:
+        """Set widget values without running their callbacks' effects."""
+        self._quiet += 1
+        try:
+            for key, value in values.items():
+                setattr(model, key, value)
+        finally:
+            self._quiet -= 1
+
+    # --- busy indicator and errors -------------------------------------------------------------
+
+    @staticmethod
+    def _busy_html(labels: tuple[str, ...]) -> str:
+        if not labels:
+            return "<span class='ready'>● ready</span>"
+        return f"<span class='busy'><span class='spinner'></span>working… {', '.join(sorted(set(labels)))}</span>"
+
+    def _show_busy(self, labels: tuple[str, ...]) -> None:
+        self.busy.text = self._busy_html(labels)
+
+    def _show_error(self, message: str) -> None:
+        self.status.text = f"<span class='error'>{message}</span>"
+
+    def _clear_error(self) -> None:
+        if self.status.text:
+            self.status.text = ""
+
+    # --- user actions ------------------------------------------------------------------------
+
+    def set_state(self, state: str) -> None:
+        """Switch the layer/kind every view shows; the pattern is selected again on it."""
+        if self._quiet or state == self.session.state:
+            return
+        store = self.shared.index.store(state)
+        self.session.state = state
+        _, high = self.shared.values_range(state)
+        self._quietly(self.threshold_slider, end=max(1.0, high))
+        self.neuron_view.set_unit(min(self.session.unit, store.dim - 1), store.dim)
+        self.session.unit = min(self.session.unit, store.dim - 1)
+        self.neuron_stale = True
+        self.refresh_window()
+        self.run_pattern()
+        self._refresh_neuron_if_visible()
+
+    def set_threshold(self, value: float | None) -> None:
+        """A new threshold from the slider, the number field or a dragged threshold line."""
+        if self._quiet or value is None:
+            return
+        value = round(float(value), 3)
+        if value < 0:
+            value = -value
+        if value == self.session.threshold:
+            self._sync_threshold_widgets()
+            return
+        self.session.threshold = value
+        self._sync_threshold_widgets()
+        self.neuron_stale = True
+        self.run_pattern()
+        self._refresh_neuron_if_visible()
+
+    def preview_threshold(self, value: float | None) -> None:
+        """Move the threshold lines while the slider is being dragged (no query yet)."""
+        if self._quiet or value is None:
+            return
+        self.select_view.set_threshold(float(value), self.session.sign)
+        self.neuron_view.set_threshold(float(value), self.session.sign)
+        self._quietly(self.threshold_input, value=float(value))
+
+    def _sync_threshold_widgets(self) -> None:
+        value, sign = self.session.threshold, self.session.sign
+        if self.threshold_slider.end < value:
+            self._quietly(self.threshold_slider, end=value)
+        self._quietly(self.threshold_slider, value=value)
+        self._quietly(self.threshold_input, value=value)
+        self.select_view.set_threshold(value, sign)
+        self.neuron_view.set_threshold(value, sign)
+
+    def set_sign(self, sign: int) -> None:
+        """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ)."""
+        if self._quiet or sign == self.session.sign:
+            return
+        self.session.sign = sign
+        self._sync_threshold_widgets()
+        self.neuron_stale = True
+        self.run_pattern()
+        self._refresh_neuron_if_visible()
+
+    def set_padding(self, left: int | None = None, right: int | None = None) -> None:
+        """Padding tokens that must be off before (left) and after (right) the span."""
+        if self._quiet:
+            return
+        if left is not None:
+            self.session.pad_left = max(0, int(left))
+        if right is not None:
+            self.session.pad_right = max(0, int(right))
+        self.run_pattern()
+
+    def set_track(self, name: str) -> None:
+        """The annotation track drawn under tokens and match rows."""
+        if self._quiet:
+            return
+        self.session.track = None if name == NO_TRACK else name
+        self.neuron_stale = True
+        self.refresh_window()
+        self.run_pattern()
+        self._refresh_neuron_if_visible()
+
+    def set_span(self, start: int, end: int) -> None:
+        """The brushed span [start, end): select S there and match it."""
+        self.session.span = (int(start), int(end))
+        self.session.focus = None
+        self.select_view.show_focus(None)
+        self.run_pattern()
+
+    def set_mode(self, mode: str) -> None:
+        """"match" (pattern matches) or "nearest" (FAISS nearest states)."""
+        self.session.mode = mode
+        self.run_pattern()
+
+    def set_window_size(self, width: int | None) -> None:
+        """Tokens per window."""
+        if self._quiet or width is None:
+            return
+        self.width = int(width)
+        start = self.session.window[0]
+        self._set_window(start)
+
+    def step_window(self, direction: int) -> None:
+        """Move the window by three quarters of its width."""
+        start = self.session.window[0] + direction * max(1, (3 * self.width) // 4)
+        self._set_window(start)
+
+    def go_to_document(self, doc: int | None) -> None:
+        """Show the start of document `doc`."""
+        if self._quiet or doc is None:
+            return
+        try:
+            start, _ = fetch.document_window(self.shared, int(doc), self.width)
+        except ValueError as exc:
+            self._show_error(str(exc))
+            return
+        self._set_window(start)
+
+    def go_to_position(self, pos: int | None) -> None:
+        """Show token position `pos` (a third into the window)."""
+        if self._quiet or pos is None:
+            return
+        pos = int(pos)
+        if not 0 <= pos < self.shared.index.n_tokens:
+            self._show_error(f"position {pos} out of range 0..{self.shared.index.n_tokens - 1}")
+            return
+        self._set_window(pos - self.width // 3, focus=(pos, pos + 1))
+
+    def jump_to(self, match_row: fetch.MatchRow) -> None:
+        """Show a match (or a neuron context) in the select view, outlined."""
+        self._set_window(match_row.start - max(2, self.width // 4),
+                         focus=(match_row.start, match_row.end))
+        self.tabs.active = SELECT_TAB
+
+    def open_unit(self, unit: int) -> None:
+        """Show one unit in the neuron view."""
+        dim = self.shared.index.store(self.session.state).dim
+        unit = int(min(max(0, unit), dim - 1))
+        self.session.unit = unit
+        self.neuron_view.set_unit(unit, dim)
+        self.neuron_stale = True
+        if self.tabs.active != NEURON_TAB:
+            self.tabs.active = NEURON_TAB  # fires _on_tab, which refreshes
+        else:
+            self.refresh_neuron()
+
+    def find_phrase(self) -> None:
+        """Search the corpus for the phrase and show the first occurrence."""
+        phrase = self.phrase_input.value or ""
+        if not phrase.strip():
+            return
+        self.runner.submit("find", lambda: fetch.find_phrase(self.shared, phrase),
+                           self._apply_phrase, label="search")
+
+    def _apply_phrase(self, hits: list[tuple[int, int]]) -> None:
+        self.phrase_hits = hits
+        self.phrase_at = -1
+        self.phrase_next.disabled = len(hits) < 2
+        if not hits:
+            self.phrase_status.text = "<span class='hint'>not found</span>"
+            return
+        self.next_phrase()
+
+    def next_phrase(self) -> None:
+        """Show the next occurrence of the searched phrase."""
+        if not self.phrase_hits:
+            return
+        self.phrase_at = (self.phrase_at + 1) % len(self.phrase_hits)
+        start, end = self.phrase_hits[self.phrase_at]
+        more = "+" if len(self.phrase_hits) >= 100 else ""
+        self.phrase_status.text = (
+            f"<span class='hint'>{self.phrase_at + 1} of {len(self.phrase_hits)}{more}</span>"
+        )
+        self._set_window(start - max(2, self.width // 4), focus=(start, end))
+
+    def _on_tab(self, active: int) -> None:
+        if active == NEURON_TAB and self.neuron_stale:
+            self.refresh_neuron()
+
+    # --- data flow ---------------------------------------------------------------------------
+
+    def _set_window(self, start: int, focus: tuple[int, int] | None = None) -> None:
+        n = self.shared.index.n_tokens
+        start = int(max(0, min(start, n - self.width)))
+        self.session.window = (start, min(n, start + self.width))
+        self.session.focus = focus
+        self._clear_error()
+        self.refresh_window()
+
+    def refresh_window(self) -> None:
+        """Load the current window (tokens and every unit's values) and draw it."""
+        s = self.session
+        state, (start, end), track = s.state, s.window, s.track
+        self.runner.submit(
+            "window", lambda: fetch.load_window(self.shared, state, start, end, track),
+            self._apply_window, label="window",
+        )
+
+    def _apply_window(self, window: fetch.Window) -> None:
+        s = self.session
+        self.select_view.show_window(window, self.shared.track_range(s.track))
+        self._show_pattern_marks()
+        self.select_view.show_focus(s.focus)
+        shown = s.focus[0] if s.focus is not None else window.start
+        self._quietly(self.doc_input, value=int(window.docs[shown - window.start])
+                      if window.start <= shown < window.end else int(window.docs[0]))
+        self._quietly(self.pos_input, value=int(window.start))
+
+    def _show_pattern_marks(self) -> None:
+        s = self.session
+        pattern = s.pattern
+        span = (pattern.start, pattern.end) if pattern is not None else None
+        bounds = None
+        if pattern is not None:
+            index = self.shared.index
+            bounds = (int(index.doc_starts[pattern.document]),
+                      int(index.doc_starts[pattern.document + 1]))
+        pad = (pattern.pad_left, pattern.pad_right) if pattern is not None else (0, 0)
+        self.select_view.show_pattern(pattern, span, pad, bounds)
+        self.select_view.select_span(span)
+
+    def run_pattern(self) -> None:
+        """Select S on the brushed span and match it (or search nearest states)."""
+        s = self.session
+        if s.span is None:
+            return
+        q = fetch.PatternQuery(state=s.state, start=s.span[0], end=s.span[1],
+                               threshold=s.threshold, pad_left=s.pad_left,
+                               pad_right=s.pad_right, sign=s.sign)
+        track = s.track
+        width = RIGHT_CELLS if self.shared.char_level else RIGHT_WORDS
+        self._clear_error()
+        if s.mode == "nearest":
+            def work() -> tuple[object, fetch.PatternResult]:
+                pattern = fetch.select(self.shared, q)
+                return pattern, fetch.run_nearest(self.shared, q.state, q.start, q.end, 50,
+                                                  track, width)
+
+            self.runner.submit("pattern", work, self._apply_nearest, label="nearest")
+            return
+        self.runner.submit("pattern", lambda: fetch.run_pattern(self.shared, q, track, width),
+                           self._apply_pattern, label="match")
+
+    def _apply_pattern(self, result: fetch.PatternResult) -> None:
+        s = self.session
+        s.pattern, s.result = result.pattern, result
+        s.generation += 1
+        if result.result is None:
+            self.match_view.show_idle(
+                "S is empty: no unit is on over the whole span and off on its padding. Lower "
+                "the threshold, brush a shorter span or reduce the padding."
+            )
+            self._show_pattern_marks()
+            return
+        # the matches first: the page draws them before it works through the rest
+        self.match_view.show_rows(result, self.shared.track_range(s.track))
+        self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+
+    def _show_details(self, generation: int) -> None:
+        """What follows the matches: S in the select view, the summary, the histogram."""
+        s = self.session
+        if generation != s.generation:
+            return  # a newer result came meanwhile and shows its own
+        self.match_view.show_summary(s.result, s.track, self.shared.track_range(s.track))
+        self._show_pattern_marks()
+
+    def _apply_nearest(self, value: tuple[object, fetch.PatternResult]) -> None:
+        s = self.session
+        pattern, result = value
+        s.pattern, s.result = pattern, result
+        s.generation += 1
+        self.match_view.show_rows(result, self.shared.track_range(s.track))
+        self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+
+    def refresh_neuron(self) -> None:
+        """Load the neuron view's unit."""
+        s = self.session
+        q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.threshold, sign=s.sign)
+        track = s.track
+        self.neuron_stale = False
+        self.runner.submit("neuron", lambda: fetch.neuron(self.shared, q, track),
+                           self.neuron_view.show, label="neuron")
+        self.refresh_correlations()
+
+    def _refresh_neuron_if_visible(self) -> None:
+        if self.tabs.active == NEURON_TAB:
+            self.refresh_neuron()
+
+    def refresh_correlations(self) -> None:
+        """Units ranked by correlation with the chosen track, for the neuron view.
+
+        Computed when the neuron view is shown (a pass over every stored value of the state,
+        once per state and track for the whole server) and only when state or track changed.
+        """
+        s = self.session
+        state, track = s.state, s.track
+        if (state, track) == self.correlations_shown:
+            return
+        self.correlations_shown = (state, track)
+        if not track:
+            self.neuron_view.show_correlations(None, None)
+            return
+
+        def work() -> list[tuple[int, float]] | None:
+            try:
+                return fetch.correlations(self.shared, state, track)
+            except ValueError:
+                return None
+
+        self.runner.submit("correlate", work,
+                           lambda pairs: self.neuron_view.show_correlations(track, pairs),
+                           label="correlation")
+
+
+def build(doc: Document, index: Index | fetch.Shared, executor: Executor | None = None) -> App:
+    """Put the app for `index` into `doc`; returns the `App` (its views hold the models).
+
+    Pass the server's shared thread pool as `executor` so that queries run off the event
+    loop; without one, every query runs at once (what tests do).
+    """
+    shared = index if isinstance(index, fetch.Shared) else fetch.Shared(index)
+    return App(doc, shared, executor)
+

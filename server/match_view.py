@@ -1,0 +1,179 @@
+"""Match view: the ranked matches of the pattern S aligned on their start, each a row of
+tokens on a heat strip of match counts (how many units of S are on at each token), with the
+annotation track under it; or, in "nearest states" mode, the FAISS nearest neighbours of the
+span's mean state. Tapping a row moves the select view there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bokeh.layouts import column, row
+from bokeh.models import ColumnDataSource, Div, RadioButtonGroup, Range1d
+from bokeh.plotting import figure
+
+from server.display import (
+    ACCENT,
+    COUNT_PALETTE,
+    MUTED_TEXT,
+    TRACK_PALETTE,
+    StripList,
+    StripRow,
+    fmt,
+    gradient_legend,
+)
+from server.fetch import MatchRow, PatternResult
+
+MODES = ("match", "nearest")
+RIGHT_CELLS, RIGHT_WORDS = 22, 12
+"""Cells shown right of a match's start (character / word tokens): the rest is cut."""
+MATCH_TITLE = ("Matches, best first, aligned on their start "
+               "(row label: rank. |A∩S|/|S| +extra units, document)")
+NEAREST_TITLE = "Nearest stored states to the span's mean state (row label: rank. distance)"
+MODE_LABELS = ["Pattern match", "Nearest states (FAISS)"]
+
+
+class MatchView:
+    """The match list, its summary and the length histogram."""
+
+    def __init__(self, *, char_level: bool, width: int = 1140) -> None:
+        self.char_level = char_level
+        self.on_row: Callable[[MatchRow], None] | None = None
+        self.on_mode: Callable[[str], None] | None = None
+        self.rows: tuple[MatchRow, ...] = ()
+        right = RIGHT_CELLS if char_level else RIGHT_WORDS
+        self.strips = StripList(
+            "match", title=MATCH_TITLE, width=width - 250, max_rows=50, left=-5, right=right,
+            char_level=char_level, value_name="units of S on", label_width=190,
+        )
+        self.summary = Div(name="match-summary", width=width, text=self._idle_html())
+        self.mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="match-mode")
+        self.hist_source = ColumnDataSource({"length": [], "count": []}, name="length-hist-data")
+        hist = figure(
+            name="length-hist", title="Candidate lengths", width=240, height=200,
+            tools="", toolbar_location=None, x_range=Range1d(0.5, 10.5),
+            y_range=Range1d(0, 1), output_backend="canvas",
+        )
+        hist.vbar(x="length", top="count", width=0.8, source=self.hist_source,
+                  fill_color=ACCENT, line_color=None)
+        hist.xaxis.axis_label = "tokens"
+        hist.yaxis.axis_label = "candidates"
+        hist.title.text_font_size = "12px"
+        hist.xgrid.visible = False
+        self.hist = hist
+        self.legend = Div(name="match-legend", width=230, text="")
+        self.strips.cells.selected.on_change("indices", self._on_tap)
+        self.mode.on_change("active", self._on_mode)
+        self.layout = column(
+            row(self.summary),
+            row(self.mode),
+            row(self.strips.fig, column(self.legend, self.hist)),
+            name="match-view",
+        )
+
+    @property
+    def mode_name(self) -> str:
+        return MODES[self.mode.active or 0]
+
+    def _on_mode(self, attr: str, old: int, new: int) -> None:
+        if self.on_mode is not None:
+            self.on_mode(MODES[new or 0])
+
+    def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
+        if not new:
+            return
+        strip = self.strips.tapped_row()
+        if strip is None or self.on_row is None:
+            return
+        match_row = strip.info.get("row")
+        if isinstance(match_row, MatchRow):
+            self.on_row(match_row)
+
+    # --- updates -----------------------------------------------------------------------------
+
+    def show_idle(self, message: str | None = None) -> None:
+        """No query yet (or S is empty): an explanation instead of rows."""
+        self.rows = ()
+        self.summary.text = self._idle_html(message)
+        self.strips.show([], low=0, high=1, palette=COUNT_PALETTE)
+        self.hist_source.data = {"length": [], "count": []}
+
+    def show(self, result: PatternResult, track_name: str | None,
+             track_range: tuple[float, float] | None) -> None:
+        """Draw the ranked rows of a pattern match or a nearest-state search, then the rest."""
+        self.show_rows(result, track_range)
+        self.show_summary(result, track_name, track_range)
+
+    def show_rows(self, result: PatternResult, track_range: tuple[float, float] | None) -> None:
+        """The ranked rows (what the user waits for)."""
+        self.rows = result.rows
+        nearest = result.pattern is None
+        size = 1 if nearest else len(result.pattern.units)
+        strip_rows = []
+        for r in result.rows:
+            if nearest:
+                label = f"{r.rank:>2}. d={fmt(r.score, 3)}  doc {r.document}"
+            else:
+                tag = " (query)" if r.is_query else ""
+                label = f"{r.rank:>2}. {r.overlap}/{size} +{r.extra}  doc {r.document}{tag}"
+            strip_rows.append(StripRow(
+                label=label, anchor=r.anchor, positions=r.positions, texts=r.texts,
+                values=r.values, emphasis=r.emphasis, document=r.document, track=r.track,
+                info={"row": r},
+            ))
+        self.strips.show(strip_rows, low=0, high=max(1, size), palette=COUNT_PALETTE,
+                         track_range=track_range,
+                         left=-5, right=RIGHT_CELLS if self.char_level else RIGHT_WORDS)
+        title = NEAREST_TITLE if nearest else MATCH_TITLE
+        if self.strips.fig.title.text != title:
+            self.strips.fig.title.text = title
+
+    def show_summary(self, result: PatternResult, track_name: str | None,
+                     track_range: tuple[float, float] | None) -> None:
+        """The summary line, the legend and the length histogram of a result."""
+        nearest = result.pattern is None
+        size = 1 if nearest else len(result.pattern.units)
+        legend = gradient_legend("cells: how many units of S are on", COUNT_PALETTE,
+                                 "none", "all of S")
+        if track_range is not None:
+            legend += gradient_legend(f"strip under tokens: track “{track_name}”",
+                                      TRACK_PALETTE, fmt(track_range[0]), fmt(track_range[1]))
+        if legend != self.legend.text:  # unchanged text: no message, no re-layout
+            self.legend.text = legend
+        if nearest:
+            self.summary.text = (
+                f"<b>{len(result.rows)}</b> nearest stored states to the span's mean state "
+                f"<span style='color:{MUTED_TEXT}'>({1000 * result.seconds:.0f} ms)</span>"
+            )
+            self.hist_source.data = {"length": [], "count": []}
+            return
+        mr = result.result
+        hist = mr.length_histogram
+        lengths = sorted(hist)
+        counts = [hist[k] for k in lengths]
+        self.hist_source.data = {"length": lengths, "count": counts}
+        if lengths:
+            self.hist.x_range.start = 0.5
+            self.hist.x_range.end = min(max(lengths), 40) + 0.5
+            self.hist.y_range.end = max(counts) * 1.05
+        self.summary.text = (
+            f"<b>{len(result.rows)}</b> best of <b>{mr.n_candidates:,}</b> candidate spans "
+            f"for |S| = <b>{size}</b> "
+            f"<span style='color:{MUTED_TEXT}'>({1000 * result.seconds:.0f} ms)</span>. "
+            f"<span style='color:{MUTED_TEXT}'>Click a row to show it in the select view.</span>"
+        )
+
+    @staticmethod
+    def _idle_html(message: str | None = None) -> str:
+        text = message or (
+            "Brush a span of tokens in the select view: the units on over the whole span form "
+            "the pattern S, and every span of the corpus where S switches on the same way is "
+            "listed here, best first."
+        )
+        return f"<span style='color:{MUTED_TEXT}'>{text}</span>"
+
+    def selected_rank(self) -> int | None:
+        """Rank of the tapped row (for tests)."""
+        strip = self.strips.tapped_row()
+        return None if strip is None else strip.info["row"].rank
+

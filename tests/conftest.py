@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny real model and index, built once per test session in seconds.
+
+- `tiny_corpus`: 40 short documents of the bundled `parens` language (with a depth track).
+- `tiny_model_path`: a 2-layer LSTM (embed 8, hidden 12, char tokenizer) with hand-seeded
+  random weights, scaled up so that units saturate and thresholds mean something.
+- `tiny_index_path` / `tiny_index`: that model's h and c states of every layer over the corpus,
+  written in several shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmsearch.corpus import Corpus, load_corpus
+from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint
+from lstmsearch.tokenize import train_tokenizer
+
+TINY_DOCS = 40
+TINY_SHARD_TOKENS = 600
+TINY_SHARD = {"shard_tokens": TINY_SHARD_TOKENS, "shard_docs": 1}
+"""Small shards, so that the tiny index has several."""
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch on `n` threads for a while: tiny models on a busy machine are many times
+    faster on one thread than on several that wait for each other at every step."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_tiny_model(
+    path: Path, corpus: Corpus, arch: str = "lstm", hidden: int = 12, layers: int = 2,
+    seed: int = 0, scale: float = 2.5, bidirectional: bool = False,
+) -> Path:
+    """Save a small language model with seeded uniform(-scale/sqrt(hidden), ...) weights."""
+    tokenizer = train_tokenizer("char", [d.text for d in corpus.documents])
+    config = ModelConfig(arch, tokenizer.vocab_size, embed_dim=8, hidden=hidden, layers=layers,
+                         bidirectional=bidirectional)
+    model = LanguageModel(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * scale / hidden**0.5)
+    save_checkpoint(path, model.eval(), tokenizer)
+    return path
+
+
+def tiny_parens(n_docs: int = TINY_DOCS, seed: int = 0) -> Corpus:
+    """A small parens corpus of short documents."""
+    return load_corpus("parens", limit=n_docs, min_len=20, max_len=120, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> Corpus:
+    return tiny_parens()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Corpus) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model.pt", tiny_corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_index_path(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Corpus, tiny_model_path: Path
+) -> Path:
+    from indexer.build import build_index
+
+    out = tmp_path_factory.mktemp("tiny-index") / "index"
+    with torch_threads(1):
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_index_path: Path):
+    from lstmsearch.index import open_index
+
+    index = open_index(tiny_index_path)
+    yield index
+    index.close()

@@ -1,0 +1,213 @@
+"""Gradient flow through time: analytic values for a linear RNN, finite differences for an
+LSTM language model, and a sanity check on the shipped parens model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lstmsearch.analysis.gradients import (
+    gradient_flow,
+    gradient_norms,
+    growth_factor,
+    lag_profile,
+    sample_positions,
+)
+from lstmsearch.models import LanguageModel, ModelConfig
+
+PARENS = Path(__file__).resolve().parents[1] / "data" / "models" / "parens-lstm.pt"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def linear_rnn(w: torch.Tensor, u: torch.Tensor):
+    """h_t = W h_{t-1} + U x_t, loss = sum of h_T (per row)."""
+
+    def step(x, states):
+        return {"layers.0.h": states["layers.0.h"] @ w.T + x @ u.T}
+
+    def loss(states):
+        return states["layers.0.h"].sum(-1)
+
+    return step, loss
+
+
+@pytest.mark.parametrize("a", [0.5, 0.9, 1.0, 1.5])
+def test_linear_rnn_scaled_identity_gives_a_to_the_k(a):
+    hidden, steps = 3, 12
+    step, loss_sum = linear_rnn(a * torch.eye(hidden, dtype=torch.float64), torch.ones(hidden, 2, dtype=torch.float64))
+    unit = torch.ones(hidden, dtype=torch.float64) / hidden**0.5  # a unit-norm read-out
+
+    def loss(states):
+        return states["layers.0.h"] @ unit
+
+    x = torch.randn(4, steps, 2, dtype=torch.float64)
+    h0 = {"layers.0.h": torch.randn(4, hidden, dtype=torch.float64)}
+    norms = gradient_norms(step, loss, x, h0)["layers.0.h"]
+    expected = a ** np.arange(steps)
+    np.testing.assert_allclose(norms, np.broadcast_to(expected, norms.shape), rtol=1e-12)
+    profile = lag_profile("layers.0.h", norms)
+    assert profile.factor == pytest.approx(a, rel=1e-9)
+    np.testing.assert_allclose(profile.median, expected, rtol=1e-12)
+    assert loss_sum is not None
+
+
+def test_linear_rnn_general_matrix_matches_powers_of_w_transpose():
+    torch.manual_seed(0)
+    hidden, steps = 4, 8
+    w = torch.randn(hidden, hidden, dtype=torch.float64) * 0.6
+    step, loss = linear_rnn(w, torch.randn(hidden, 3, dtype=torch.float64))
+    x = torch.randn(2, steps, 3, dtype=torch.float64)
+    norms = gradient_norms(step, loss, x, {"layers.0.h": torch.zeros(2, hidden, dtype=torch.float64)})
+    ones = np.ones(hidden)
+    expected = [np.linalg.norm(np.linalg.matrix_power(w.numpy().T, k) @ ones) for k in range(steps)]
+    np.testing.assert_allclose(norms["layers.0.h"][0], expected, rtol=1e-10)
+    np.testing.assert_allclose(norms["layers.0.h"][1], expected, rtol=1e-10)
+
+
+def test_offsets_reset_the_state_and_hide_lags_before_the_start():
+    step, loss = linear_rnn(2.0 * torch.eye(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    h0 = {"layers.0.h": torch.zeros(3, 2, dtype=torch.float64)}
+    norms = gradient_norms(step, loss, x, h0, offsets=[0, 2, 5])["layers.0.h"]
+    full = np.sqrt(2) * 2.0 ** np.arange(6)
+    np.testing.assert_allclose(norms[0], full)
+    np.testing.assert_allclose(norms[1, :4], full[:4])
+    assert np.isnan(norms[1, 4:]).all()
+    np.testing.assert_allclose(norms[2, :1], full[:1])
+    assert np.isnan(norms[2, 1:]).all()
+    with pytest.raises(ValueError, match="offsets"):
+        gradient_norms(step, loss, x, h0, offsets=[0, 0, 6])
+
+
+def tiny_lm(arch: str = "lstm", layers: int = 2, seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    model = LanguageModel(ModelConfig(arch=arch, vocab_size=7, embed_dim=3, hidden=4, layers=layers)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model
+
+
+def fd_reference(model: LanguageModel, ids: np.ndarray, t: int, k: int, layer: int, kind: str, eps: float = 1e-6):
+    """||d loss_t / d state_{t-k}|| by central differences, unrolling nn.LSTMCell/GRUCell
+    cells step by step and perturbing the state right after layer `layer` computes it at
+    step t - k (before the next layer and the next step read it). Perturbing an LSTM's c
+    also changes that step's h = o * tanh(c)."""
+    cfg = model.config
+    cells = []
+    for rnn in model.forward_layers:
+        cell = (torch.nn.LSTMCell if cfg.arch == "lstm" else torch.nn.GRUCell)(rnn.input_size, cfg.hidden).double()
+        cell.load_state_dict({"weight_ih": rnn.weight_ih_l0, "weight_hh": rnn.weight_hh_l0,
+                              "bias_ih": rnn.bias_ih_l0, "bias_hh": rnn.bias_hh_l0})
+        cells.append(cell)
+
+    def run(delta: torch.Tensor) -> float:
+        h = [torch.zeros(1, cfg.hidden, dtype=torch.float64) for _ in cells]
+        c = [torch.zeros(1, cfg.hidden, dtype=torch.float64) for _ in cells]
+        with torch.no_grad():
+            for s in range(t + 1):
+                x = model.embed(torch.tensor([int(ids[s])]))
+                for j, cell in enumerate(cells):
+                    if cfg.arch == "lstm":
+                        h_prev = h[j]
+                        h[j], c[j] = cell(x, (h[j], c[j]))
+                        if s == t - k and j == layer:
+                            if kind == "c":
+                                rnn = model.forward_layers[j]
+                                hid = cfg.hidden
+                                o = torch.sigmoid(x @ rnn.weight_ih_l0[3 * hid:].T + rnn.bias_ih_l0[3 * hid:]
+                                                  + h_prev @ rnn.weight_hh_l0[3 * hid:].T + rnn.bias_hh_l0[3 * hid:])
+                                c[j] = c[j] + delta
+                                h[j] = o * torch.tanh(c[j])
+                            else:
+                                h[j] = h[j] + delta
+                    else:
+                        h[j] = cell(x, h[j])
+                        if s == t - k and j == layer:
+                            h[j] = h[j] + delta
+                    x = h[j]
+            logits = model.head(h[-1])
+            return float(torch.nn.functional.cross_entropy(logits, torch.tensor([int(ids[t + 1])])))
+
+    grad = np.zeros(cfg.hidden)
+    for i in range(cfg.hidden):
+        e = torch.zeros(1, cfg.hidden, dtype=torch.float64)
+        e[0, i] = eps
+        grad[i] = (run(e) - run(-e)) / (2 * eps)
+    return float(np.linalg.norm(grad))
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_language_model_gradients_match_finite_differences(arch):
+    model = tiny_lm(arch)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 7, size=12)
+    t, max_lag = 9, 4  # the window starts inside the document: initial state from extraction
+    flow = gradient_flow(model, [ids], max_lag=max_lag, positions=[(0, t)])
+    kinds = ("h", "c") if arch == "lstm" else ("h",)
+    for layer in range(2):
+        for kind in kinds:
+            name = f"layers.{layer}.{kind}"
+            got = flow.norms[name][0]
+            want = [fd_reference(model, ids, t, k, layer, kind) for k in range(max_lag + 1)]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8, err_msg=name)
+    # the same-step path: layer 0's h at t reaches the loss through layer 1 at t
+    assert flow.norms["layers.0.h"][0, 0] > 0
+
+
+def test_positions_near_the_start_have_nan_lags_and_counts():
+    model = tiny_lm()
+    ids = np.arange(10) % 7
+    flow = gradient_flow(model, [ids], max_lag=5, positions=[(0, 2), (0, 8)])
+    n = flow.norms["layers.1.c"]
+    assert np.isfinite(n[0, :3]).all() and np.isnan(n[0, 3:]).all()
+    assert np.isfinite(n[1]).all()
+    np.testing.assert_array_equal(flow.profile("layers.1.c").count, [2, 2, 2, 1, 1, 1])
+    np.testing.assert_array_equal(flow.positions, [2, 8])
+    with pytest.raises(ValueError, match="next token"):
+        gradient_flow(model, [ids], max_lag=2, positions=[(0, 9)])
+    with pytest.raises(ValueError, match="layers.5.h"):
+        gradient_flow(model, [ids], names=["layers.5.h"])
+
+
+def test_sample_positions_is_seeded_and_respects_min_step():
+    a = sample_positions([5, 30, 40], 10, min_step=20, seed=3)
+    b = sample_positions([5, 30, 40], 10, min_step=20, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert (a[1] >= 20).all() and set(a[0]) <= {1, 2}
+    docs, steps = sample_positions([3], 10, min_step=20)  # falls back to any predicting step
+    assert sorted(steps.tolist()) == [0, 1]
+
+
+def test_growth_factor_of_a_geometric_series():
+    assert growth_factor(0.8 ** np.arange(10)) == pytest.approx(0.8)
+    assert np.isnan(growth_factor(np.array([1.0, np.nan, 0.0])))
+
+
+@pytest.mark.skipif(not PARENS.exists(), reason="shipped parens model not present")
+def test_parens_model_gradient_flow_is_finite_and_decays():
+    from lstmsearch.analysis import tokenize_documents
+    from lstmsearch.corpus import load_corpus
+    from lstmsearch.models import load_model
+
+    lm = load_model(PARENS)
+    tok = tokenize_documents(lm.tokenizer, load_corpus("parens", limit=8).documents)
+    flow = gradient_flow(lm.model, tok.ids, max_lag=30, n_positions=24)
+    for profile in flow.profiles:
+        med = profile.median
+        assert np.isfinite(med).all(), profile.name
+        assert med[30] < med[1], profile.name  # the gradient shrinks going back in time
+        assert 0 < profile.factor < 1, profile.name
+    # the top layer is closest to the loss: its gradient is largest at lag 0
+    assert flow.profile("layers.1.h").median[0] > flow.profile("layers.0.h").median[0]

@@ -1,0 +1,393 @@
+"""The indexing job: shards, kills and resumes, appends, options, annotations, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import TINY_SHARD, TINY_SHARD_TOKENS, make_tiny_model, tiny_parens, torch_threads
+
+from indexer.annotate import annotate_index
+from indexer.build import build_index
+from indexer.writer import BuildError, plan_shards
+from lstmsearch.cli import main
+from lstmsearch.corpus import Corpus, Document
+from lstmsearch.extract import extract
+from lstmsearch.index import IncompleteIndexError, open_index
+from lstmsearch.models import LanguageModel, ModelConfig, load_model, save_checkpoint
+from lstmsearch.tokenize import train_tokenizer
+
+COMPARED_TABLES = {
+    "documents": "doc", "tokens": "pos", "vocab": "token_id", "layers": "seq",
+    "tracks": "name, pos", "unit_stats": "layer, kind, unit",
+    "unit_on": "layer, kind, unit, threshold", "unit_top": "layer, kind, unit, lowest, rank",
+    "faiss_indexes": "name",
+}
+VOLATILE_META = {"created_at", "updated_at", "build_seconds", "model_source", "corpus"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+def snapshot(path: Path, shards: bool = True) -> dict:
+    """Everything an index holds that must not depend on how the build was run."""
+    con = duckdb.connect(str(path / "index.duckdb"), read_only=True)
+    out = {}
+    for table, order in COMPARED_TABLES.items():
+        columns = "* EXCLUDE (seconds)" if table == "faiss_indexes" else "*"
+        out[table] = con.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
+    out["meta"] = sorted(r for r in con.execute("SELECT * FROM meta").fetchall()
+                         if r[0] not in VOLATILE_META)
+    if shards:
+        out["shards"] = con.execute("SELECT * EXCLUDE (seconds) FROM shards ORDER BY shard").fetchall()
+    con.close()
+    for folder in ("states", "faiss"):
+        for f in sorted((path / folder).iterdir()):
+            out[f"{folder}/{f.name}"] = f.read_bytes()
+    out["model.pt"] = (path / "model.pt").read_bytes()
+    return out
+
+
+def assert_same_index(a: Path, b: Path, shards: bool = True) -> None:
+    left, right = snapshot(a, shards), snapshot(b, shards)
+    assert left.keys() == right.keys()
+    for key in left:
+        assert left[key] == right[key], f"{key} differs"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus, tiny_model_path) -> Path:
+    """An uninterrupted build to compare against."""
+    out = tmp_path_factory.mktemp("reference") / "index"
+    with torch_threads(1):
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False)
+    return out
+
+
+@pytest.fixture()
+def annotated(tmp_path, tiny_index_path):
+    """A copy of the tiny index that a test may change."""
+    import shutil
+
+    path = tmp_path / "annotated"
+    shutil.copytree(tiny_index_path, path)
+    return path
+
+
+def test_plan_shards_groups_whole_documents():
+    shards = plan_shards([5, 5, 5, 20, 1, 1], 10, 1, first_shard=3, first_doc=7, first_token=100)
+    assert [(s.shard, s.doc_start, s.doc_end, s.tok_start, s.tok_end) for s in shards] == [
+        (3, 7, 9, 100, 110), (4, 9, 11, 110, 135), (5, 11, 13, 135, 137)]
+    shards = plan_shards([5, 5, 5, 20, 1, 1], 10, 3, first_shard=0, first_doc=0, first_token=0)
+    assert [(s.doc_start, s.doc_end) for s in shards] == [(0, 3), (3, 6)]
+
+
+def test_build_is_deterministic(reference, tmp_path, tiny_corpus, tiny_model_path):
+    build_index(tiny_corpus, tiny_model_path, tmp_path / "again", **TINY_SHARD, progress=False)
+    assert_same_index(reference, tmp_path / "again")
+
+
+def test_interrupted_build_resumes_to_the_same_index(tmp_path, tiny_corpus, tiny_model_path,
+                                                     reference):
+    out = tmp_path / "index"
+
+    def stop_after_two(shard: int) -> None:
+        if shard == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False, on_shard=stop_after_two)
+    with pytest.raises(IncompleteIndexError, match="--resume"):
+        open_index(out)
+    with open_index(out, allow_partial=True) as partial, open_index(reference) as full:
+        assert partial.n_shards_committed == 2
+        assert 0 < partial.n_tokens < full.n_tokens
+        assert partial.n_docs == len(partial.documents()) < full.n_docs
+        for name in full.state_names:
+            np.testing.assert_array_equal(partial.states(name),
+                                          full.states(name)[: partial.n_tokens])
+        assert partial.text(0, partial.n_tokens).split("\n") == [
+            d.text for d in tiny_corpus.documents[: partial.n_docs]]
+    result = build_index(None, None, out, resume=True, progress=False)
+    assert result.mode == "resume" and result.n_tokens == open_index(reference).n_tokens
+    assert_same_index(out, reference)
+    again = build_index(None, None, out, resume=True, progress=False)
+    assert again.mode == "complete" and "already complete" in again.summary()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r} + "/tests")
+import torch
+import indexer.build as build
+import lstmsearch.store as store
+torch.set_num_threads(1)
+from conftest import tiny_parens
+where = {where!r}
+calls = {{"n": 0}}
+def kill_on(n):
+    calls["n"] += 1
+    if calls["n"] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+if where == "mid-shard":      # states of shard 3 written, its rows not committed
+    real_flush = store.StateWriter.flush
+    def flush(self):
+        real_flush(self)
+        kill_on(4 * 2 + 1)
+    store.StateWriter.flush = flush
+elif where == "finalize":     # some FAISS files written, statistics not committed
+    real_faiss = build.build_faiss
+    def faiss(*a, **k):
+        result = real_faiss(*a, **k)
+        kill_on(2)
+        return result
+    build.build_faiss = faiss
+elif where == "plan":         # schema committed, plan not
+    real_plan = build.IndexWriter.plan
+    def plan(self, *a, **k):
+        self.con.execute("BEGIN TRANSACTION")
+        self.con.execute("INSERT INTO shards VALUES (0, 0, 1, 0, 10, false, NULL)")
+        kill_on(1)
+    build.IndexWriter.plan = plan
+build.build_index(tiny_parens(), {model!r}, {out!r}, shard_tokens={shard_tokens}, shard_docs=1,
+                  progress=False)
+"""
+
+
+@pytest.mark.parametrize("where", ["mid-shard", "finalize", "plan"])
+def test_killed_build_resumes_to_the_same_index(tmp_path, tiny_model_path, reference, where):
+    out = tmp_path / "index"
+    root = str(Path(__file__).resolve().parents[1])
+    script = KILL_SCRIPT.format(root=root, where=where, model=str(tiny_model_path), out=str(out),
+                                shard_tokens=TINY_SHARD_TOKENS)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    with pytest.raises(IncompleteIndexError if where != "plan" else Exception):
+        open_index(out)
+    if where == "plan":
+        with pytest.raises(BuildError, match="before it saved its plan"):
+            build_index(None, None, out, resume=True, progress=False)
+    build_index(tiny_parens(), tiny_model_path, out, resume=True, **TINY_SHARD,
+                progress=False)
+    assert_same_index(out, reference)
+
+
+def test_append_equals_building_once(tmp_path, tiny_corpus, tiny_model_path, reference):
+    out = tmp_path / "index"
+    docs = tiny_corpus.documents
+    first = Corpus("parens", docs[:15])
+    rest = Corpus("parens", docs[15:])
+    build_index(first, tiny_model_path, out, **TINY_SHARD, progress=False)
+    result = build_index(rest, None, out, append=True, progress=False)
+    assert result.mode == "append" and result.new_docs == len(docs) - 15
+    assert result.n_docs == len(docs)
+    assert_same_index(out, reference, shards=False)
+    with open_index(out) as index:
+        assert "parens + parens" in index.info().corpus
+
+
+def test_append_refuses_another_model_and_incomplete_index(tmp_path, tiny_corpus,
+                                                           tiny_model_path, annotated):
+    other = make_tiny_model(tmp_path / "other.pt", tiny_corpus, seed=7)
+    with pytest.raises(BuildError, match="not the model of index"):
+        build_index(tiny_corpus, other, annotated, append=True, progress=False)
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False, on_shard=lambda s: (_ for _ in ()).throw(Interrupted()))
+    with pytest.raises(BuildError, match="--resume"):
+        build_index(tiny_corpus, None, out, append=True, progress=False)
+
+
+def test_new_build_refuses_an_existing_directory(tiny_corpus, tiny_model_path, annotated):
+    with pytest.raises(BuildError, match="--resume .* --append"):
+        build_index(tiny_corpus, tiny_model_path, annotated, progress=False)
+
+
+def test_chosen_layers_and_kinds_of_a_gru(tmp_path, tiny_corpus):
+    model = make_tiny_model(tmp_path / "gru.pt", tiny_corpus, arch="gru", layers=3, hidden=6)
+    out = tmp_path / "index"
+    result = build_index(Corpus("parens", tiny_corpus.documents[:8]), model, out, layers=[0, 2],
+                         progress=False)
+    assert result.states == ("layers.0.h", "layers.2.h")
+    with open_index(out) as index:
+        assert index.state_names == ["layers.0.h", "layers.2.h"]
+        loaded = load_model(model)
+        ids = [loaded.tokenizer.encode(d.text).ids for d in tiny_corpus.documents[:8]]
+        fresh = np.concatenate([s["layers.2.h"] for s in extract(loaded.model, ids)])
+        np.testing.assert_array_equal(index.states(2, "h"), fresh.astype(np.float16))
+    with pytest.raises(ValueError, match="unknown kind 'c'"):
+        build_index(tiny_corpus, model, tmp_path / "bad", kinds=["c"], progress=False)
+
+
+def test_bidirectional_states_hold_both_directions(tmp_path, tiny_corpus):
+    model = make_tiny_model(tmp_path / "bi.pt", tiny_corpus, layers=1, hidden=5,
+                            bidirectional=True)
+    docs = tiny_corpus.documents[:6]
+    build_index(Corpus("parens", docs), model, tmp_path / "index", progress=False)
+    loaded = load_model(model)
+    fresh = extract(loaded.model, [loaded.tokenizer.encode(d.text).ids for d in docs])
+    with open_index(tmp_path / "index") as index:
+        for name in ("layers.0.h", "layers.0.c"):
+            assert index.store(name).dim == 10
+            expected = np.concatenate([f[name] for f in fresh]).astype(np.float16)
+            np.testing.assert_array_equal(index.states(name), expected)
+
+
+def test_word_tokens_keep_unicode_offsets_and_whitespace(tmp_path):
+    texts = ["Grüße,  wörld! 😀 naïve\tcafé", "a  b\n\nc — ünïcode ok", "   ", "x"]
+    corpus = Corpus("words", [Document(f"d{i}", t) for i, t in enumerate(texts)])
+    tokenizer = train_tokenizer("word", texts)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=5,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    result = build_index(corpus, tmp_path / "m.pt", tmp_path / "index", progress=False)
+    assert result.skipped == {"no tokens": 1} and "skipped" in result.summary()
+    with open_index(tmp_path / "index") as index:
+        kept = [t for t in texts if t.strip()]
+        assert index.n_docs == 3
+        for d, text in zip(index.documents(), kept, strict=True):
+            tokens = index.tokens(d.start, d.end)
+            assert tokens.text == tuple(text[a:b] for a, b in zip(tokens.char_start,
+                                                                   tokens.char_end, strict=True))
+            assert index.text(d.start, d.end) == text.strip()
+        assert index.text(0, 2) == "Grüße,"
+        assert index.text(1, 3) == ",  wörld"
+
+
+# --- annotations -------------------------------------------------------------------------
+
+
+def test_annotate_dense_sparse_npy_and_labels(annotated, tmp_path):
+    with open_index(annotated) as index:
+        n = index.n_tokens
+    (tmp_path / "dense.txt").write_text("\n".join(str(i % 3) for i in range(n)) + "\n")
+    assert annotate_index(annotated, "mod3", tmp_path / "dense.txt") == n
+    (tmp_path / "sparse.csv").write_text("pos,value\n5,1.5\n2,-1\n")
+    annotate_index(annotated, "few", tmp_path / "sparse.csv")
+    np.save(tmp_path / "v.npy", np.arange(n, dtype=np.float32) / n)
+    annotate_index(annotated, "ramp", tmp_path / "v.npy")
+    (tmp_path / "labels.txt").write_text("\n".join("open" if i % 2 else "shut" for i in range(n)))
+    annotate_index(annotated, "tag", tmp_path / "labels.txt")
+    with open_index(annotated) as index:
+        assert index.track_names() == ["depth", "few", "mod3", "ramp", "tag"]
+        np.testing.assert_array_equal(index.track("mod3"), np.arange(n) % 3)
+        few = index.track("few")
+        assert few[5] == 1.5 and few[2] == -1 and np.isnan(few[0])
+        np.testing.assert_allclose(index.track("ramp"), np.arange(n, dtype=np.float32) / n)
+        labels = index.sql("SELECT label FROM tracks WHERE name = 'tag' ORDER BY pos LIMIT 2")
+        assert labels.column("label") == ["shut", "open"]
+        assert index.track_labels("tag")[:3] == ["shut", "open", "shut"]
+        assert np.isnan(index.track("tag")).all()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("1\n2\n3\n", "has 3 values but the index has"),
+     ("pos,value\n1,2\n999999,3\n", "position 999999 out of range"),
+     ("pos,value\n1,2\n1,3\n", "more than once"),
+     ("pos,value\nx,2\n", "not a token position")],
+)
+def test_bad_track_file_leaves_the_index_unchanged(annotated, tmp_path, content, message):
+    before = snapshot(annotated)
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(BuildError, match=message):
+        annotate_index(annotated, "bad", tmp_path / "bad.csv")
+    with pytest.raises(BuildError, match="already has a track 'depth'"):
+        annotate_index(annotated, "depth", tmp_path / "bad.csv")
+    assert snapshot(annotated) == before
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def test_cli_index_info_annotate(tmp_path, tiny_model_path, capsys):
+    out = tmp_path / "index"
+    assert main(["index", "parens", "--model", str(tiny_model_path), "--out", str(out),
+                 "--limit", "6", "--kinds", "h", "--no-faiss"]) == 0
+    assert "build: 6 documents" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "layers.0.h (12), layers.1.h (12)" in info and "tokens" in info
+    with open_index(out) as index:
+        n = index.n_tokens
+    (tmp_path / "t.txt").write_text("1\n" * (n - 1))
+    assert main(["annotate", str(out), "--track", "x", str(tmp_path / "t.txt")]) == 2
+    assert f"has {n - 1} values" in capsys.readouterr().err
+    assert main(["index", "--out", str(out), "--resume"]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+# --- statistics on stored values ---------------------------------------------------------
+
+
+def test_bit_comparisons_match_float_comparisons():
+    from indexer.stats import compare
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    values = every.view(np.float16).astype(np.float64)
+    finite = np.isfinite(values)
+    for v in [0.0, -0.0, 1.0, -1.0, 2.0**-24, -(2.0**-24), 65504.0, -65504.0, 0.333251953125]:
+        for op, expected in ((">", values > v), ("<", values < v), ("==", values == v)):
+            got = np.zeros(len(values), dtype=bool)
+            got[compare(every, v, op)] = True
+            np.testing.assert_array_equal(got[finite], expected[finite], err_msg=f"{op} {v}")
+
+
+def test_stats_with_ties_and_negative_zeros(tmp_path):
+    from indexer.stats import unit_stats
+    from lstmsearch.store import StateStore, StateWriter, to_stored
+
+    rng = np.random.default_rng(3)
+    n = 1000
+    values = np.stack([
+        rng.choice([-1.0, -0.0, 0.0, 0.5, 1.0], size=n),  # heavy ties
+        rng.standard_normal(n),
+        np.where(rng.random(n) < 0.5, -0.0, 0.0),  # only zeros of both signs
+    ], axis=1).astype(np.float32)
+    writer = StateWriter.create(tmp_path / "s.f16", 3, n)
+    writer.write(0, to_stored(values))
+    writer.close()
+    store = StateStore(tmp_path / "s.f16", "layers.0.h", 0, "h", 3, n)
+    s = unit_stats(store, k=100)
+    stored = store.tokens_by_units().astype(np.float64)
+    for unit in range(3):
+        x = stored[:, unit]
+        assert s.mean[unit] == pytest.approx(x.mean(), abs=1e-12)
+        assert s.std[unit] == pytest.approx(x.std(), abs=1e-12)
+        np.testing.assert_array_equal(s.quantiles[unit],
+                                      np.quantile(x, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+                                      .astype(np.float32))
+        top = np.lexsort((np.arange(n), -x))[:100]
+        bottom = np.lexsort((np.arange(n), x))[:100]
+        np.testing.assert_array_equal(s.top_pos[unit], top)
+        np.testing.assert_array_equal(s.bottom_pos[unit], bottom)
+        np.testing.assert_array_equal(s.top_value[unit], x[top])
+        assert s.on_fraction[unit, 9] == pytest.approx(np.mean(x >= 0.0))  # threshold 0.0
+
+
+def test_large_indexes_get_ivf_with_measured_recall(tmp_path, tiny_corpus, tiny_model_path):
+    out = tmp_path / "index"
+    build_index(tiny_corpus, tiny_model_path, out, kinds=["h"], layers=[1],
+                exact_faiss_limit=1000, progress=False)
+    with open_index(out) as index:
+        (description, recall), = index.sql(
+            "SELECT description, recall_at_10 FROM faiss_indexes").rows
+        assert description.startswith("IVF64,SQ8") and 0.5 <= recall <= 1.0
+        faiss_index = index.faiss(1, "h")
+        assert faiss_index.ntotal == index.n_tokens
+        _, ids = faiss_index.search(index.store(1, "h").vectors([10, 20]).astype(np.float32), 5)
+        assert set(ids.ravel()) <= set(range(index.n_tokens))

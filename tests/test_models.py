@@ -1,0 +1,82 @@
+"""Models: shapes, checkpoint round trip, and the shipped parens model's depth unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lstmsearch.corpus import load_corpus
+from lstmsearch.extract import extract
+from lstmsearch.models import LanguageModel, ModelConfig, load_model, save_checkpoint
+from lstmsearch.tokenize import train_tokenizer
+
+MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_shapes(arch, bidirectional):
+    config = ModelConfig(arch=arch, vocab_size=13, embed_dim=4, hidden=6, layers=3,
+                         bidirectional=bidirectional)
+    model = LanguageModel(config)
+    ids = torch.randint(0, 13, (2, 9))
+    logits, state = model(ids)
+    assert logits.shape == (2, 9, 13)
+    assert len(state) == 3
+    if bidirectional:
+        assert model.backward_logits(ids).shape == (2, 9, 13)
+    assert config.state_dim == 6 * (2 if bidirectional else 1)
+
+
+def test_backward_stack_never_sees_the_token_it_predicts():
+    config = ModelConfig(arch="lstm", vocab_size=7, embed_dim=3, hidden=5, layers=2, bidirectional=True)
+    model = LanguageModel(config).eval()
+    ids = torch.randint(0, 7, (1, 8))
+    changed = ids.clone()
+    changed[0, 3] = (ids[0, 3] + 1) % 7
+    a, b = model.backward_logits(ids), model.backward_logits(changed)
+    # position t predicts token t-1 from tokens t..end: changing token 3 affects positions <= 3
+    assert torch.allclose(a[0, 4:], b[0, 4:])
+    assert not torch.allclose(a[0, :4], b[0, :4])
+
+
+def test_bad_config_names_the_value():
+    with pytest.raises(ValueError, match="'rnn'"):
+        ModelConfig(arch="rnn", vocab_size=3)
+    with pytest.raises(ValueError, match="hidden"):
+        ModelConfig(arch="lstm", vocab_size=3, hidden=0)
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(arch="gru", vocab_size=3, dropout=1.5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    tok = train_tokenizer("char", ["hello world"])
+    model = LanguageModel(ModelConfig(arch="gru", vocab_size=tok.vocab_size, hidden=8, layers=2))
+    save_checkpoint(tmp_path / "m.pt", model, tok, meta={"note": "x"})
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config == model.config
+    assert loaded.meta == {"note": "x"}
+    assert loaded.tokenizer.encode("hello").ids.tolist() == tok.encode("hello").ids.tolist()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k])
+
+
+def test_shipped_parens_model_has_a_depth_unit():
+    """On held-out documents (another seed) some unit's c tracks nesting depth: |r| >= 0.8."""
+    loaded = load_model(MODELS / "parens-lstm.pt")
+    held_out = load_corpus("parens", n_docs=150, seed=987)
+    encodings = [loaded.tokenizer.encode(d.text) for d in held_out.documents]
+    depth = np.concatenate([d.char_tracks["depth"][e.starts] for d, e in zip(held_out.documents, encodings)])
+    names = [f"layers.{i}.c" for i in range(loaded.config.layers)]
+    states = extract(loaded.model, [e.ids for e in encodings], names)
+    best = 0.0
+    for name in names:
+        values = np.concatenate([s[name] for s in states])
+        centered = values - values.mean(axis=0)
+        d = depth - depth.mean()
+        r = centered.T @ d / (np.linalg.norm(centered, axis=0) * np.linalg.norm(d) + 1e-12)
+        best = max(best, float(np.abs(r).max()))
+    assert best >= 0.8

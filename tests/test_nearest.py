@@ -1,0 +1,127 @@
+"""Nearest stored states: equal to a brute-force search on the stored values when the FAISS
+index is exact (and without FAISS), the query span left out, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.states import index_states
+from lstmsearch.index import open_index
+from lstmsearch.nearest import neighbor_key
+
+LENGTHS = (120, 1, 75, 200, 4, 160)
+DIM = 12
+
+
+@pytest.fixture(scope="module")
+def random_states(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tokens file of a few documents and random states with near-duplicates."""
+    tmp = tmp_path_factory.mktemp("nearest-data")
+    rng = np.random.default_rng(11)
+    words = [[f"w{rng.integers(50)}" for _ in range(n)] for n in LENGTHS]
+    tokens = tmp / "tokens.txt"
+    tokens.write_text("\n\n".join("\n".join(d) for d in words) + "\n", encoding="utf-8")
+    n = sum(LENGTHS)
+    states = rng.standard_normal((n, DIM)).astype(np.float32)
+    states[rng.integers(0, n, 40)] = states[rng.integers(0, n, 40)]  # exact ties
+    path = tmp / "h.npy"
+    np.save(path, states)
+    return {"tokens": tokens, "states": path, "tmp": tmp}
+
+
+def build(data: dict, name: str, faiss: bool) -> Path:
+    out = data["tmp"] / name
+    index_states(data["tokens"], {"layers.0.h": data["states"]}, out, faiss=faiss,
+                 progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact_index(random_states: dict):
+    index = open_index(build(random_states, "exact", faiss=True))
+    yield index
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def scan_index(random_states: dict):
+    index = open_index(build(random_states, "scan", faiss=False))
+    yield index
+    index.close()
+
+
+def brute_force(index, start: int, end: int, k: int) -> list[tuple[int, float]]:
+    """(position, distance) of the k nearest stored states to the span's mean, outside it."""
+    stored = np.asarray(index.states(0, "h"), dtype=np.float64)
+    query = stored[start:end].mean(axis=0)
+    distances = np.sqrt(((stored - query) ** 2).sum(axis=1))
+    positions = np.array([p for p in range(len(stored)) if not start <= p < end])
+    order = np.lexsort((positions, distances[positions]))[:k]
+    return [(int(positions[i]), float(distances[positions[i]])) for i in order]
+
+
+def test_exact_faiss_index_is_used(exact_index) -> None:
+    (row,) = exact_index.sql("SELECT description FROM faiss_indexes").rows
+    assert "exact" in row[0]
+
+
+def test_nearest_equals_brute_force(exact_index, scan_index) -> None:
+    rng = np.random.default_rng(5)
+    starts = exact_index.doc_starts
+    for _ in range(25):
+        doc = int(rng.integers(len(LENGTHS)))
+        first, stop = int(starts[doc]), int(starts[doc + 1])
+        start = int(rng.integers(first, stop))
+        end = int(rng.integers(start + 1, min(stop, start + 4) + 1))
+        k = int(rng.choice([1, 5, 20, 60]))
+        expected = brute_force(exact_index, start, end, k)
+        for index in (exact_index, scan_index):
+            found = index.nearest(start, end, 0, "h", k=k)
+            assert [(n.start, n.end) for n in found] == [(p, p + 1) for p, _ in expected]
+            np.testing.assert_allclose([n.distance for n in found], [d for _, d in expected])
+            assert found == sorted(found, key=neighbor_key)
+
+
+def test_neighbours_carry_their_text(exact_index) -> None:
+    found = exact_index.nearest(10, 12, "layers.0.h", k=5, context=2)
+    for n in found:
+        assert not 10 <= n.start < 12
+        assert n.text == exact_index.text(n.start, n.end)
+        assert n.document == exact_index.doc_of(n.start)
+        first = int(exact_index.doc_starts[n.document])
+        left = exact_index.text(max(first, n.start - 2), n.start) if n.start > first else ""
+        assert n.left.split() == left.split()
+
+
+def test_an_equal_state_outside_the_span_comes_first(exact_index) -> None:
+    stored = np.asarray(exact_index.states(0, "h"))
+    _, first_of, counts = np.unique(stored, axis=0, return_index=True, return_counts=True)
+    a = int(first_of[np.flatnonzero(counts > 1)[0]])
+    twins = np.flatnonzero((stored == stored[a]).all(axis=1))
+    (found,) = exact_index.nearest(a, a + 1, 0, "h", k=1)
+    assert found.distance == 0.0 and found.start == int(twins[twins != a][0])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((110, 125, 0, "h"), "crosses the end of document 0 at 120"),
+        ((5, 5, 0, "h"), "empty span"),
+        ((-1, 2, 0, "h"), "start=-1 is outside the index"),
+        ((0, 10_000, 0, "h"), "end=10000 is outside the index"),
+        ((0, 2, 0, "c"), "layers.0.c is not in this index"),
+        ((0, 2, 3, "h"), "layers.3.h is not in this index"),
+        ((0, 2.5, 0, "h"), "end must be an integer, got 2.5"),
+    ],
+)
+def test_bad_spans_and_states(exact_index, args, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        exact_index.nearest(*args)
+
+
+def test_bad_k(exact_index) -> None:
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        exact_index.nearest(0, 2, 0, "h", k=0)
