@@ -7,8 +7,8 @@ run=".venv/bin/lstmsearch train"
 
 what=${1:-all}
 if [ "$what" = all ] || [ "$what" = parens ]; then
-    $run parens --arch lstm --layers 2 --hidden 128 --embed 16 --tokenizer char \
-        --epochs 25 --batch 32 --seq-len 128 --lr 0.004 --out data/models/parens-lstm.pt
+    $run parens --arch lstm --layers 1 --hidden 64 --embed 16 --tokenizer char \
+        --epochs 2 --batch 32 --seq-len 128 --lr 0.005 --out data/models/parens-lstm.pt
 fi
 if [ "$what" = all ] || [ "$what" = english ]; then
     $run english --arch lstm --layers 2 --hidden 256 --embed 64 --tokenizer word --vocab-size 3000 \

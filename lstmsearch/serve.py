@@ -44,7 +44,7 @@ class DemoSpec:
 
 DEMOS: dict[str, DemoSpec] = {
     "parens": DemoSpec(
-        "parens", "parens", ("parens-lstm.pt",), 1000,
+        "parens", "parens", ("parens-lstm.pt",), None,
         "nested brackets with a depth track: look for units that count depth",
     ),
     "english": DemoSpec(
@@ -52,7 +52,7 @@ DEMOS: dict[str, DemoSpec] = {
         "English prose (the Python reference manual), word-level LSTM",
     ),
     "python-stdlib": DemoSpec(
-        "python-stdlib", "python-stdlib", ("stdlib-char-lstm.pt", "python-stdlib-lstm.pt"), 40,
+        "python-stdlib", "python-stdlib", ("stdlib-char-lstm.pt", "python-stdlib-lstm.pt"), 20,
         "Python source, character-level LSTM: quote, indent and bracket cells",
     ),
 }

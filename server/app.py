@@ -12,8 +12,9 @@ update method per result that assigns its sources' data.
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
@@ -49,6 +50,20 @@ SECONDARY_DELAY_MS = 40
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
+
+
+@lru_cache(maxsize=1)
+def page_theme() -> Theme:
+    """The plots' light theme (`theme.yaml`), read once."""
+    return Theme(filename=str(THEME_FILE))
+
+
+@lru_cache(maxsize=1)
+def page_template() -> Any:
+    """The page around the app (`templates/index.html`), read once."""
+    from jinja2 import Environment, FileSystemLoader
+
+    return Environment(loader=FileSystemLoader(str(TEMPLATE_DIR))).get_template("index.html")
 
 
 def default_state(names: list[str]) -> str:
@@ -144,9 +159,9 @@ class App:
                     self.match_view.legend):
             div.stylesheets = [style]
 
+        plots = column(self.select_view.fig, self.select_view.tok_fig, name="select-plots")
         select_tab = column(
-            row(column(self.select_view.fig, self.select_view.tok_fig),
-                self.select_view.pattern_div),
+            row(plots, self.select_view.pattern_div),
             self.match_view.layout,
             name="select-tab",
         )
@@ -174,15 +189,8 @@ class App:
         self._wire()
 
         doc.title = f"lstmsearch · {index.path.name}"
-        if THEME_FILE.is_file():
-            doc.theme = Theme(filename=str(THEME_FILE))
-        template = TEMPLATE_DIR / "index.html"
-        if template.is_file():
-            from jinja2 import Environment, FileSystemLoader
-
-            doc.template = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR))).get_template(
-                "index.html"
-            )
+        doc.theme = page_theme()
+        doc.template = page_template()
         doc.add_root(self.root)
         self.refresh_window()
 

@@ -25,7 +25,7 @@ from server.display import (
 from server.fetch import MatchRow, PatternResult
 
 MODES = ("match", "nearest")
-RIGHT_CELLS, RIGHT_WORDS = 22, 12
+RIGHT_CELLS, RIGHT_WORDS = 22, 10
 """Cells shown right of a match's start (character / word tokens): the rest is cut."""
 MATCH_TITLE = ("Matches, best first, aligned on their start "
                "(row label: rank. |A∩S|/|S| +extra units, document)")

@@ -34,8 +34,9 @@ from server.display import (
 )
 from server.fetch import MatchRow, NeuronData
 
-CONTEXT = 8
-"""Cells shown each side of a row's anchor (a hit run longer than this is cut)."""
+CONTEXT_CHARS, CONTEXT_WORDS = 8, 4
+"""Cells shown each side of a row's anchor, for character / word tokens (a hit run longer
+than this is cut): word cells need room for a word."""
 
 
 class NeuronView:
@@ -69,15 +70,15 @@ class NeuronView:
                                    name="neuron-threshold-span")
         hist.add_layout(self.hist_threshold)
         self.hist = hist
-        strip_right = CONTEXT
+        self.context = context = CONTEXT_CHARS if char_level else CONTEXT_WORDS
         self.top = StripList(
             "neuron-top", title="Top activating contexts", width=width // 2 - 10,
-            max_rows=20, left=-8, right=strip_right, char_level=char_level,
+            max_rows=20, left=-context, right=context, char_level=char_level,
             value_name="value", label_width=120,
         )
         self.hits = StripList(
             "neuron-hits", title="Threshold hits", width=width // 2 - 10, max_rows=20,
-            left=-8, right=strip_right, char_level=char_level, value_name="value",
+            left=-context, right=context, char_level=char_level, value_name="value",
             label_width=120,
         )
         self.legend = Div(name="neuron-legend", width=300, text="")
@@ -187,9 +188,9 @@ class NeuronView:
             f"{len(data.hit_rows)} runs (label: run length, document)"
         )
         self.top.show(self._strips(data.top_rows, runs=False), low=-bound, high=bound,
-                      palette=DIVERGING_PALETTE, left=-CONTEXT, right=CONTEXT)
+                      palette=DIVERGING_PALETTE, left=-self.context, right=self.context)
         self.hits.show(self._strips(data.hit_rows, runs=True), low=-bound, high=bound,
-                       palette=DIVERGING_PALETTE, left=-CONTEXT, right=CONTEXT)
+                       palette=DIVERGING_PALETTE, left=-self.context, right=self.context)
 
     def show_correlations(self, track: str | None, pairs: list[tuple[int, float]] | None) -> None:
         """The units ranked by correlation with a track (hidden when there is none)."""

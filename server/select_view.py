@@ -152,7 +152,7 @@ class SelectView:
 
         # --- token row ---------------------------------------------------------------------
         self.has_track = has_track
-        height = 70 + (30 if has_track else 0) + (0 if char_level else 50)
+        height = 70 + (30 if has_track else 0) + (0 if char_level else 100)
         tok = figure(
             name="token-plot", width=PLOT_WIDTH, height=height, x_range=x_range,
             y_range=Range1d(-1.1 if has_track else -0.15, 1.05), tools="",
@@ -255,8 +255,8 @@ class SelectView:
     def _fit_y(self) -> None:
         """Fit the y range to the window: most values, every unit of S, the threshold.
 
-        The 0.5th to 99.5th percentile of all values keeps a few extreme units from
-        squashing the rest; S is always fully visible.
+        The 5th to 95th percentile of all values keeps a few extreme units from squashing
+        the rest (their lines run off the plot); S is always fully visible.
         """
         loc = float(self.threshold_span.location or 0.0)
         low, high = min(-1.0, loc), max(1.0, loc)
@@ -264,7 +264,7 @@ class SelectView:
         if window is not None and window.values.size:
             values = window.values[np.isfinite(window.values)]
             if values.size:
-                q_low, q_high = np.quantile(values, [0.005, 0.995])
+                q_low, q_high = np.quantile(values, [0.05, 0.95])
                 low, high = min(low, float(q_low)), max(high, float(q_high))
             units = [u for u in self.units if u < window.values.shape[0]]
             if units:

@@ -56,9 +56,10 @@ def test_model_gates_match_extraction_and_refuse_tanh_gates():
 
 
 @pytest.mark.skipif(not PARENS.exists(), reason="shipped parens model not present")
-def test_parens_depth_unit_keeps_its_memory():
-    """The cell unit that tracks nesting depth best holds its value: its forget gate is
-    open (near 1) most of the time, as a counter's must be."""
+def test_parens_depth_unit_counts_brackets():
+    """The cell unit that tracks nesting depth best acts as a counter: reading "(" moves it
+    one way and ")" the other (with the sign of its correlation), and its forget gate keeps
+    most of its value from step to step."""
     from lstmsearch.analysis import tokenize_documents
     from lstmsearch.analysis.units import rank_units
     from lstmsearch.corpus import load_corpus
@@ -67,9 +68,18 @@ def test_parens_depth_unit_keeps_its_memory():
 
     lm = load_model(PARENS)
     tok = tokenize_documents(lm.tokenizer, load_corpus("parens", limit=20).documents)
-    cells = np.concatenate([r["layers.0.c"] for r in extract(lm.model, tok.ids, ["layers.0.c"])])
-    best = rank_units(cells, tok.track("depth"), top=1)[0]
+    cells = extract(lm.model, tok.ids, ["layers.0.c"])
+    best = rank_units(np.concatenate([r["layers.0.c"] for r in cells]), tok.track("depth"), top=1)[0]
     assert abs(best.r) > 0.6
+    steps = {"(": [], ")": []}
+    for ids, states in zip(tok.ids, cells):
+        c = states["layers.0.c"][:, best.unit]
+        delta = np.diff(np.concatenate([[0.0], c]))
+        for t, i in enumerate(ids):
+            text = lm.tokenizer.id_to_token(int(i))
+            if text in steps:
+                steps[text].append(delta[t])
+    opening, closing = np.mean(steps["("]), np.mean(steps[")"])
+    assert np.sign(opening) == np.sign(best.r) == -np.sign(closing)
     act = model_gates(lm.model, tok.ids, layer=0, units=[best.unit])
-    forget = act.unit_stats(best.unit, "f")
-    assert forget.mean > 0.8 and forget.high_fraction > 0.5
+    assert act.unit_stats(best.unit, "f").mean > 0.5

@@ -40,6 +40,10 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 MODEL = "Bokeh.documents[0].get_model_by_name(arguments[0])"
+BLUR = """let e = document.activeElement;
+while (e && e.shadowRoot && e.shadowRoot.activeElement) e = e.shadowRoot.activeElement;
+if (e && e.blur) e.blur();"""
+"""Drop the keyboard focus (a clicked plot draws a dotted focus ring around itself)."""
 
 
 @pytest.fixture(scope="module")
@@ -125,37 +129,48 @@ def assert_no_errors(d: Any, step: str) -> None:
     assert errors == [], f"console errors after {step}: {errors[:3]}"
 
 
-def plot_point(d: Any, plot: str, x: float, y: float) -> tuple[Any, float, float]:
-    """The plot's element and the offset of data point (x, y) from the element's centre,
-    after scrolling the page so that the point is in the middle of the window."""
-    el, px, py, w, h = js(d, f"""
+def plot_point(d: Any, plot: str, x: float, y: float) -> tuple[float, float]:
+    """Viewport coordinates of data point (x, y) of a plot, after scrolling the page so that
+    the point is in the middle of the window."""
+    return tuple(js(d, f"""
         const v = Bokeh.index.find_one({MODEL});
         const px = v.frame.x_scale.compute(arguments[1]), py = v.frame.y_scale.compute(arguments[2]);
         let r = v.el.getBoundingClientRect();
         window.scrollBy(r.left + px - window.innerWidth / 2, r.top + py - window.innerHeight / 2);
         r = v.el.getBoundingClientRect();
-        return [v.el, px, py, r.width, r.height];""", plot, x, y)
-    return el, px - w / 2, py - h / 2
+        return [r.left + px, r.top + py];""", plot, x, y))
+
+
+def pointer(d: Any) -> tuple[ActionChains, Any]:
+    """An action chain and its mouse, moved by viewport coordinates (a plot can be taller than
+    the window, and WebDriver offsets from an element count from its visible part)."""
+    chain = ActionChains(d)
+    return chain, chain.w3c_actions.pointer_action
 
 
 def drag(d: Any, plot: str, x0: float, x1: float, y: float) -> None:
     """Press at (x0, y), move to (x1, y), release: a box-select gesture in data units."""
-    el, ox0, oy = plot_point(d, plot, x0, y)
-    _, ox1, _ = plot_point(d, plot, x1, y)
-    (ActionChains(d).move_to_element_with_offset(el, int(ox0), int(oy)).click_and_hold()
-     .move_by_offset(int((ox1 - ox0) / 2), 0).move_by_offset(int((ox1 - ox0) / 2), 0)
-     .release().perform())
+    sx0, sy = plot_point(d, plot, x0, y)
+    sx1, _ = plot_point(d, plot, x1, y)
+    chain, mouse = pointer(d)
+    mouse.move_to_location(int(sx0), int(sy)).pointer_down()
+    mouse.move_to_location(int((sx0 + sx1) / 2), int(sy)).move_to_location(int(sx1), int(sy))
+    mouse.pointer_up()
+    chain.perform()
 
 
 def click(d: Any, plot: str, x: float, y: float) -> None:
-    el, ox, oy = plot_point(d, plot, x, y)
-    ActionChains(d).move_to_element_with_offset(el, int(ox), int(oy)).click().perform()
+    sx, sy = plot_point(d, plot, x, y)
+    chain, mouse = pointer(d)
+    mouse.move_to_location(int(sx), int(sy)).click()
+    chain.perform()
 
 
 def screenshot(d: Any, name: str) -> Path:
     """Save the page under test-artifacts/ (mouse parked on the title: no tooltips)."""
     title = js(d, f"return Bokeh.index.find_one({MODEL}).el", "title")
     ActionChains(d).move_to_element(title).perform()
+    js(d, BLUR)
     js(d, "window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -199,11 +214,13 @@ def test_select_match_neuron_end_to_end(driver: Any, server_url: str) -> None:
     x_mid = model_value(d, "select-tokens", "m.data.x[Math.floor(m.data.x.length * 0.8)]")
     old = model_value(d, "threshold-slider", "m.value")
     dragged = model_value(d, "pattern-list", "m.text")
-    el, ox, oy = plot_point(d, "select-plot", x_mid, old)
-    _, _, oy_new = plot_point(d, "select-plot", x_mid, old + 0.25)
-    (ActionChains(d).move_to_element_with_offset(el, int(ox), int(oy)).click_and_hold()
-     .move_by_offset(0, int((oy_new - oy) / 2)).move_by_offset(0, int((oy_new - oy) / 2))
-     .release().perform())
+    sx, sy = plot_point(d, "select-plot", x_mid, old)
+    _, sy_new = plot_point(d, "select-plot", x_mid, old + 0.25)
+    chain, mouse = pointer(d)
+    mouse.move_to_location(int(sx), int(sy)).pointer_down()
+    mouse.move_to_location(int(sx), int((sy + sy_new) / 2)).move_to_location(int(sx), int(sy_new))
+    mouse.pointer_up()
+    chain.perform()
     wait_for(d, lambda d: abs(model_value(d, "threshold-slider", "m.value") - old) > 0.05,
              "the slider to follow the dragged threshold line")
     wait_for(d, lambda d: model_value(d, "pattern-list", "m.text") != dragged,
