@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,6 @@ def ensure_index(n_tokens: int, hidden: int, layers: int) -> Path:
     except IndexOpenError:
         pass
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(n_tokens)
@@ -180,14 +179,17 @@ def make_driver(width: int = 1500, height: int = 1250) -> Any:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
+    profile = tempfile.mkdtemp(prefix="lstmsearch-bench-")
     options = Options()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--window-size={width},{height}",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='lstmsearch-bench-')}"):
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver.lstmsearch_profile = profile
+    return driver
 
 
 def wait(d: Any, script: str, timeout: float = 60, *args: Any) -> Any:
@@ -221,16 +223,20 @@ def drag_span(d: Any, start: int, end: int) -> None:
 
     d.execute_script(f"Bokeh.index.find_one({MODEL}('token-plot')).el"
                      ".scrollIntoView({block: 'center'})")
-    d.execute_async_script("const done = arguments[arguments.length - 1];"
-                           "requestAnimationFrame(() => requestAnimationFrame(done));")
-    el, x0, x1, y, w, h = d.execute_script(f"""
-        const v = Bokeh.index.find_one({MODEL}('token-plot'));
-        const r = v.el.getBoundingClientRect();
-        return [v.el, v.frame.x_scale.compute(arguments[0] - 0.3),
-                v.frame.x_scale.compute(arguments[1] - 1 + 0.3), v.frame.y_scale.compute(0.5),
-                r.width, r.height];""", start, end)
-    if not (0 <= x0 <= w and 0 <= x1 <= w and 0 <= y <= h):
-        raise RuntimeError(f"span [{start}, {end}) is not in the token row: {x0}, {x1}, {y}")
+    deadline = time.monotonic() + 10
+    while True:  # until the plot has been drawn at the new window (its scale follows then)
+        d.execute_async_script("const done = arguments[arguments.length - 1];"
+                               "requestAnimationFrame(() => requestAnimationFrame(done));")
+        el, x0, x1, y, w, h = d.execute_script(f"""
+            const v = Bokeh.index.find_one({MODEL}('token-plot'));
+            const r = v.el.getBoundingClientRect();
+            return [v.el, v.frame.x_scale.compute(arguments[0] - 0.3),
+                    v.frame.x_scale.compute(arguments[1] - 1 + 0.3),
+                    v.frame.y_scale.compute(0.5), r.width, r.height];""", start, end)
+        if 0 <= x0 <= w and 0 <= x1 <= w and 0 <= y <= h:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"span [{start}, {end}) is not in the token row: {x0}, {x1}")
     (ActionChains(d).move_to_element_with_offset(el, int(x0 - w / 2), int(y - h / 2))
      .click_and_hold().move_by_offset(int((x1 - x0) / 2), 0)
      .move_by_offset(int((x1 - x0) - int((x1 - x0) / 2)), 0).release().perform())
@@ -317,6 +323,7 @@ def main() -> None:
                 wait(d, IDLE)
     finally:
         d.quit()
+        shutil.rmtree(d.lstmsearch_profile, ignore_errors=True)
         proc.terminate()
         proc.wait(timeout=10)
 

@@ -45,7 +45,7 @@ TEMPLATE_DIR = HERE / "templates"
 
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
-SECONDARY_DELAY_MS = 40
+SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
 NO_TRACK = "(none)"

@@ -111,11 +111,13 @@ class SelectView:
         # value would make Bokeh walk the whole document's model graph on every update)
         for box in (self.pad_left_box, self.pad_right_box, self.span_box, self.focus_box):
             fig.add_layout(box)
+        # the plot brushes its own invisible quads (not the token row's source): a brush in
+        # the token row then repaints only the token row, not 512 lines, while the query runs
+        self.plot_quads = ColumnDataSource({"left": [], "right": []}, name="select-plot-quads")
         self.line_quads = fig.quad(
-            left="left", right="right", bottom=-1e4, top=1e4, source=self.tokens,
-            fill_alpha=0.0, line_alpha=0.0, selection_fill_color=ACCENT,
-            selection_fill_alpha=0.08, selection_line_alpha=0.0, nonselection_fill_alpha=0.0,
-            nonselection_line_alpha=0.0,
+            left="left", right="right", bottom=-1e4, top=1e4, source=self.plot_quads,
+            fill_alpha=0.0, line_alpha=0.0, selection_fill_alpha=0.0, selection_line_alpha=0.0,
+            nonselection_fill_alpha=0.0, nonselection_line_alpha=0.0,
         )
         fig.vspan(x="x", source=self.bounds, line_color="#57606a", line_dash="dotted",
                   line_width=1.2)
@@ -207,11 +209,23 @@ class SelectView:
         )
 
         self.tokens.selected.on_change("indices", self._on_selected)
+        self.plot_quads.selected.on_change("indices", self._on_plot_brushed)
         self.set_lines.selected.on_change("indices", self._on_line_tapped(self.set_lines))
         self.lines.selected.on_change("indices", self._on_line_tapped(self.lines))
         self.threshold_span.on_change("location", self._on_span_dragged)
 
     # --- events ------------------------------------------------------------------------------
+
+    def _on_plot_brushed(self, attr: str, old: Sequence[int], new: Sequence[int]) -> None:
+        """A brush in the line plot: select those tokens in the token row (which queries)."""
+        if self._quiet or not new:
+            return
+        self._quiet = True
+        try:
+            self.plot_quads.selected.indices = []
+        finally:
+            self._quiet = False
+        self.tokens.selected.indices = list(range(min(new), max(new) + 1))
 
     def _on_selected(self, attr: str, old: Sequence[int], new: Sequence[int]) -> None:
         if self._quiet or not new or self.window is None:
@@ -314,6 +328,7 @@ class SelectView:
             })
         finally:
             self._quiet = False
+        self.plot_quads.data = {"left": xs - 0.5, "right": xs + 0.5}
         self.lines.data = {
             "xs": [xs] * window.values.shape[0],
             "ys": list(window.values),

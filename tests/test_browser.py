@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,22 +77,32 @@ def server_url(tiny_index_path: Path) -> Iterator[str]:
 
 
 def make_driver() -> Any:
+    """Headless Chromium with a fresh profile (removed again by `quit_driver`)."""
+    profile = tempfile.mkdtemp(prefix="lstmsearch-chromium-")
     options = Options()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--window-size={WIDTH},{HEIGHT}",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='lstmsearch-chromium-')}"):
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.lstmsearch_profile = profile
+    return driver
+
+
+def quit_driver(driver: Any) -> None:
+    """Close the browser and remove its profile."""
+    driver.quit()
+    shutil.rmtree(driver.lstmsearch_profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     d = make_driver()
     yield d
-    d.quit()
+    quit_driver(d)
 
 
 def wait_for(d: Any, condition: Callable[[Any], Any], what: str, timeout: float = 30) -> Any:
@@ -282,8 +293,11 @@ def test_two_sessions_are_independent(driver: Any, server_url: str) -> None:
         # the first page still has no pattern: nothing leaked from the other session
         assert model_value(d, "select-set-lines", "m.data.unit.length") == 0
         assert model_value(d, "match-cells", "m.data.x.length") == 0
-        drag(d, "token-plot", 9.7, 11.3, 0.5)
+        # brush in the line plot this time: the same tokens get selected
+        drag(d, "select-plot", 9.7, 11.3, 0.0)
         wait_for(d, lambda d: model_value(d, "span-box", "m.visible"), "the first page's pattern")
+        assert model_value(d, "select-tokens", "Array.from(m.selected.indices)") == [10, 11]
+        assert "span [10, 12)" in model_value(d, "pattern-list", "m.text")
         d.switch_to.window(d.window_handles[-1])
         assert model_value(d, "select-set-lines", "Array.from(m.data.unit)") == second_units
         assert_no_errors(d, "two sessions")

@@ -488,3 +488,14 @@ def test_demo_index_is_built_once_and_cached(tmp_path: Path, monkeypatch) -> Non
         assert index.n_docs == 3 and index.meta["corpus"].startswith("parens")
     with pytest.raises(ValueError, match="unknown demo"):
         serve.demo_index("klingon")
+
+
+def test_brushing_the_line_plot_selects_tokens(app: App, tiny_index) -> None:
+    """The plot has its own brush quads: a brush there selects the same tokens."""
+    app.select_view.plot_quads.selected.indices = [4, 5]
+    start = app.session.window[0]
+    assert app.session.span == (start + 4, start + 6)
+    assert app.select_view.tokens.selected.indices == [4, 5]
+    assert app.select_view.plot_quads.selected.indices == []
+    expected = api_pattern(tiny_index, app.session.state, (start + 4, start + 6), 0.3)
+    assert app.session.pattern.units == expected.units
