@@ -38,6 +38,13 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test runs torch on one thread: the models here are tiny (see `torch_threads`)."""
+    with torch_threads(1):
+        yield
+
+
 def make_tiny_model(
     path: Path, corpus: Corpus, arch: str = "lstm", hidden: int = 12, layers: int = 2,
     seed: int = 0, scale: float = 2.5, bidirectional: bool = False,

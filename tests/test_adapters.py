@@ -24,12 +24,6 @@ SENTENCES = EXAMPLES / "sentences.jsonl"
 TEXT = "The old cat sees a dog near the river, because the rain was very quiet."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
 def example() -> ModelAdapter:
     return load_adapter(EXAMPLE)

@@ -25,14 +25,6 @@ def checkpoint(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("command,key", [
     (["surprisal", "--top", "3", "--width", "4", "--min-count", "1"], "worst_tokens"),
     (["gradients", "--max-lag", "4", "--positions", "5"], "profiles"),

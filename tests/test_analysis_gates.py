@@ -14,14 +14,6 @@ from lstmsearch.models import LanguageModel, ModelConfig
 PARENS = Path(__file__).resolve().parents[1] / "data" / "models" / "parens-lstm.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_gate_stats_by_hand():
     values = np.array([[0.05, 0.5], [0.95, 0.5], [0.99, 0.5], [0.5, 0.5]])
     first, second = gate_stats(values, "f")

@@ -21,15 +21,6 @@ from lstmsearch.models import LanguageModel, ModelConfig
 PARENS = Path(__file__).resolve().parents[1] / "data" / "models" / "parens-lstm.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def linear_rnn(w: torch.Tensor, u: torch.Tensor):
     """h_t = W h_{t-1} + U x_t, loss = sum of h_T (per row)."""
 

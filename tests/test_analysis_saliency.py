@@ -11,14 +11,6 @@ from lstmsearch.analysis.saliency import saliency
 from lstmsearch.models import LanguageModel, ModelConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def last_token_model() -> LanguageModel:
     """A one-layer LSTM with no recurrent weights and a forget gate shut (sigmoid(-1000) is
     exactly 0 in float64): h_t and c_t depend on token t alone."""

@@ -7,7 +7,6 @@ import shutil
 import duckdb
 import numpy as np
 import pytest
-from conftest import torch_threads
 
 from lstmsearch.extract import extract
 from lstmsearch.index import (
@@ -18,12 +17,6 @@ from lstmsearch.index import (
     open_index,
 )
 from lstmsearch.models import load_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 def copy_index(source, tmp_path):

@@ -35,12 +35,6 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 def snapshot(path: Path, shards: bool = True) -> dict:
     """Everything an index holds that must not depend on how the build was run."""
     con = duckdb.connect(str(path / "index.duckdb"), read_only=True)

@@ -55,12 +55,6 @@ def same_index(a, b) -> None:
     assert a.sql(rows).rows == b.sql(rows).rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
-
-
 # --- export, then import -------------------------------------------------------------------
 
 
