@@ -40,7 +40,14 @@ from indexer.writer import (
 )
 from lstmsearch.corpus import Corpus, load_corpus
 from lstmsearch.extract import iter_states, state_names
-from lstmsearch.index import DB_FILE, FAISS_DIR, FORMAT_VERSION, MODEL_FILE, STATUS_COMPLETE
+from lstmsearch.index import (
+    DB_FILE,
+    FAISS_DIR,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    STATUS_COMPLETE,
+    SURPRISAL_TRACK,
+)
 from lstmsearch.models import LoadedModel, file_sha256, load_model
 from lstmsearch.store import clip
 from lstmsearch.tokenize import Tokenizer
@@ -150,6 +157,7 @@ def build_index(
     exact_faiss_limit: int = EXACT_LIMIT,
     progress: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
+    surprisal: bool = True,
 ) -> BuildResult:
     """Index `corpus` with the states of `model` into directory `out`.
 
@@ -162,14 +170,17 @@ def build_index(
     `layers`/`kinds` choose the stored states (default: every layer's h and, for an LSTM, c).
     A shard is whole documents, at least `shard_tokens` tokens (default 65,536) and
     `shard_docs` documents (default 4 per lane); `on_shard(shard)` is called after each
-    shard commits.
+    shard commits. With `surprisal` (the default) each token's surprisal under the model,
+    -ln p(token | the tokens before it) in nats, is stored as the track "surprisal" (a
+    resume or an append keeps what the build chose).
     """
     out = Path(out)
     if resume and append:
         raise BuildError("choose one of resume and append, not both")
     device = choose_device(device)
     lanes = lanes or default_lanes(device)
-    job = Job(out, device, lanes, chunk, faiss, exact_faiss_limit, progress, on_shard)
+    job = Job(out, device, lanes, chunk, faiss, exact_faiss_limit, progress, on_shard,
+              surprisal)
     sizes = (shard_tokens, shard_docs)
     if resume:
         return job.resume(corpus, model, layers, kinds, limit, corpus_options, sizes)
@@ -190,6 +201,7 @@ class Job:
     exact_faiss_limit: int
     progress: bool | None
     on_shard: Callable[[int], None] | None
+    surprisal: bool = True  # store each token's surprisal as the track SURPRISAL_TRACK
     started: float = field(default_factory=time.perf_counter)
     extract_seconds: float = 0.0
     store_seconds: float = 0.0
@@ -214,6 +226,7 @@ class Job:
         docs, skipped = tokenize_documents(corpus_docs(corpus), loaded.tokenizer)
         if not docs:
             raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to index")
+        self.check_tracks(docs)
         self.out.mkdir(parents=True, exist_ok=True)
         copy_atomic(Path(model), self.out / MODEL_FILE)
         sha = file_sha256(self.out / MODEL_FILE)
@@ -222,6 +235,7 @@ class Job:
             **meta_for_model(self.out / MODEL_FILE, str(Path(model).resolve()), sha,
                              loaded.config, loaded.tokenizer.to_json(), loaded.tokenizer.kind),
             "corpus": corpus.name,
+            "surprisal": "true" if self.surprisal else "false",
         }
         dims = {name: loaded.config.state_dim for name in names}
         states = [(n, *split_name(n), dims[n]) for n in names]
@@ -265,6 +279,7 @@ class Job:
             if meta.get("status") == STATUS_COMPLETE:
                 writer.abort()
                 return self.nothing_to_do()
+            self.surprisal = meta.get("surprisal") == "true"
             loaded = self.index_model(writer, meta, model)
             pending = [s for s, committed in writer.shards() if not committed]
             docs: list[PlannedDoc] = []
@@ -296,11 +311,13 @@ class Job:
                     f"the index at {self.out} is incomplete: finish it with "
                     f"`lstmsearch index --resume {self.out}` before appending"
                 )
+            self.surprisal = meta.get("surprisal") == "true"
             loaded = self.index_model(writer, meta, model)
             corpus = read_corpus(corpus, limit, corpus_options)
             docs, skipped = tokenize_documents(corpus_docs(corpus), loaded.tokenizer)
             if not docs:
                 raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to add")
+            self.check_tracks(docs)
             shard_list = writer.shards()
             shard_tokens = sizes[0] or int(meta.get("shard_tokens", SHARD_TOKENS))
             shard_docs = sizes[1] or int(meta.get("shard_docs", SHARD_LANES * self.lanes))
@@ -330,6 +347,14 @@ class Job:
                 "of one model; build a new index for a different model"
             )
         return load_model(path, device=self.device)
+
+    def check_tracks(self, docs: Sequence[PlannedDoc]) -> None:
+        """A corpus track may not take the name of the stored surprisal."""
+        if self.surprisal and any(SURPRISAL_TRACK in d.tracks for d in docs):
+            raise BuildError(
+                f"the corpus has a track named {SURPRISAL_TRACK!r}, the name of the model's "
+                "stored surprisal: rename the corpus track or build without surprisal"
+            )
 
     def nothing_to_do(self) -> BuildResult:
         """Result for a resume of a complete index."""
@@ -372,7 +397,8 @@ class Job:
         The model's blocks of states (`iter_states`: lanes x chunk steps) go straight into the
         state files, so memory holds a few blocks, not a shard. After a shard's last block
         the files are flushed and the shard committed, while the model already runs on the
-        next shard: disk and database time hide behind the model.
+        next shard: disk and database time hide behind the model. The tokens' surprisal
+        (one float each) is gathered per shard and committed with it.
         """
         if not shards:
             return
@@ -381,10 +407,18 @@ class Job:
         first_doc = shards[0].doc_start
         bar = progress_bar(sum(s.n_tokens for s in shards), self.progress, "indexing")
 
+        surprisal: dict[int, np.ndarray] = {}  # shard -> its tokens' surprisal
+
         def store(step: str, shard: Shard, *item) -> None:
             t0 = time.perf_counter()
             if step == "block":
                 doc_starts, block = item
+                if block.surprisal is not None:
+                    values = surprisal.setdefault(
+                        shard.shard, np.full(shard.n_tokens, np.nan, dtype=np.float32))
+                    for j, doc in enumerate(block.docs):
+                        at = int(doc_starts[doc] + block.starts[j]) - shard.tok_start
+                        values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
                 for name, values in block.states.items():
                     clip(values)
                     w = state_writers[name]
@@ -396,8 +430,12 @@ class Job:
                 shard_docs, started = item
                 for w in state_writers.values():
                     w.flush()
+                tracks = {}
+                if self.surprisal:
+                    tracks[SURPRISAL_TRACK] = surprisal.pop(
+                        shard.shard, np.full(shard.n_tokens, np.nan, dtype=np.float32))
                 writer.commit_shard(shard, shard_docs, time.perf_counter() - started,
-                                    base_seconds + time.perf_counter() - self.started)
+                                    base_seconds + time.perf_counter() - self.started, tracks)
             self.store_seconds += time.perf_counter() - t0
             if step == "commit":
                 bar.update(shard.n_tokens)
@@ -411,7 +449,8 @@ class Job:
                 lengths = np.array([len(d) for d in shard_docs], dtype=np.int64)
                 doc_starts = shard.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
                 blocks = iter_states(loaded.model, [d.ids for d in shard_docs], names,
-                                     chunk=self.chunk, lanes=self.lanes)
+                                     chunk=self.chunk, lanes=self.lanes,
+                                     surprisal=self.surprisal)
                 for block in blocks:
                     committer.submit("block", shard, doc_starts, block)
                 committer.submit("commit", shard, shard_docs, t0)

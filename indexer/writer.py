@@ -295,10 +295,11 @@ class IndexWriter:
     # --- committing ------------------------------------------------------------------------
 
     def commit_shard(self, shard: Shard, docs: Sequence[PlannedDoc], seconds: float,
-                     build_seconds: float) -> None:
+                     build_seconds: float, tracks: dict[str, np.ndarray] | None = None) -> None:
         """Insert the shard's tokens, documents and tracks and mark it committed, atomically.
 
-        The caller has written and flushed the shard's states before.
+        The caller has written and flushed the shard's states before. `tracks` are computed
+        ones (the model's surprisal): one value per token of the shard, NaN for none.
         """
         con = self.con
         lengths = np.array([len(d) for d in docs], dtype=np.int64)
@@ -336,6 +337,16 @@ class IndexWriter:
             "WHERE pos >= ? AND pos < ? ORDER BY name, pos",
             [shard.tok_start, shard.tok_end],
         )
+        for name, values in (tracks or {}).items():
+            values = np.asarray(values, dtype=np.float64)
+            if len(values) != n:
+                raise BuildError(f"track {name!r} of shard {shard.shard} has {len(values)} "
+                                 f"values for {n} tokens")
+            keep = np.flatnonzero(np.isfinite(values))
+            con.register("new_track", {"pos": shard.tok_start + keep, "value": values[keep]})
+            con.execute("INSERT INTO tracks SELECT ?, pos, value, NULL FROM new_track ORDER BY pos",
+                        [name])
+            con.unregister("new_track")
         con.execute("UPDATE shards SET committed = true, seconds = ? WHERE shard = ?",
                     [seconds, shard.shard])
         self.set_meta({"updated_at": now(), "build_seconds": f"{build_seconds:.3f}"})

@@ -90,6 +90,8 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
+    p.add_argument("--no-surprisal", action="store_true",
+                   help="do not store each token's surprisal (the track 'surprisal')")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_index)
 
@@ -106,6 +108,7 @@ def run_index(args: argparse.Namespace) -> None:
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
             shard_tokens=args.shard_tokens, device=args.device, faiss=not args.no_faiss,
+            surprisal=not args.no_surprisal,
         )
     if args.json:
         print(json.dumps({

@@ -292,6 +292,10 @@ def flip_rows(x: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand_as(x))
 
 
+HEAD_VALUES = 1 << 23
+"""Most logits (lanes x steps x vocabulary) the surprisal computes at once: 32 MB of float32."""
+
+
 def next_token_surprisal(
     head: nn.Module,
     top: torch.Tensor,
@@ -304,15 +308,23 @@ def next_token_surprisal(
     The prediction for a block's first token comes from the lane's previous block (carried in
     `lane_logp`); a document's first token has no prediction and gets NaN.
     """
-    logp = torch.log_softmax(head(top).float(), dim=-1)  # (B, T, V) predicts the next token
+    batch, steps = ids.shape
     target = torch.from_numpy(ids).to(top.device)
     out = torch.full(ids.shape, float("nan"))
-    if ids.shape[1] > 1:
-        out[:, 1:] = -logp[:, :-1].gather(2, target[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
-    for j in range(len(lengths)):
-        if lane_logp[j] is not None:
-            out[j, 0] = -lane_logp[j][ids[j, 0]].item()
-        lane_logp[j] = logp[j, lengths[j] - 1]
+    # the logits are B x T x V: a few steps at a time keeps them small for a large vocabulary
+    every = max(1, HEAD_VALUES // max(1, batch * head.out_features))
+    for a in range(0, steps, every):
+        b = min(steps, a + every)
+        logp = torch.log_softmax(head(top[:, a:b]).float(), dim=-1)  # predicts token t + 1
+        n = min(b, steps - 1) - a
+        if n > 0:
+            nxt = target[:, a + 1 : a + 1 + n].unsqueeze(-1)
+            out[:, a + 1 : a + 1 + n] = -logp[:, :n].gather(2, nxt).squeeze(-1).cpu()
+        for j in range(batch):
+            if a <= lengths[j] - 1 < b:
+                lane_logp[j], first = logp[j, lengths[j] - 1 - a], lane_logp[j]
+                if first is not None:
+                    out[j, 0] = -first[ids[j, 0]].item()
     return out.numpy()
 
 

@@ -43,6 +43,8 @@ DB_FILE = "index.duckdb"
 STATES_DIR = "states"
 FAISS_DIR = "faiss"
 MODEL_FILE = "model.pt"
+SURPRISAL_TRACK = "surprisal"
+"""The track in which an index stores each token's surprisal under its model (nats)."""
 
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"

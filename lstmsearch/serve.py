@@ -199,8 +199,9 @@ def demo_index(
 ) -> Path:
     """The demo index of `name`, built on first use (with a progress bar) and cached.
 
-    The cached index is reused while it is complete and was built from the same shipped
-    model (checked by sha256); an interrupted build is resumed; otherwise it is rebuilt.
+    The cached index is reused while it is complete, was built from the same shipped model
+    (checked by sha256) and stores the tokens' surprisal; an interrupted build is resumed;
+    otherwise it is rebuilt.
     """
     from indexer.build import build_index
     from lstmsearch.index import IncompleteIndexError, IndexOpenError, open_index
@@ -217,10 +218,12 @@ def demo_index(
     if out.exists() and not rebuild:
         try:
             with open_index(out) as index:
-                if index.meta.get("model_sha256") == sha:
+                same_model = index.meta.get("model_sha256") == sha
+                if same_model and index.meta.get("surprisal") == "true":
                     return out
-            print(f"lstmsearch: the shipped model {model.name} changed; rebuilding {out}",
-                  file=sys.stderr, flush=True)
+            why = "changed" if not same_model else "index predates stored surprisal"
+            print(f"lstmsearch: the cached demo index is out of date ({model.name}: {why}); "
+                  f"rebuilding {out}", file=sys.stderr, flush=True)
         except IncompleteIndexError:
             print(f"lstmsearch: resuming the interrupted demo build in {out}", file=sys.stderr,
                   flush=True)

@@ -1,8 +1,9 @@
 """The lstmsearch web app: `build(doc, index)` puts every view into a Bokeh document.
 
 The header holds what all views share (state, threshold, padding, sign, annotation track,
-navigation, phrase search, a busy indicator); below it two tabs: "Select & match" (select
-plot, token row, pattern S, match list) and "Neuron" (one unit in depth).
+navigation, phrase search, a busy indicator); below it the tabs: "Select & match" (select
+plot, token row, pattern S, match list), "Neuron" (one unit in depth), and one tab per
+analysis (`ANALYSIS_VIEWS`, see `server.analyses`), each computed when it is shown.
 
 All data comes from `server.fetch`, pure functions over the Python API, run off the event
 loop by a `Runner` (or at once when no executor is given, as in tests). Each view has one
@@ -31,13 +32,20 @@ from bokeh.models import (
 )
 from bokeh.themes import Theme
 
-from lstmsearch.index import Index
-from server import fetch
+from lstmsearch.index import SURPRISAL_TRACK, Index
+from server import analyses, fetch
 from server.display import stylesheet
+from server.gate_view import GateView
+from server.gradient_view import GradientView
 from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
+from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
 from server.session import Runner, Session
+from server.surprisal_view import SurprisalView
+from server.trajectory_view import TrajectoryView
+from server.unit_view import UnitView
+from server.weight_view import WeightView
 
 HERE = Path(__file__).resolve().parent
 THEME_FILE = HERE / "theme.yaml"
@@ -50,6 +58,18 @@ SECONDARY_DELAY_MS = 100
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
+FIRST_ANALYSIS_TAB = 2
+
+ANALYSIS_VIEWS: list[type] = [
+    SurprisalView,
+    GradientView,
+    SaliencyView,
+    TrajectoryView,
+    GateView,
+    WeightView,
+    UnitView,
+]
+"""The analysis views, in tab order; each is built with `View(shared)`."""
 
 
 @lru_cache(maxsize=1)
@@ -72,6 +92,12 @@ def default_state(names: list[str]) -> str:
     return (cells or names)[-1]
 
 
+def default_track(names: list[str]) -> str | None:
+    """The annotation track a session starts with: the first one other than the model's
+    surprisal, which has a strip of its own."""
+    return next((n for n in names if n != SURPRISAL_TRACK), None)
+
+
 def default_window(char_level: bool) -> int:
     """Tokens per window: enough to see structure, few enough for readable labels."""
     return 64 if char_level else 28
@@ -87,7 +113,7 @@ class App:
         char_level = shared.char_level
         state = default_state(shared.state_names)
         self.session = Session(state=state, threshold=DEFAULT_THRESHOLD,
-                               track=shared.track_names[0] if shared.track_names else None)
+                               track=default_track(shared.track_names))
         self.width = default_window(char_level)
         self.session.window = (0, min(index.n_tokens, self.width))
         self._quiet = 0
@@ -148,7 +174,8 @@ class App:
                                  stylesheets=[style])
 
         # --- views ---------------------------------------------------------------------------
-        self.select_view = SelectView(char_level=char_level, has_track=bool(shared.track_names))
+        self.select_view = SelectView(char_level=char_level, has_track=bool(shared.track_names),
+                                      has_surprisal=analyses.has_stored_surprisal(shared))
         self.select_view.set_threshold(DEFAULT_THRESHOLD, 1)
         self.select_view.pattern_div.stylesheets = [style]
         self.match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
@@ -165,9 +192,14 @@ class App:
             self.match_view.layout,
             name="select-tab",
         )
-        self.tabs = Tabs(tabs=[TabPanel(title="Select & match", child=select_tab),
-                               TabPanel(title="Neuron", child=self.neuron_view.layout)],
-                         name="tabs")
+        self.analysis_views = [view_class(shared) for view_class in ANALYSIS_VIEWS]
+        self.analysis_shown: dict[str, object] = {}  # view name -> parameters last fetched
+        self.tabs = Tabs(
+            tabs=[TabPanel(title="Select & match", child=select_tab),
+                  TabPanel(title="Neuron", child=self.neuron_view.layout)]
+            + [TabPanel(title=v.title, child=v.layout) for v in self.analysis_views],
+            name="tabs",
+        )
         header = column(
             row(self.title, column(self.busy, self.status)),
             row(self.state_select, self.threshold_slider, self.threshold_input,
@@ -206,6 +238,10 @@ class App:
         nv.on_unit = self.open_unit
         nv.on_row = self.jump_to
         nv.on_threshold = self.set_threshold
+        for view in self.analysis_views:
+            view.on_params = partial(self.refresh_analysis, view)
+            view.on_span = self.show_span
+            view.on_unit = self.open_unit
         self.state_select.on_change("value", lambda a, o, n: self.set_state(n))
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
@@ -379,6 +415,11 @@ class App:
             return
         self._set_window(pos - self.width // 3, focus=(pos, pos + 1))
 
+    def show_span(self, start: int, end: int) -> None:
+        """Show tokens [start, end) outlined in the select view (from an analysis view)."""
+        self._set_window(start - max(2, self.width // 4), focus=(int(start), int(end)))
+        self.tabs.active = SELECT_TAB
+
     def jump_to(self, match_row: fetch.MatchRow) -> None:
         """Show a match (or a neuron context) in the select view, outlined."""
         self._set_window(match_row.start - max(2, self.width // 4),
@@ -429,6 +470,9 @@ class App:
     def _on_tab(self, active: int) -> None:
         if active == NEURON_TAB and self.neuron_stale:
             self.refresh_neuron()
+        view = self.active_analysis()
+        if view is not None:
+            self.refresh_analysis(view)
 
     # --- data flow ---------------------------------------------------------------------------
 
@@ -448,6 +492,7 @@ class App:
             "window", lambda: fetch.load_window(self.shared, state, start, end, track),
             self._apply_window, label="window",
         )
+        self._refresh_analysis_if_visible()
 
     def _apply_window(self, window: fetch.Window) -> None:
         s = self.session
@@ -524,6 +569,49 @@ class App:
         s.generation += 1
         self.match_view.show_rows(result, self.shared.track_range(s.track))
         self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+
+    def context(self) -> analyses.Context:
+        """What the session looks at, for the analysis views."""
+        s = self.session
+        start, end = s.window
+        doc = int(self.shared.index.doc_of(start)) if self.shared.index.n_tokens else 0
+        return analyses.Context(state=s.state, window=(start, end), document=doc,
+                                focus=s.focus, unit=s.unit, track=s.track,
+                                char_level=self.shared.char_level)
+
+    def active_analysis(self) -> object | None:
+        """The analysis view whose tab is shown, if any."""
+        at = self.tabs.active - FIRST_ANALYSIS_TAB
+        return self.analysis_views[at] if 0 <= at < len(self.analysis_views) else None
+
+    def refresh_analysis(self, view) -> None:
+        """Compute the view's analysis for the current context, unless it already shows it."""
+        try:
+            params = view.params(self.context())
+        except ValueError as exc:
+            view.show_message(str(exc))
+            return
+        if self.analysis_shown.get(view.name) == params:
+            return
+        self.analysis_shown[view.name] = params
+
+        def apply(data: object) -> None:
+            view.show(data)
+
+        def work() -> object:
+            return view.fetch(self.shared, params)
+
+        def failed(message: str) -> None:
+            self.analysis_shown.pop(view.name, None)
+            view.show_message(message)
+
+        self.runner.submit(f"analysis:{view.name}", work, apply, label=view.title.lower(),
+                           on_error=failed)
+
+    def _refresh_analysis_if_visible(self) -> None:
+        view = self.active_analysis()
+        if view is not None:
+            self.refresh_analysis(view)
 
     def refresh_neuron(self) -> None:
         """Load the neuron view's unit."""

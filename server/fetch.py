@@ -44,6 +44,36 @@ class Shared:
         except ValueError:
             self.model_config = {}
 
+    def model(self):
+        """The index's model (`model.pt` beside the index files), loaded once per server.
+
+        Its weights are frozen: the analyses take gradients with respect to inputs and
+        states only, so sessions can share one model. Torch runs on one thread from then on. A ValueError when the index has no
+        model (an index of stored states).
+        """
+        from lstmsearch.analysis import MODEL_FILE
+
+        with self._lock:
+            if "model" not in self.cache:
+                path = self.index.path / MODEL_FILE
+                if not path.is_file():
+                    raise ValueError(
+                        f"index {self.index.path.name} has no {MODEL_FILE} (it was built from "
+                        "stored states), so analyses that run the model are not available"
+                    )
+                import torch
+
+                from lstmsearch.models import load_model
+
+                # queries of many sessions run side by side in the pool: one torch thread
+                # each, or they wait on each other (40x slower measured on 2 busy cores)
+                torch.set_num_threads(1)
+                loaded = load_model(path)
+                loaded.model.eval()
+                loaded.model.requires_grad_(False)
+                self.cache["model"] = loaded
+            return self.cache["model"]
+
     def doc_name(self, doc: int) -> str:
         """The name of document `doc` (all names are read once)."""
         with self._lock:
@@ -107,6 +137,8 @@ class Window:
     values: np.ndarray  # (dim, end - start) float32
     track: np.ndarray | None
     doc_bounds: tuple[tuple[int, int, str], ...]  # (position, document, name) of each doc start
+    surprisal: np.ndarray | None = None  # nats per token (NaN at a document's first token)
+    surprisal_range: tuple[float, float] | None = None  # its colour scale
 
     @property
     def positions(self) -> np.ndarray:
@@ -114,7 +146,10 @@ class Window:
 
 
 def load_window(shared: Shared, state: str, start: int, end: int, track: str | None) -> Window:
-    """The tokens and state values of [start, end) (clipped to the index)."""
+    """The tokens and state values of [start, end) (clipped to the index), with their
+    surprisal when it is at hand (`analyses.window_surprisal`)."""
+    from server.analyses import window_surprisal
+
     index = shared.index
     start = int(np.clip(start, 0, max(0, index.n_tokens - 1)))
     end = int(np.clip(end, start + 1, index.n_tokens))
@@ -127,10 +162,13 @@ def load_window(shared: Shared, state: str, start: int, end: int, track: str | N
     for doc in range(first_doc, min(last_doc, first_doc + 64) + 1):
         pos = int(index.doc_starts[doc])
         bounds.append((max(pos, start), doc, shared.doc_name(doc)))
+    found = window_surprisal(shared, start, end)
     return Window(
         state=state, start=start, end=end, texts=tokens.text, docs=docs, values=values,
         track=None if track_values is None else track_values[start:end],
         doc_bounds=tuple(bounds),
+        surprisal=None if found is None else found[0],
+        surprisal_range=None if found is None else found[1],
     )
 
 

@@ -1,5 +1,7 @@
 """Select view: a window of tokens, every unit of one state as a line over it, the threshold,
-the brushed span with its padding, and the pattern S (LSTMVis's Select View).
+the brushed span with its padding, and the pattern S (LSTMVis's Select View). Under the
+tokens, strips of the chosen annotation track and, when the index stores it, of each token's
+surprisal under the model.
 
 Brushing: Bokeh's box select does not hit text glyphs, so every token also has an invisible
 quad (one in the line plot spanning its full height, one in the token row) on the same data
@@ -41,23 +43,31 @@ from server.display import (
     chars_per_cell,
     colours_of,
     fmt,
+    is_dark,
     token_labels,
     unit_colour,
 )
 from server.fetch import Window
+from server.surprisal_view import SURPRISAL_PALETTE
 
 PLOT_WIDTH = 1140
 LINE_HEIGHT = 300
 PLOT_BORDER_LEFT = 70
 TOKEN_COLUMNS = (
     "x", "left", "right", "text", "full", "doc", "track", "track_fill", "track_text",
+    "surprisal", "surprisal_fill", "surprisal_text", "surprisal_text_color",
 )
+STRIP_ROW = 1.0
+"""Height of the token plot's strip rows below the tokens (track, surprisal), in y units."""
+SURPRISAL_TEXT_PX = 26
+"""Narrowest token cell (pixels) that shows its surprisal as a number (e.g. "12.3") in the
+strip; narrower cells show it on hover only."""
 
 
 class SelectView:
     """The select plot, the token row and the list of S. `show_*` methods update them."""
 
-    def __init__(self, *, char_level: bool, has_track: bool) -> None:
+    def __init__(self, *, char_level: bool, has_track: bool, has_surprisal: bool = False) -> None:
         self.char_level = char_level
         self.window: Window | None = None
         self.units: tuple[int, ...] = ()
@@ -154,10 +164,14 @@ class SelectView:
 
         # --- token row ---------------------------------------------------------------------
         self.has_track = has_track
-        height = 70 + (30 if has_track else 0) + (0 if char_level else 100)
+        self.has_surprisal = has_surprisal
+        strips = int(has_track) + int(has_surprisal)
+        track_y = -0.55
+        self.surprisal_y = track_y - STRIP_ROW * int(has_track)
+        height = 70 + 30 * strips + (0 if char_level else 100)
         tok = figure(
             name="token-plot", width=PLOT_WIDTH, height=height, x_range=x_range,
-            y_range=Range1d(-1.1 if has_track else -0.15, 1.05), tools="",
+            y_range=Range1d(-0.15 - 0.95 * strips, 1.05), tools="",
             toolbar_location=None, min_border_left=PLOT_BORDER_LEFT, min_border_right=10,
             min_border_top=0, output_backend="canvas",
         )
@@ -168,8 +182,13 @@ class SelectView:
         tok.xaxis.axis_label = "token position"
         tok.xaxis.major_label_text_font_size = "10px"
         tok.xaxis.formatter = CustomJSTickFormatter(code="return tick.toFixed(0)")
-        tok.yaxis.ticker = FixedTicker(ticks=[0.5, -0.55] if has_track else [0.5])
-        tok.yaxis.major_label_overrides = {0.5: "tokens", -0.55: "track"}
+        labels = {0.5: "tokens"}
+        if has_track:
+            labels[track_y] = "track"
+        if has_surprisal:
+            labels[self.surprisal_y] = "surprisal"
+        tok.yaxis.ticker = FixedTicker(ticks=list(labels))
+        tok.yaxis.major_label_overrides = labels
         tok.yaxis.major_tick_line_color = None
         tok.yaxis.major_label_text_font_size = "11px"
         self.token_quads = tok.quad(
@@ -192,14 +211,23 @@ class SelectView:
             tok.text(x="x", y=-0.55, text="track_text", source=self.tokens,
                      text_align="center", text_baseline="middle", text_font_size="10px",
                      text_color="#ffffff", nonselection_text_alpha=1.0)
+        if has_surprisal:
+            tok.rect(x="x", y=self.surprisal_y, width=0.96, height=0.9, source=self.tokens,
+                     fill_color="surprisal_fill", line_color=None, nonselection_fill_alpha=1.0,
+                     name="surprisal-strip")
+            tok.text(x="x", y=self.surprisal_y, text="surprisal_text", source=self.tokens,
+                     text_align="center", text_baseline="middle", text_font_size="10px",
+                     text_color="surprisal_text_color", nonselection_text_alpha=1.0)
+        tooltips = [("token", "@full"), ("position", "@x"), ("document", "@doc")]
+        if has_surprisal:
+            tooltips.append(("surprisal", "@surprisal{0.00} nats"))
         self.token_select = BoxSelectTool(
             renderers=[self.token_quads], dimensions="width", name="token-brush",
             description="Brush a span of tokens",
         )
         self.token_tap = TapTool(renderers=[self.token_quads], description="Select one token")
         tok.add_tools(self.token_select, self.token_tap, HoverTool(
-            renderers=[self.token_quads],
-            tooltips=[("token", "@full"), ("position", "@x"), ("document", "@doc")],
+            renderers=[self.token_quads], tooltips=tooltips,
         ))
         tok.toolbar.active_drag = self.token_select
 
@@ -311,6 +339,7 @@ class SelectView:
                 track_text = [""] * n
         else:
             track_fill, track_text = ["#ffffff"] * n, [""] * n
+        surprisal = self._surprisal_columns(window, n, show_text=cell_px >= SURPRISAL_TEXT_PX)
         self._quiet = True
         try:
             self.tokens.selected.indices = []
@@ -325,6 +354,7 @@ class SelectView:
                 "track": np.full(n, np.nan) if track is None else track,
                 "track_fill": track_fill,
                 "track_text": track_text,
+                **surprisal,
             })
         finally:
             self._quiet = False
@@ -345,6 +375,22 @@ class SelectView:
             f"[{window.start}, {window.end})"
         )
         self._draw_set()
+
+    @staticmethod
+    def _surprisal_columns(window: Window, n: int, show_text: bool) -> dict[str, list | np.ndarray]:
+        """The token row's surprisal columns: value, cell colour, label and its colour."""
+        values = window.surprisal
+        if values is None or window.surprisal_range is None:
+            return {"surprisal": np.full(n, np.nan), "surprisal_fill": ["#ffffff"] * n,
+                    "surprisal_text": [""] * n, "surprisal_text_color": [TEXT_COLOR] * n}
+        fill = colours_of(values, *window.surprisal_range, SURPRISAL_PALETTE)
+        text = [f"{v:.1f}" if show_text and np.isfinite(v) else "" for v in values]
+        return {
+            "surprisal": np.asarray(values, dtype=np.float64),
+            "surprisal_fill": fill,
+            "surprisal_text": text,
+            "surprisal_text_color": ["#ffffff" if is_dark(c) else TEXT_COLOR for c in fill],
+        }
 
     def show_pattern(self, pattern: object | None, span: tuple[int, int] | None,
                      pad: tuple[int, int], doc_bounds: tuple[int, int] | None) -> None:

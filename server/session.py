@@ -82,6 +82,7 @@ class Runner:
         self._shown = False  # whether the page shows "working…"
         self._reveal_pending = False
         self._waiting: dict[str, tuple[Callable[[], Any], Callable[[Any], None], str]] = {}
+        self._error_handlers: dict[str, Callable[[str], None]] = {}
 
     @property
     def busy(self) -> bool:
@@ -94,9 +95,18 @@ class Runner:
         work: Callable[[], T],
         apply: Callable[[T], None],
         label: str | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
-        """Run `work()` off the event loop, then `apply(result)` unless a newer `key` job came."""
+        """Run `work()` off the event loop, then `apply(result)` unless a newer `key` job came.
+
+        An error goes to `on_error(message)` when given (a view that shows its own
+        errors), else to the runner's.
+        """
         label = label or key
+        if on_error is not None:
+            self._error_handlers[key] = on_error
+        else:
+            self._error_handlers.pop(key, None)
         if self.executor is None:
             self._run_now(key, work, apply)
             return
@@ -178,4 +188,8 @@ class Runner:
         if not isinstance(exc, (ValueError, KeyError, TypeError, LookupError)):
             log.error("%s failed:\n%s", key, "".join(traceback.format_exception(exc)))
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        self.on_error(f"{key}: {message}")
+        handler = self._error_handlers.get(key)
+        if handler is not None:
+            handler(str(message))
+        else:
+            self.on_error(f"{key}: {message}")

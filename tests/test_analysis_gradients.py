@@ -1,5 +1,6 @@
 """Gradient flow through time: analytic values for a linear RNN, finite differences for an
-LSTM language model, and a sanity check on the shipped parens model."""
+LSTM language model, the same numbers over an index's documents, and a sanity check on the
+shipped parens model."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from lstmsearch.analysis import index_documents
 from lstmsearch.analysis.gradients import (
     gradient_flow,
     gradient_norms,
     growth_factor,
+    index_gradient_flow,
     lag_profile,
+    sample_documents,
     sample_positions,
 )
 from lstmsearch.models import LanguageModel, ModelConfig
@@ -205,3 +209,96 @@ def test_parens_model_gradient_flow_is_finite_and_decays():
     ]
     # the cell state is the long-range path: its gradient fades more slowly than h's
     assert flow.profile("layers.0.c").factor >= flow.profile("layers.0.h").factor
+
+
+# --- an index's documents --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def index_lm(tiny_model_path):
+    from lstmsearch.models import load_model
+
+    return load_model(tiny_model_path).model.eval()
+
+
+def assert_same_flow(got, want) -> None:
+    """Equal norms and profiles, state by state."""
+    assert list(got.norms) == list(want.norms)
+    for name in want.norms:
+        np.testing.assert_array_equal(got.norms[name], want.norms[name], err_msg=name)
+    for a, b in zip(got.profiles, want.profiles, strict=True):
+        assert a.name == b.name and a.factor == b.factor
+        np.testing.assert_array_equal(a.quantiles, b.quantiles)
+        np.testing.assert_array_equal(a.count, b.count)
+
+
+def test_index_gradient_flow_equals_gradient_flow_on_the_documents_token_ids(tiny_index, index_lm):
+    docs = [3, 7, 8]
+    got = index_gradient_flow(tiny_index, index_lm, docs, max_lag=6, n_positions=12, seed=2)
+    ids = [index_documents(tiny_index, [d]).ids[0] for d in docs]
+    want = gradient_flow(index_lm, ids, max_lag=6, n_positions=12, seed=2)
+    assert_same_flow(got, want)
+    np.testing.assert_array_equal(got.steps, want.steps)
+    # documents and positions are the index's
+    np.testing.assert_array_equal(got.docs, np.asarray(docs)[want.docs])
+    np.testing.assert_array_equal(got.positions, tiny_index.doc_starts[got.docs] + got.steps)
+    assert set(got.docs.tolist()) <= set(docs)
+
+
+def test_index_gradient_flow_samples_documents_and_reads_at_most_max_tokens(tiny_index, index_lm):
+    picked = sample_documents(tiny_index, 5, min_tokens=30, seed=4)
+    assert picked == sample_documents(tiny_index, 5, min_tokens=30, seed=4)
+    assert len(picked) == 5 and picked == sorted(set(picked))
+    lengths = np.diff(tiny_index.doc_starts)
+    assert (lengths[picked] >= 30).all()
+    assert sample_documents(tiny_index, 3, min_tokens=10**6) == sample_documents(
+        tiny_index, 3, min_tokens=2)  # none that long: any document with a prediction
+    got = index_gradient_flow(tiny_index, index_lm, max_lag=8, n_positions=10, n_docs=5, seed=4)
+    assert set(got.docs.tolist()) <= set(sample_documents(tiny_index, 5, min_tokens=10, seed=4))
+    short = index_gradient_flow(tiny_index, index_lm, picked, max_lag=3, n_positions=40,
+                                max_tokens=12)
+    assert (short.steps <= 10).all()  # a next token inside the first 12 tokens
+    ids = [index_documents(tiny_index, [d]).ids[0][:12] for d in picked]
+    assert_same_flow(short, gradient_flow(index_lm, ids, max_lag=3, n_positions=40))
+
+
+def test_index_gradient_flow_names_bad_values(tiny_index, index_lm):
+    with pytest.raises(ValueError, match=f"document {tiny_index.n_docs} out of range"):
+        index_gradient_flow(tiny_index, index_lm, [0, tiny_index.n_docs])
+    with pytest.raises(ValueError, match="got 0"):
+        sample_documents(tiny_index, 0)
+    with pytest.raises(ValueError, match="max_tokens must be >= 2, got 1"):
+        index_gradient_flow(tiny_index, index_lm, [0], max_tokens=1)
+
+
+@pytest.fixture(scope="module")
+def parens_index(tmp_path_factory):
+    from indexer.build import build_index
+    from lstmsearch.corpus import load_corpus
+    from lstmsearch.index import open_index
+
+    out = tmp_path_factory.mktemp("parens-index") / "index"
+    build_index(load_corpus("parens", limit=24, min_len=100, max_len=400, seed=3), PARENS, out,
+                progress=False, faiss=False)
+    with open_index(out) as index:
+        yield index
+
+
+@pytest.mark.skipif(not PARENS.exists(), reason="shipped parens model not present")
+def test_parens_index_gradient_flow_cell_state_carries_the_gradient_furthest(parens_index):
+    from lstmsearch.models import load_model
+
+    model = load_model(PARENS).model.eval()
+    k = 60
+    flow = index_gradient_flow(parens_index, model, max_lag=k, n_positions=48, n_docs=12)
+    h, c = flow.profile("layers.0.h"), flow.profile("layers.0.c")
+    for p in (h, c):
+        assert np.isfinite(p.quantiles).all() and (p.quantiles > 0).all(), p.name
+        assert (p.count == len(flow.positions)).all()  # every position reaches back K steps
+        assert 0.5 < p.factor < 1, p.name  # vanishing, not exploding
+        assert p.median[k] < 1e-2 * p.median[1], p.name
+    # h at t feeds the loss directly, so it starts higher; further back the cell state, the
+    # long-range path, holds more of the gradient than h and keeps more of it over the lags
+    assert h.median[0] > c.median[0]
+    assert (c.median[2:] > h.median[2:]).mean() > 0.8
+    assert c.median[k] / c.median[1] > h.median[k] / h.median[1]

@@ -1,5 +1,7 @@
 """Input saliency: a model that only sees the last token puts all saliency there; the
-integrated gradients add up to the score difference from the baseline."""
+integrated gradients add up to the score difference from the baseline; attributing only the
+last tokens keeps the others' context; an index's prediction equals the same computation
+on its token ids."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lstmsearch.analysis.saliency import saliency
+from lstmsearch.analysis import index_documents
+from lstmsearch.analysis.saliency import index_saliency, saliency
 from lstmsearch.models import LanguageModel, ModelConfig
 
 
@@ -78,3 +81,122 @@ def test_bad_arguments_name_the_value():
         saliency(model, IDS, position=1, method="bogus")
     with pytest.raises(ValueError, match="target token 9"):
         saliency(model, IDS, position=1, target=9)
+
+
+# --- context tokens, named targets, top predictions -----------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_attributing_the_last_tokens_keeps_gradient_x_input_of_those_tokens(arch):
+    model = random_model(arch)
+    full = saliency(model, IDS, position=4, target=3)
+    part = saliency(model, IDS, position=4, target=3, start=2)
+    assert part.start == 2 and part.scores.shape == (5,)
+    assert np.isnan(part.scores[:2]).all() and np.isnan(part.gradient_norms[:2]).all()
+    np.testing.assert_allclose(part.scores[2:], full.scores[2:], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(part.gradient_norms[2:], full.gradient_norms[2:], rtol=1e-10)
+    assert part.score == pytest.approx(full.score, rel=1e-12)
+    assert part.probability == pytest.approx(full.probability, rel=1e-12)
+
+
+def test_integrated_gradients_of_the_last_tokens_are_complete_with_the_context_kept():
+    model = random_model("lstm")
+    sal = saliency(model, IDS, position=5, method="integrated_gradients", steps=200, start=3)
+    with torch.no_grad():
+        emb = model.embed(torch.from_numpy(IDS[:6])).unsqueeze(0)
+        emb[:, 3:] = 0.0  # the baseline: the attributed tokens' embeddings only
+        x = emb
+        for rnn in model.forward_layers:
+            x, _ = rnn(x)
+        want = float(torch.log_softmax(model.head(x[0, -1]), -1)[sal.target])
+    assert sal.baseline_score == pytest.approx(want, rel=1e-9)
+    assert np.nansum(sal.scores) == pytest.approx(sal.score - sal.baseline_score, abs=1e-3)
+
+
+def test_named_targets_and_the_top_predictions():
+    model = random_model("lstm")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(IDS[:4]).unsqueeze(0))[0][0, -1]
+    probs = torch.softmax(logits, -1).numpy()
+    order = np.argsort(-probs)
+    top = saliency(model, IDS, position=3, target="top", top=3)
+    assert top.target == order[0]
+    assert [t for t, _ in top.top] == order[:3].tolist()
+    np.testing.assert_allclose([p for _, p in top.top], probs[order[:3]], rtol=1e-9)
+    assert saliency(model, IDS, position=3, target="next").target == IDS[4]
+    assert saliency(model, IDS, position=3).target == IDS[4]
+    with pytest.raises(ValueError, match="'best'"):
+        saliency(model, IDS, position=3, target="best")
+    with pytest.raises(ValueError, match="start 4"):
+        saliency(model, IDS, position=3, start=4)
+
+
+# --- an index's model ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_path):
+    from lstmsearch.models import load_model
+
+    return load_model(tiny_model_path).model.eval()
+
+
+def doc_with_tokens(index, n: int) -> int:
+    """A document of the index with at least `n` tokens."""
+    lengths = np.diff(index.doc_starts)
+    return int(np.flatnonzero(lengths >= n)[0])
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "integrated_gradients"])
+def test_index_saliency_equals_saliency_on_the_documents_token_ids(tiny_index, tiny_lm, method):
+    doc = doc_with_tokens(tiny_index, 40)
+    tok = index_documents(tiny_index, [doc])
+    ids, texts = tok.ids[0], tok.texts[0]
+    start = int(tiny_index.doc_starts[doc])
+    local = 30
+    got = index_saliency(tiny_index, tiny_lm, start + local, method=method, steps=8)
+    want = saliency(tiny_lm, ids, local, method=method, steps=8)
+    np.testing.assert_allclose(got.saliency.scores, want.scores, rtol=1e-6, atol=1e-9)
+    assert got.saliency.target == want.target == ids[local + 1]
+    assert got.document == doc and got.first == got.document_start == start
+    assert not got.truncated
+    np.testing.assert_array_equal(got.positions, np.arange(start, start + local + 1))
+    assert got.texts == texts[: local + 1]
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.next_token == ids[local + 1] and got.next_text == texts[local + 1]
+    vocab = tiny_index.vocab()
+    assert got.target_text == vocab[want.target]
+    assert [(t, p) for t, _, p in got.top] == list(want.top)
+    assert [text for _, text, _ in got.top] == [vocab[t] for t, _ in want.top]
+
+    # the last `window` tokens only: the same as `start` on the same ids
+    part = index_saliency(tiny_index, tiny_lm, start + local, method=method,
+                          window=7, steps=8)
+    ref = saliency(tiny_lm, ids, local, method=method, steps=8, start=local + 1 - 7)
+    np.testing.assert_array_equal(part.positions, np.arange(start + local - 6, start + local + 1))
+    np.testing.assert_allclose(part.scores, ref.scores[local - 6 :], rtol=1e-6, atol=1e-9)
+    assert part.texts == texts[local - 6 : local + 1]
+
+
+def test_index_saliency_at_a_document_end_and_of_a_long_document(tiny_index, tiny_lm):
+    doc = doc_with_tokens(tiny_index, 40)
+    ids = index_documents(tiny_index, [doc]).ids[0]
+    start, end = int(tiny_index.doc_starts[doc]), int(tiny_index.doc_starts[doc + 1])
+    last = index_saliency(tiny_index, tiny_lm, end - 1)
+    assert last.next_token is None and last.next_text is None
+    assert last.saliency.target == last.top[0][0]  # nothing follows: the model's top choice
+    # the model reads at most max_context tokens before the position
+    got = index_saliency(tiny_index, tiny_lm, start + 35, max_context=10, window=4)
+    assert got.truncated and got.first == start + 25
+    want = saliency(tiny_lm, ids[25:37], 10, start=7)
+    np.testing.assert_allclose(got.scores, want.scores[7:], rtol=1e-6, atol=1e-9)
+    assert got.saliency.probability == pytest.approx(want.probability)
+
+
+def test_index_saliency_names_bad_values(tiny_index, tiny_lm):
+    with pytest.raises(ValueError, match=str(tiny_index.n_tokens)):
+        index_saliency(tiny_index, tiny_lm, tiny_index.n_tokens)
+    with pytest.raises(ValueError, match="window must be >= 1 tokens, got 0"):
+        index_saliency(tiny_index, tiny_lm, 5, window=0)
+    with pytest.raises(ValueError, match="'sideways'"):
+        index_saliency(tiny_index, tiny_lm, 5, method="sideways")

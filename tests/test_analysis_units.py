@@ -91,3 +91,73 @@ def test_correlation_with_a_track():
     assert ranked[1].r == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="do not line up"):
         correlate_units(states, track[:3])
+
+
+# --- over an index -----------------------------------------------------------------------------
+
+
+def test_sample_end_keeps_whole_documents():
+    starts = np.array([0, 10, 25, 40])
+    assert units_mod.sample_end(starts, 30) == (25, 2)
+    assert units_mod.sample_end(starts, 25) == (25, 2)
+    assert units_mod.sample_end(starts, 1000) == (40, 3)
+    assert units_mod.sample_end(starts, 7) == (7, 0)  # the first document alone is longer
+    with pytest.raises(ValueError, match="max_tokens"):
+        units_mod.sample_end(starts, 0)
+
+
+def api_response(index, state, end, n_docs, top, min_count):
+    """`expected_response` called directly on the index's first `end` tokens."""
+    ids = index.tokens(0, end).token_id
+    starts = index.doc_starts[: n_docs + 1] if n_docs else np.array([0, end])
+    return expected_response(np.asarray(index.states(state))[:end], ids, starts, top=top,
+                             min_count=min_count, vocab=index.vocab())
+
+
+def test_index_response_reads_whole_documents_up_to_the_cap(tiny_index):
+    starts = tiny_index.doc_starts
+    cap = int(starts[7]) + 3  # inside document 7: it is left out whole
+    found = units_mod.index_response(tiny_index, "layers.1.c", words=6, min_count=2,
+                                     max_tokens=cap)
+    assert (found.n_tokens, found.n_docs) == (int(starts[7]), 7)
+    assert found.sampled and found.total_tokens == tiny_index.n_tokens
+    want = api_response(tiny_index, "layers.1.c", int(starts[7]), 7, 6, 2)
+    assert found.response.words == want.words and len(want.words) == 6
+    np.testing.assert_array_equal(found.response.token_ids, want.token_ids)
+    np.testing.assert_array_equal(found.response.counts, want.counts)
+    np.testing.assert_allclose(found.response.response, want.response)
+    # uncapped: every token, every type seen at least min_count times
+    whole = units_mod.index_response(tiny_index, "layers.0.h", words=None, min_count=1)
+    assert not whole.sampled and whole.n_docs == tiny_index.n_docs
+    assert whole.response.counts.sum() == tiny_index.n_tokens
+    with pytest.raises(ValueError, match="words"):
+        units_mod.index_response(tiny_index, "layers.0.h", words=0)
+
+
+def test_index_units_equals_the_analyses_called_directly(tiny_index):
+    result = units_mod.index_units(tiny_index, "layers.1.c", words=8, min_count=1,
+                                   n_clusters=3, track="depth", seed=2, top=5)
+    end = tiny_index.n_tokens
+    want = api_response(tiny_index, "layers.1.c", end, tiny_index.n_docs, 8, 1)
+    np.testing.assert_allclose(result.response.response.response, want.response)
+    cc = co_cluster(want.response, 3, seed=2, words=want.words, token_ids=want.token_ids)
+    np.testing.assert_array_equal(result.co_clustering.word_order, cc.word_order)
+    np.testing.assert_array_equal(result.co_clustering.unit_order, cc.unit_order)
+    assert result.co_clustering.clusters == cc.clusters
+    ranked = rank_units(tiny_index.states("layers.1.c"), tiny_index.track("depth"), top=5)
+    assert [c.unit for c in result.ranking] == [c.unit for c in ranked]
+    np.testing.assert_allclose([c.r for c in result.ranking], [c.r for c in ranked])
+    assert result.track == "depth"
+    plain = units_mod.index_units(tiny_index, "layers.1.c", words=8)
+    assert plain.ranking is None and plain.track is None
+
+
+def test_cluster_response_clamps_the_cluster_count():
+    ids, states, starts = hand_sequence()
+    resp = expected_response(states, ids, starts, top=3)  # 3 words x 2 units
+    cc = units_mod.cluster_response(resp, 5)
+    assert cc.n_clusters == 2
+    one = expected_response(states, ids, starts, top=1)
+    assert units_mod.cluster_response(one, 4) is None  # one word: nothing to co-cluster
+    with pytest.raises(ValueError, match="n_clusters"):
+        units_mod.cluster_response(resp, 1)

@@ -62,3 +62,42 @@ def test_bidirectional_model_reports_both_stacks():
     model = LanguageModel(ModelConfig(arch="gru", vocab_size=5, embed_dim=2, hidden=3, layers=1, bidirectional=True))
     names = {s.name for s in weight_report(model)}
     assert "layers.0.backward.W_hz" in names and "backward_head.weight" in names
+
+
+# --- over an index -----------------------------------------------------------------------------
+
+
+def states_only_index(folder):
+    """An index of stored states (`index-states`): it has no model."""
+    from indexer.states import index_states
+    from lstmsearch.index import open_index
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokens.txt").write_text("a\nb\na\n\nb\nc\n", encoding="utf-8")
+    np.save(folder / "h.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
+                 progress=False)
+    return open_index(folder / "index")
+
+
+def test_index_weights_is_the_report_of_the_index_model(tiny_index, tiny_model_path):
+    from lstmsearch.analysis.weights import index_weights
+    from lstmsearch.models import load_model
+
+    got = index_weights(tiny_index, bins=20)
+    want = weight_report(load_model(tiny_model_path).model, bins=20)
+    assert [m.name for m in got] == [m.name for m in want]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.recurrent == w.recurrent
+        np.testing.assert_array_equal(g.histogram_counts, w.histogram_counts)
+        np.testing.assert_allclose(g.singular_values, w.singular_values)
+        assert g.spectral_radius == (None if w.spectral_radius is None
+                                     else pytest.approx(w.spectral_radius))
+
+
+def test_index_weights_without_a_model_says_so(tmp_path):
+    from lstmsearch.analysis.weights import index_weights
+
+    with states_only_index(tmp_path) as index:
+        with pytest.raises(ValueError, match="has no model.pt"):
+            index_weights(index)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+import lstmsearch.extract as extract_module
 from lstmsearch.extract import (
+    HEAD_VALUES,
     extract,
     iter_states,
     parse_state_name,
@@ -140,10 +142,13 @@ def test_empty_document_gives_empty_states():
     assert got[1]["layers.1.c"].shape == (1, 7)
 
 
-def test_surprisal_is_next_token_loss():
+@pytest.mark.parametrize("head_values", [HEAD_VALUES, 1, 2 * 11 * 3])
+def test_surprisal_is_next_token_loss(monkeypatch, head_values):
+    """Also when the head's logits are computed a step (or three) at a time."""
+    monkeypatch.setattr(extract_module, "HEAD_VALUES", head_values)
     model = random_model("lstm", layers=2)
     rng = np.random.default_rng(3)
-    docs = [rng.integers(0, 11, size=n) for n in (1, 9, 40)]
+    docs = [rng.integers(0, 11, size=n) for n in (1, 9, 40, 7, 13)]
     got = extract(model, docs, chunk=4, lanes=2, surprisal=True)
     for doc, states in zip(docs, got):
         with torch.no_grad():

@@ -107,7 +107,7 @@ def test_vocab_and_depth_track(tiny_index, tiny_corpus):
     vocab = tiny_index.vocab()
     tokens = tiny_index.tokens(0, tiny_index.n_tokens)
     assert [vocab[i] for i in tokens.token_id[:50]] == list(tokens.text[:50])
-    assert tiny_index.track_names() == ["depth"]
+    assert tiny_index.track_names() == ["depth", "surprisal"]
     depth = tiny_index.track("depth")
     expected = np.concatenate([d.char_tracks["depth"] for d in tiny_corpus.documents])
     np.testing.assert_array_equal(depth, expected)  # char tokens: value at the token's character

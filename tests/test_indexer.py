@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_SHARD, TINY_SHARD_TOKENS, make_tiny_model, tiny_parens, torch_threads
 
 from indexer.annotate import annotate_index
@@ -194,6 +195,62 @@ def test_append_equals_building_once(tmp_path, tiny_corpus, tiny_model_path, ref
         assert "parens + parens" in index.info().corpus
 
 
+def next_token_loss(model: LanguageModel, ids: np.ndarray) -> np.ndarray:
+    """-ln p(token | tokens before) from the model's plain forward pass; NaN at position 0."""
+    with torch.no_grad():
+        logits, _ = model(torch.as_tensor(ids, dtype=torch.long).unsqueeze(0))
+        logp = torch.log_softmax(logits[0], dim=-1).numpy()
+    want = np.full(len(ids), np.nan)
+    want[1:] = -logp[np.arange(len(ids) - 1), ids[1:]]
+    return want
+
+
+def assert_stored_surprisal(path: Path, model: LanguageModel) -> None:
+    """The index's surprisal track is every document's next-token loss under `model`."""
+    with open_index(path) as index:
+        stored = index.track("surprisal")
+        tokens = index.tokens(0, index.n_tokens)
+        starts = index.doc_starts
+        for d in range(index.n_docs):
+            a, b = int(starts[d]), int(starts[d + 1])
+            np.testing.assert_allclose(stored[a:b], next_token_loss(model, tokens.token_id[a:b]),
+                                       atol=1e-4, rtol=0)
+        assert np.isnan(stored[starts[:-1]]).all()
+        assert np.isfinite(np.delete(stored, starts[:-1])).all()
+
+
+def test_stored_surprisal_is_the_models_next_token_loss(reference, tiny_model_path):
+    assert_stored_surprisal(reference, load_model(tiny_model_path).model)
+    with open_index(reference) as index:
+        assert index.meta["surprisal"] == "true"
+        assert index.n_shards > 3  # the track was committed shard by shard
+
+
+def test_surprisal_can_be_left_out_and_append_keeps_the_choice(tmp_path, tiny_corpus,
+                                                              tiny_model_path):
+    out = tmp_path / "index"
+    docs = tiny_corpus.documents
+    build_index(Corpus("parens", docs[:10]), tiny_model_path, out, surprisal=False,
+                progress=False)
+    build_index(Corpus("parens", docs[10:14]), None, out, append=True, progress=False)
+    with open_index(out) as index:
+        assert index.track_names() == ["depth"]
+        assert index.n_docs == 14
+    kept = tmp_path / "kept"
+    build_index(Corpus("parens", docs[:10]), tiny_model_path, kept, progress=False)
+    build_index(Corpus("parens", docs[10:14]), None, kept, append=True, progress=False)
+    assert_stored_surprisal(kept, load_model(tiny_model_path).model)
+
+
+def test_a_corpus_track_may_not_be_called_surprisal(tmp_path, tiny_model_path):
+    depth = np.zeros(6)
+    corpus = Corpus("mine", [Document("a", "(()())", {"surprisal": depth})])
+    with pytest.raises(BuildError, match="track named 'surprisal'"):
+        build_index(corpus, tiny_model_path, tmp_path / "index", progress=False)
+    assert not (tmp_path / "index").exists()
+    build_index(corpus, tiny_model_path, tmp_path / "index", surprisal=False, progress=False)
+
+
 def test_append_refuses_another_model_and_incomplete_index(tmp_path, tiny_corpus,
                                                            tiny_model_path, annotated):
     other = make_tiny_model(tmp_path / "other.pt", tiny_corpus, seed=7)
@@ -239,6 +296,7 @@ def test_bidirectional_states_hold_both_directions(tmp_path, tiny_corpus):
             assert index.store(name).dim == 10
             expected = np.concatenate([f[name] for f in fresh]).astype(np.float16)
             np.testing.assert_array_equal(index.states(name), expected)
+    assert_stored_surprisal(tmp_path / "index", loaded.model)  # the forward direction's
 
 
 def test_word_tokens_keep_unicode_offsets_and_whitespace(tmp_path):
@@ -277,7 +335,7 @@ def test_annotate_dense_sparse_npy_and_labels(annotated, tmp_path):
     (tmp_path / "labels.txt").write_text("\n".join("open" if i % 2 else "shut" for i in range(n)))
     annotate_index(annotated, "tag", tmp_path / "labels.txt")
     with open_index(annotated) as index:
-        assert index.track_names() == ["depth", "few", "mod3", "ramp", "tag"]
+        assert index.track_names() == ["depth", "few", "mod3", "ramp", "surprisal", "tag"]
         np.testing.assert_array_equal(index.track("mod3"), np.arange(n) % 3)
         few = index.track("few")
         assert few[5] == 1.5 and few[2] == -1 and np.isnan(few[0])

@@ -13,13 +13,16 @@ one backward pass of the summed loss gives every row's gradients.
 
 `gradient_norms` takes any recurrence (a step function over a dict of named states and a
 loss on the final state), which is how it is tested against hand-computable cases;
-`gradient_flow` applies it to a `LanguageModel` and summarises over many positions.
+`gradient_flow` applies it to a `LanguageModel` and summarises over many positions;
+`index_gradient_flow` does so over documents of an index.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +31,9 @@ from torch import nn
 
 from lstmsearch.extract import state_name, state_names
 from lstmsearch.models import LanguageModel
+
+if TYPE_CHECKING:
+    from lstmsearch.index import Index
 
 States = dict[str, torch.Tensor]
 Step = Callable[[torch.Tensor, States], States]
@@ -340,4 +346,76 @@ def gradient_flow(
         positions=doc_starts[doc_ids] + steps,
         norms=stacked,
         profiles=tuple(lag_profile(n, stacked[n]) for n in names),
+    )
+
+
+# --- an index's documents ------------------------------------------------------------------
+
+MAX_DOC_TOKENS = 1000
+"""Tokens of each document that `index_gradient_flow` reads (see there)."""
+
+
+def sample_documents(index: Index, n: int, *, min_tokens: int = 2, seed: int = 0) -> list[int]:
+    """Up to `n` distinct documents of `index`, drawn uniformly (seeded), in index order:
+    among documents of at least `min_tokens` tokens, else among those of at least 2 (one
+    prediction), so short documents do not crowd out the ones long enough for the lags."""
+    if n < 1:
+        raise ValueError(f"the number of documents must be >= 1, got {n}")
+    lengths = np.diff(np.asarray(index.doc_starts, dtype=np.int64))
+    pool = np.flatnonzero(lengths >= max(2, min_tokens))
+    if not len(pool):
+        pool = np.flatnonzero(lengths >= 2)
+    if not len(pool):
+        raise ValueError("no document of the index has 2 tokens: there is nothing to predict")
+    rng = np.random.default_rng(seed)
+    return sorted(int(d) for d in rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+
+def document_ids(index: Index, doc: int, max_tokens: int | None = None) -> np.ndarray:
+    """The token ids of document `doc` of `index` (its first `max_tokens` when given)."""
+    if not 0 <= int(doc) < index.n_docs:
+        raise ValueError(
+            f"document {doc} out of range: the index has documents 0..{index.n_docs - 1}"
+        )
+    start, end = int(index.doc_starts[doc]), int(index.doc_starts[doc + 1])
+    if max_tokens is not None:
+        end = min(end, start + max_tokens)
+    if end <= start:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(index.tokens(start, end).token_id, dtype=np.int64)
+
+
+def index_gradient_flow(
+    index: Index,
+    model: LanguageModel,
+    docs: Sequence[int] | None = None,
+    *,
+    max_lag: int = 40,
+    n_positions: int = 32,
+    n_docs: int = 8,
+    max_tokens: int = MAX_DOC_TOKENS,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> GradientFlow:
+    """`gradient_flow` of the index's `model` over documents `docs` of the index (default: a
+    seeded sample of `n_docs` documents, `sample_documents`), read from the index.
+
+    Positions are drawn from each document's first `max_tokens` tokens: the model runs over
+    every token before a position, so this bounds the time on long documents. In the result
+    `docs` are the index's document numbers and `positions` its global token positions.
+    """
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+    if docs is None:
+        docs = sample_documents(index, n_docs, min_tokens=max_lag + 2, seed=seed)
+    docs = [int(d) for d in docs]
+    if not docs:
+        raise ValueError("no documents given")
+    ids = [document_ids(index, d, max_tokens) for d in docs]
+    flow = gradient_flow(model, ids, max_lag=max_lag, n_positions=n_positions, names=names,
+                         seed=seed)
+    index_docs = np.asarray(docs, dtype=np.int64)[flow.docs]
+    return dataclasses.replace(
+        flow, docs=index_docs,
+        positions=np.asarray(index.doc_starts, dtype=np.int64)[index_docs] + flow.steps,
     )

@@ -4,18 +4,25 @@ Surprisal of token t is -ln p(token_t | tokens before it) in nats; a document's 
 has no prediction and is NaN. Everything here works from two aligned arrays, the token ids
 and their surprisal over all documents concatenated, plus the document boundaries
 (`doc_starts`, n_docs + 1 values like `Index.doc_starts`), so the same functions serve a
-stored surprisal column and a fresh extraction (`compute_surprisal`).
+stored surprisal column and a fresh extraction (`compute_surprisal`). `index_report` runs
+the whole analysis over an index, from its stored `surprisal` track or with its model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lstmsearch.extract import extract, state_name
-from lstmsearch.models import LanguageModel
+from lstmsearch.extract import iter_states, state_name
+from lstmsearch.index import SURPRISAL_TRACK
+from lstmsearch.models import LanguageModel, LoadedModel
+
+if TYPE_CHECKING:
+    from lstmsearch.index import Index
+
 
 
 @dataclass(frozen=True)
@@ -287,22 +294,114 @@ def analyze_surprisal(
 
 def compute_surprisal(model: LanguageModel, docs: Sequence[np.ndarray]) -> np.ndarray:
     """Surprisal of every token of `docs` (token id arrays), concatenated; NaN at each
-    document's first token. Uses the exact, chunked extraction."""
-    if not docs:
-        return np.zeros(0)
-    out = extract(model, docs, [state_name(0, "h")], surprisal=True)
-    return np.concatenate([r["surprisal"] for r in out]).astype(np.float64)
+    document's first token. Uses the exact, chunked extraction, streamed: only the surprisal
+    of each block is kept (not its states), so memory grows with the tokens, not the units."""
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    out = np.full(int(offsets[-1]), np.nan)
+    for block in iter_states(model, docs, [state_name(0, "h")], surprisal=True):
+        if block.surprisal is None:
+            continue  # the backward stack of a bidirectional model predicts nothing here
+        for j, d in enumerate(block.docs):
+            s, n = int(block.starts[j]), int(block.lengths[j])
+            at = int(offsets[d]) + s
+            out[at : at + n] = block.surprisal[j, :n]
+    return out
 
 
-def index_surprisal(index, model: LanguageModel | None = None) -> np.ndarray:
+def index_surprisal(index: Index, model: LanguageModel | LoadedModel | None = None) -> np.ndarray:
     """Surprisal of every token of an index: its stored `surprisal` track when it has one,
     otherwise computed with `model` (e.g. the index's own `model.pt`)."""
-    if "surprisal" in index.track_names():
-        return np.asarray(index.track("surprisal"), dtype=np.float64)
+    if SURPRISAL_TRACK in index.track_names():
+        return np.asarray(index.track(SURPRISAL_TRACK), dtype=np.float64)
     if model is None:
         raise ValueError(
             f"index {index.path} stores no surprisal track; pass the model to compute it"
         )
-    ids = index.tokens(0, index.n_tokens).token_id.astype(np.int64)
+    if isinstance(model, LoadedModel):
+        model = model.model
+    ids = index_token_ids(index)
     starts = index.doc_starts
     return compute_surprisal(model, [ids[a:b] for a, b in zip(starts[:-1], starts[1:])])
+
+
+def index_token_ids(index: Index, chunk: int = 1 << 20) -> np.ndarray:
+    """Every token id of an index, in position order, read `chunk` tokens at a time."""
+    parts = [
+        np.asarray(index.tokens(a, min(a + chunk, index.n_tokens)).token_id, dtype=np.int64)
+        for a in range(0, index.n_tokens, chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def index_token_texts(index: Index, positions: Sequence[int]) -> dict[int, str]:
+    """The texts of the tokens at some positions of an index, read in one query."""
+    unique = sorted({int(p) for p in positions})
+    if not unique:
+        return {}
+    result = index.sql(
+        "SELECT t.pos, t.text FROM tokens t "
+        "SEMI JOIN (SELECT unnest(?::BIGINT[]) AS pos) p ON t.pos = p.pos",
+        [unique],
+    )
+    return {int(p): str(t) for p, t in result.rows}
+
+
+def with_index_texts(index: Index, report: SurprisalReport) -> SurprisalReport:
+    """The report with its worst tokens and spans spelled as the index's token texts.
+
+    A report over a whole index is computed from token ids and the vocabulary (reading every
+    token's text would cost more than the analysis); only the few tokens it lists need their
+    text, and a token's text in its document can differ from its vocabulary entry (a word
+    tokenizer's unknown word, a byte-level BPE entry).
+    """
+    positions = [t.pos for t in report.worst_tokens]
+    for span in report.worst_spans:
+        positions.extend(range(span.start, span.end))
+    texts = index_token_texts(index, positions)
+    return replace(
+        report,
+        worst_tokens=tuple(replace(t, text=texts.get(t.pos, t.text)) for t in report.worst_tokens),
+        worst_spans=tuple(
+            replace(s, tokens=tuple(texts.get(p, "") for p in range(s.start, s.end)))
+            for s in report.worst_spans
+        ),
+    )
+
+
+def index_report(
+    index: Index,
+    model: LanguageModel | LoadedModel | None = None,
+    *,
+    surprisal: np.ndarray | None = None,
+    token_ids: np.ndarray | None = None,
+    k: int = 20,
+    width: int = 8,
+    min_count: int = 5,
+    bins: int = 40,
+) -> SurprisalReport:
+    """The error analysis (`analyze_surprisal`) of every document of an index.
+
+    The surprisal comes from `surprisal` when given (one value per token of the index),
+    else from the index's stored `surprisal` track, else it is computed with `model`; the
+    token ids from `token_ids` when given (`index_token_ids`, which a caller running several
+    reports reads once), else from the index. Types are named by the index's vocabulary,
+    worst tokens and spans by their texts in the index.
+    """
+    values = index_surprisal(index, model) if surprisal is None else surprisal
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (index.n_tokens,):
+        raise ValueError(
+            f"surprisal has shape {values.shape} but the index has {index.n_tokens} tokens"
+        )
+    ids = index_token_ids(index) if token_ids is None else token_ids
+    report = analyze_surprisal(
+        ids, values, index.doc_starts, vocab=index.vocab(), k=k,
+        width=width, min_count=min_count, bins=bins,
+    )
+    return with_index_texts(index, report)
+
+
+def worst_documents(documents: Sequence[DocumentLoss], k: int = 20) -> tuple[DocumentLoss, ...]:
+    """The k documents with the highest mean surprisal, worst first (unscored ones never)."""
+    scored = [d for d in documents if d.n_scored > 0 and np.isfinite(d.mean_surprisal)]
+    return tuple(sorted(scored, key=lambda d: -d.mean_surprisal)[: max(k, 0)])

@@ -11,6 +11,8 @@ units track an annotation?
 - Correlation ranking (NeuroX style): Pearson r of each unit with a per-token track (e.g.
   parens depth), NaN track values left out; streaming, so it runs on an index's memory-mapped
   float16 states.
+- Over an index (`index_units`): the expected response over the first whole documents (at
+  most `MAX_TOKENS` tokens), its co-clustering, and the ranking over every token.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-CHUNK = 1 << 18  # tokens per block when streaming over states
+if TYPE_CHECKING:
+    from lstmsearch.index import Index
+
+CHUNK = 1 << 18  # tokens per block when streaming over states, at most
+BLOCK_VALUES = 1 << 23
+"""State values per block when streaming: a wide state gets fewer tokens per block, so a
+pass needs tens of MB whatever the width (see `block_tokens`)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,11 @@ class UnitCorrelation:
 
 
 # --- expected response -----------------------------------------------------------------------
+
+
+def block_tokens(width: int) -> int:
+    """Tokens per block when streaming over states of `width` units."""
+    return max(1, min(CHUNK, BLOCK_VALUES // max(1, int(width))))
 
 
 def check_states(states: np.ndarray, token_ids: np.ndarray, doc_starts: np.ndarray | None):
@@ -134,19 +148,20 @@ def expected_response(
     row_of[chosen] = np.arange(len(chosen))
     sums = np.zeros((len(chosen), states.shape[1]), dtype=np.float64)
     counts = np.zeros(len(chosen), dtype=np.int64)
-    for a in range(0, len(token_ids), CHUNK):
-        b = min(a + CHUNK, len(token_ids))
+    step = block_tokens(states.shape[1])
+    for a in range(0, len(token_ids), step):
+        b = min(a + step, len(token_ids))
         rows = row_of[token_ids[a:b]]
         keep = np.flatnonzero(rows >= 0)
         if not len(keep):
             continue
         delta = state_changes(states, doc_starts, a, b)[keep]
-        order = np.argsort(rows[keep], kind="stable")
-        sorted_rows = rows[keep][order]
-        bounds = np.flatnonzero(np.diff(sorted_rows, prepend=-1))
-        block = delta[order].astype(np.float64)
-        sums[sorted_rows[bounds]] += np.add.reduceat(block, bounds, axis=0)
-        counts += np.bincount(rows[keep], minlength=len(chosen))
+        kept = rows[keep]
+        # one weighted bincount per unit: float64 sums without a float64 copy of the block
+        # (several times faster than sorting the block by word and reducing it)
+        for u in range(delta.shape[1]):
+            sums[:, u] += np.bincount(kept, weights=delta[:, u], minlength=len(chosen))
+        counts += np.bincount(kept, minlength=len(chosen))
     with np.errstate(invalid="ignore", divide="ignore"):
         response = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], np.nan)
     texts = tuple(vocab[t] if vocab is not None and t < len(vocab) else str(t) for t in chosen)
@@ -248,12 +263,13 @@ def correlate_units(states: np.ndarray, track: np.ndarray) -> tuple[np.ndarray, 
     n = 0
     sx, sxx, sxy = np.zeros(width), np.zeros(width), np.zeros(width)
     sy = syy = 0.0
-    for a in range(0, len(track), CHUNK):
-        y = track[a : a + CHUNK]
+    step = block_tokens(width)
+    for a in range(0, len(track), step):
+        y = track[a : a + step]
         ok = np.isfinite(y)
         if not ok.any():
             continue
-        x = np.asarray(states[a : a + CHUNK], dtype=np.float64)[ok]
+        x = np.asarray(states[a : a + step], dtype=np.float64)[ok]
         y = y[ok]
         n += len(y)
         sx += x.sum(0)
@@ -281,3 +297,112 @@ def rank_units(
     r, n = correlate_units(states, track)
     order = np.argsort(-np.abs(r), kind="stable")[: top if top is not None else len(r)]
     return tuple(UnitCorrelation(int(u), float(r[u]), n) for u in order)
+
+
+# --- over an index ------------------------------------------------------------------------------
+
+MAX_TOKENS = 200_000
+"""Tokens an index-level expected response reads at most (whole documents from the first):
+enough for stable means of frequent words, a fraction of a second per state."""
+
+
+@dataclass(frozen=True)
+class IndexResponse:
+    """The expected response of one stored state, read over the index's first `n_docs`
+    whole documents (`n_tokens` of its `total_tokens` tokens)."""
+
+    state: str
+    response: WordResponse
+    n_tokens: int
+    n_docs: int
+    total_tokens: int
+
+    @property
+    def sampled(self) -> bool:
+        """Whether only part of the index was read."""
+        return self.n_tokens < self.total_tokens
+
+
+@dataclass(frozen=True)
+class UnitStructure:
+    """What `index_units` finds: the expected response, its co-clustering (None when the
+    matrix has fewer than two words or units) and, when a track was given, the units ranked
+    by |Pearson r| with it over the whole index."""
+
+    response: IndexResponse
+    co_clustering: CoClustering | None
+    track: str | None
+    ranking: tuple[UnitCorrelation, ...] | None
+
+
+def sample_end(doc_starts: np.ndarray, max_tokens: int) -> tuple[int, int]:
+    """(tokens, documents) of the longest run of whole documents from the first that holds
+    at most `max_tokens` tokens; when even the first document is longer, its first
+    `max_tokens` tokens (0 documents whole)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    doc_starts = np.asarray(doc_starts, dtype=np.int64)
+    n_docs = int(np.searchsorted(doc_starts, max_tokens, side="right")) - 1
+    if n_docs >= 1:
+        return int(doc_starts[n_docs]), n_docs
+    return min(int(max_tokens), int(doc_starts[-1])), 0
+
+
+def index_response(
+    index: Index,
+    state: str,
+    words: int | None = None,
+    min_count: int = 1,
+    max_tokens: int = MAX_TOKENS,
+) -> IndexResponse:
+    """`expected_response` of a stored state over the index's first whole documents (at
+    most `max_tokens` tokens, see `sample_end`), for its `words` most frequent token types
+    there seen at least `min_count` times (None: all such types)."""
+    if words is not None and words < 1:
+        raise ValueError(f"words must be >= 1, got {words}")
+    states = index.states(state)
+    end, n_docs = sample_end(index.doc_starts, max_tokens)
+    starts = index.doc_starts[: n_docs + 1] if n_docs else np.array([0, end], dtype=np.int64)
+    token_ids = index.tokens(0, end).token_id.astype(np.int64) if end else np.zeros(0, np.int64)
+    vocab = index.vocab()
+    top = len(vocab) if words is None else int(words)
+    response = expected_response(
+        states[:end], token_ids, starts, top=top, min_count=min_count, vocab=vocab
+    )
+    return IndexResponse(state, response, end, n_docs, int(index.n_tokens))
+
+
+def cluster_response(
+    response: WordResponse, n_clusters: int, seed: int = 0
+) -> CoClustering | None:
+    """`co_cluster` of a response matrix with at most `n_clusters` clusters (no more than it
+    has words or units); None when fewer than two are possible."""
+    if n_clusters < 2:
+        raise ValueError(f"n_clusters must be >= 2, got {n_clusters}")
+    n = min(int(n_clusters), *response.response.shape)
+    if n < 2:
+        return None
+    return co_cluster(response.response, n, seed=seed, words=response.words,
+                      token_ids=response.token_ids)
+
+
+def index_units(
+    index: Index,
+    state: str,
+    words: int | None = None,
+    min_count: int = 1,
+    n_clusters: int = 4,
+    track: str | None = None,
+    max_tokens: int = MAX_TOKENS,
+    seed: int = 0,
+    top: int | None = 20,
+) -> UnitStructure:
+    """Unit structure of a stored state: expected response (`index_response`), its
+    co-clustering (`cluster_response`) and, for a `track`, the `top` units by |Pearson r|
+    with it over every token of the index (`Index.neurons.correlate`)."""
+    response = index_response(index, state, words, min_count, max_tokens)
+    ranking = None
+    if track:
+        ranking = index.neurons.correlate(track, state, top=top)
+    return UnitStructure(response, cluster_response(response.response, n_clusters, seed),
+                         track or None, ranking)

@@ -16,11 +16,15 @@ vanishing or explosion through that gate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lstmsearch.models import LanguageModel
+
+if TYPE_CHECKING:
+    from lstmsearch.index import Index
 
 GATE_ORDER = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -104,3 +108,18 @@ def weight_report(model: LanguageModel, bins: int = 50) -> tuple[MatrixStats, ..
         out.append(matrix_stats(f"{head}.weight", module.weight, bins))
         out.append(matrix_stats(f"{head}.bias", module.bias, bins))
     return tuple(out)
+
+
+def index_weights(index: Index, bins: int = 50) -> tuple[MatrixStats, ...]:
+    """`weight_report` of the model an index was built with (its `model.pt`); a ValueError
+    naming the index when it has none (an index of stored states)."""
+    from lstmsearch.analysis import MODEL_FILE
+    from lstmsearch.models import load_model
+
+    path = index.path / MODEL_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"index {index.path.name} has no {MODEL_FILE} (it was built from stored states): "
+            "there are no weights to show"
+        )
+    return weight_report(load_model(path).model, bins)
