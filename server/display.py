@@ -142,6 +142,23 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+# --- tables --------------------------------------------------------------------------------
+
+
+def set_rows(source: ColumnDataSource, data: dict[str, Sequence]) -> None:
+    """Give a DataTable's source new rows.
+
+    The browser redraws a DataTable when its number of rows changes, not when rows are
+    replaced by as many new ones (the table would show the old values); so such rows are
+    cleared first, in the same update.
+    """
+    old = len(next(iter(source.data.values()), []))
+    new = len(next(iter(data.values()), []))
+    if old and old == new:
+        source.data = {key: [] for key in data}
+    source.data = data
+
+
 # --- token heat strips ---------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from server.display import (
     colours_of,
     fmt,
     gradient_legend,
+    set_rows,
     stylesheet,
     token_labels,
 )
@@ -130,7 +131,7 @@ class GateView:
         share = NumberFormatter(format="0%")
         self.stats = DataTable(
             source=self.stats_source, name="gates-stats", width=330, height=260,
-            index_position=None, reorderable=False,
+            index_position=None, reorderable=False, sortable=False,
             columns=[TableColumn(field="unit", title="unit", width=45),
                      TableColumn(field="gate", title="gate", width=70),
                      TableColumn(field="mean", title="mean", formatter=number, width=55),
@@ -407,7 +408,7 @@ class GateView:
                 for key, val in zip(STATS_COLUMNS, (unit, f"{gate} {GATE_NAMES[gate]}", s.mean,
                                                     s.std, s.low_fraction, s.high_fraction)):
                     rows[key].append(val)
-        self.stats_source.data = rows
+        set_rows(self.stats_source, rows)
         self.stats.height = int(min(300, 30 + 26 * max(1, len(rows["unit"]))))
         body = "".join(
             f"<tr><td>{g} {GATE_NAMES[g]}</td>"

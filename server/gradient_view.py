@@ -27,7 +27,7 @@ from bokeh.plotting import figure
 
 from lstmsearch.analysis.gradients import MAX_DOC_TOKENS, LagProfile
 from server import analyses
-from server.display import MUTED_TEXT, fmt, stylesheet, unit_colour
+from server.display import MUTED_TEXT, fmt, set_rows, stylesheet, unit_colour
 
 SCOPE_OPTIONS = [("sample", "sample of documents"), ("document", "this document")]
 BANDS = ((0.1, 0.9, 0.10), (0.25, 0.75, 0.20))
@@ -207,14 +207,14 @@ class GradientView:
         self.bands.data = band_columns(profiles)
         self.lines.data = line_columns(profiles)
         k = data.params.max_lag
-        self.table_source.data = {
+        set_rows(self.table_source, {
             "name": [p.name for p in profiles],
             "factor": [p.factor for p in profiles],
             "reading": [reading(p.factor) for p in profiles],
             "k0": [median_at(p, 0) for p in profiles],
             "k10": [median_at(p, 10) for p in profiles],
             "kmax": [median_at(p, k) for p in profiles],
-        }
+        })
         self.plot.x_range.start, self.plot.x_range.end = 0, max(1, k)
         low, high = log_range(self.bands.data["ys"] + self.lines.data["ys"])
         self.plot.y_range.start, self.plot.y_range.end = low, high

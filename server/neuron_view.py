@@ -31,6 +31,7 @@ from server.display import (
     StripRow,
     fmt,
     gradient_legend,
+    set_rows,
 )
 from server.fetch import MatchRow, NeuronData
 
@@ -202,7 +203,7 @@ class NeuronView:
                 f"<div class='panel-title'>Units that track “{track}”</div>"
                 f"<div class='hint'>by |correlation|; click to open</div>"
             )
-            self.corr_source.data = {"unit": [u for u, _ in pairs], "r": [r for _, r in pairs]}
+            set_rows(self.corr_source, {"unit": [u for u, _ in pairs], "r": [r for _, r in pairs]})
 
     def _colour_hist(self, data: NeuronData, threshold: float, sign: int) -> None:
         edges, counts = data.hist_edges, data.hist_counts

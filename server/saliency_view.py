@@ -33,6 +33,7 @@ from server.display import (
     StripRow,
     fmt,
     gradient_legend,
+    set_rows,
     stylesheet,
     token_label,
 )
@@ -177,12 +178,12 @@ class SaliencyView:
         )
         self.legend.text = gradient_legend(f"saliency ({method})", DIVERGING_PALETTE,
                                            f"−{fmt(scale)}", f"+{fmt(scale)}")
-        self.top_source.data = {
+        set_rows(self.top_source, {
             "rank": list(range(1, len(result.top) + 1)),
             "token": [repr(text)[1:-1] for _, text, _ in result.top],
             "probability": [p for _, _, p in result.top],
             "note": [self._note(token, result) for token, _, _ in result.top],
-        }
+        })
         self.summary.text = self._summary(data)
 
     def show_message(self, text: str) -> None:

@@ -36,6 +36,7 @@ from server.display import (
     colours_of,
     fmt,
     gradient_legend,
+    set_rows,
     stylesheet,
     token_label,
 )
@@ -210,19 +211,19 @@ class SurprisalView:
             f"Surprisal of {report.n_scored:,} tokens (dashed: mean {fmt(report.mean_surprisal)})"
         )
         types = report.hardest_types
-        self.types_source.data = {
+        set_rows(self.types_source, {
             "token": [token_label(t.text, 16, char_level=self.char_level) for t in types],
             "count": [t.count for t in types],
             "mean": [t.mean_surprisal for t in types],
             "share": [t.loss_share for t in types],
-        }
+        })
         docs = data.documents
-        self.docs_source.data = {
+        set_rows(self.docs_source, {
             "doc": [d.doc for d in docs], "name": list(data.doc_names),
             "tokens": [d.n_scored for d in docs], "mean": [d.mean_surprisal for d in docs],
             "perplexity": [d.perplexity for d in docs], "start": [d.start for d in docs],
             "end": [d.end for d in docs],
-        }
+        })
         params = data.params
         self.tokens.fig.title.text = (
             f"Worst {len(data.token_rows)} tokens (label: surprisal in nats, document)"

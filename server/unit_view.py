@@ -35,6 +35,7 @@ from server.display import (
     TEXT_COLOR,
     fmt,
     gradient_legend,
+    set_rows,
     stylesheet,
     token_label,
 )
@@ -358,14 +359,14 @@ class UnitView:
         if clusters is None:
             self.cluster_source.data = {k: [] for k in self.cluster_source.data}
             return
-        self.cluster_source.data = {
+        set_rows(self.cluster_source, {
             "cluster": [f"C{c.index}" for c in clusters.clusters],
             "n_words": [len(c.words) for c in clusters.clusters],
             "words": [listed([token_label(w, 10, char_level=self.char_level) for w in c.words])
                       for c in clusters.clusters],
             "n_units": [len(c.units) for c in clusters.clusters],
             "units": [listed([str(u) for u in c.units]) for c in clusters.clusters],
-        }
+        })
 
     def _show_ranking(self, data: analyses.UnitsData) -> None:
         track = data.params.track
@@ -387,5 +388,5 @@ class UnitView:
             f"<div class='hint'>by |Pearson r| over every token; "
             "click to open</div>"
         )
-        self.ranking_source.data = {"unit": [u for u, _ in data.ranking],
-                                    "r": [r for _, r in data.ranking]}
+        set_rows(self.ranking_source, {"unit": [u for u, _ in data.ranking],
+                                    "r": [r for _, r in data.ranking]})

@@ -25,7 +25,7 @@ from bokeh.plotting import figure
 
 from lstmsearch.analysis.weights import MatrixStats
 from server import analyses
-from server.display import ACCENT, MUTED_TEXT, THRESHOLD_COLOR, fmt, stylesheet
+from server.display import ACCENT, MUTED_TEXT, THRESHOLD_COLOR, fmt, set_rows, stylesheet
 from server.fetch import Shared
 
 TABLE_COLUMNS = ("name", "shape", "mean", "std", "spectral_norm", "spectral_radius")
@@ -142,7 +142,7 @@ class WeightView:
         self.data = data
         self.blocks = {b.name: b for b in data.blocks}
         self._set_visible(True)
-        self.table_source.data = {
+        set_rows(self.table_source, {
             "name": [b.name for b in data.blocks],
             "shape": [shape_text(b.shape) for b in data.blocks],
             "mean": [b.mean for b in data.blocks],
@@ -151,7 +151,7 @@ class WeightView:
                               for b in data.blocks],
             "spectral_radius": [np.nan if b.spectral_radius is None else b.spectral_radius
                                 for b in data.blocks],
-        }
+        })
         n_recurrent = sum(b.recurrent for b in data.blocks)
         self.summary.text = (
             f"<div class='panel-title'>{len(data.blocks)} blocks of the "

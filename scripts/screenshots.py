@@ -1,0 +1,102 @@
+"""Take the README's screenshots of the analysis views on the bundled demo indexes.
+
+    .venv/bin/python scripts/screenshots.py [--out docs]
+
+Builds the demo indexes when missing (`lstmsearch demo` does the same), serves each with
+`lstmsearch serve`, drives headless Chromium through the views like a user (tab clicks,
+widget values) and saves one PNG per view. Needs the test set-up (selenium, chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser import (  # noqa: E402
+    load,
+    make_driver,
+    model_value,
+    open_tab,
+    quit_driver,
+    rows_in,
+    screenshot,
+    set_value,
+    start_server,
+    stop_server,
+    wait_for,
+    wait_idle,
+)
+
+from lstmsearch.serve import demo_index  # noqa: E402
+
+
+def show(d: Any, tab: str, source: str, column: str = "x") -> None:
+    """Open a tab and wait until its view has drawn its data."""
+    open_tab(d, tab)
+    wait_for(d, lambda d: rows_in(d, source, column), f"the {tab} view", timeout=120)
+    wait_idle(d)
+
+
+def save(d: Any, out: Path, name: str) -> None:
+    path = screenshot(d, name)
+    (out / name).write_bytes(path.read_bytes())
+    print(f"wrote {out / name}")
+
+
+def parens(d: Any, url: str, out: Path) -> None:
+    """The parens demo: depth unit 61 of layers.0.c."""
+    load(d, url)
+    set_value(d, "state-select", "layers.0.c")
+    set_value(d, "pos-input", 1200)
+    wait_idle(d)
+    show(d, "Gradients", "gradients-table-data", "name")
+    save(d, out, "gradients-view.png")
+    show(d, "Saliency", "saliency-cells")
+    save(d, out, "saliency-view.png")
+    open_tab(d, "Trajectory")
+    set_value(d, "trajectory-span", "document")
+    wait_for(d, lambda d: rows_in(d, "trajectory-points") > 64, "the document's path", 120)
+    wait_idle(d)
+    save(d, out, "trajectory-view.png")
+    open_tab(d, "Gates")
+    set_value(d, "gates-units", "61")
+    wait_for(d, lambda d: "units 61," in (model_value(d, "gates-info", "m.text") or ""),
+             "unit 61's gates")
+    wait_idle(d)
+    save(d, out, "gates-view.png")
+    show(d, "Weights", "weights-table-data", "name")
+    save(d, out, "weights-view.png")
+    show(d, "Units", "units-heatmap-data")
+    save(d, out, "units-view.png")
+
+
+def stdlib(d: Any, url: str, out: Path) -> None:
+    """The Python standard library demo: where the character model fails."""
+    load(d, url)
+    show(d, "Surprisal", "surprisal-tokens-cells")
+    save(d, out, "surprisal-view.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, take in (("parens", parens), ("python-stdlib", stdlib)):
+        proc, url = start_server(demo_index(name))
+        d = make_driver()
+        try:
+            take(d, url, out)
+        finally:
+            quit_driver(d)
+            stop_server(proc)
+
+
+if __name__ == "__main__":
+    main()
