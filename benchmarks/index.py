@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--no-surprisal", action="store_true",
+                        help="do not store the tokens' surprisal (stored by default)")
     parser.add_argument("--workdir", default=None, help="where to build (default: a temp dir)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "index.json"))
     args = parser.parse_args()
@@ -113,7 +115,8 @@ def main() -> None:
         bare_forward(model, ids[: args.lanes * args.chunk], args.lanes, args.chunk, device)
         forward_before = bare_forward(model, ids, args.lanes, args.chunk, device)
         result = build_index(corpus, work / "model.pt", out, device=device, lanes=args.lanes,
-                             chunk=args.chunk, faiss=not args.no_faiss, progress=None)
+                             chunk=args.chunk, faiss=not args.no_faiss,
+                             surprisal=not args.no_surprisal, progress=None)
         forward_after = bare_forward(model, ids, args.lanes, args.chunk, device)
         # the faster of the two runs around the build: the ratio is not flattered by a
         # machine that was busier during one of them
@@ -131,6 +134,7 @@ def main() -> None:
             "model": f"lstm {args.layers}x{args.hidden}, embed {args.embed}, char vocab",
             "tokens": result.n_tokens,
             "states": list(result.states),
+            "surprisal": not args.no_surprisal,
             "forward_tokens_per_s": n / forward_s,
             "index_tokens_per_s": result.n_tokens / result.seconds,
             "ratio_index_vs_forward": (result.n_tokens / result.seconds) / (n / forward_s),

@@ -48,7 +48,7 @@ def save(d: Any, out: Path, name: str) -> None:
     print(f"wrote {out / name}")
 
 
-def parens(d: Any, url: str, out: Path) -> None:
+def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     """The parens demo: depth unit 61 of layers.0.c."""
     load(d, url)
     set_value(d, "state-select", "layers.0.c")
@@ -75,11 +75,22 @@ def parens(d: Any, url: str, out: Path) -> None:
     save(d, out, "units-view.png")
 
 
-def stdlib(d: Any, url: str, out: Path) -> None:
+def stdlib(d: Any, url: str, out: Path, index_path: Path) -> None:
     """The Python standard library demo: where the character model fails."""
+    import numpy as np
+
+    from lstmsearch.index import SURPRISAL_TRACK, open_index
+
+    with open_index(index_path) as index:
+        worst = int(np.nanargmax(index.track(SURPRISAL_TRACK)))
     load(d, url)
     show(d, "Surprisal", "surprisal-tokens-cells")
     save(d, out, "surprisal-view.png")
+    open_tab(d, "Select & match")
+    set_value(d, "pos-input", worst)
+    wait_for(d, lambda d: model_value(d, "focus-box", "m.visible"), "the worst token")
+    wait_idle(d)
+    save(d, out, "select-surprisal.png")
 
 
 def main() -> None:
@@ -89,10 +100,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, take in (("parens", parens), ("python-stdlib", stdlib)):
-        proc, url = start_server(demo_index(name))
+        index_path = demo_index(name)
+        proc, url = start_server(index_path)
         d = make_driver()
         try:
-            take(d, url, out)
+            take(d, url, out, index_path)
         finally:
             quit_driver(d)
             stop_server(proc)

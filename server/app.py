@@ -174,8 +174,11 @@ class App:
                                  stylesheets=[style])
 
         # --- views ---------------------------------------------------------------------------
-        self.select_view = SelectView(char_level=char_level, has_track=bool(shared.track_names),
-                                      has_surprisal=analyses.has_stored_surprisal(shared))
+        # the stored surprisal has a strip of its own: the track row is for the other tracks
+        has_surprisal = analyses.has_stored_surprisal(shared)
+        has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
+        self.select_view = SelectView(char_level=char_level, has_track=has_track,
+                                      has_surprisal=has_surprisal)
         self.select_view.set_threshold(DEFAULT_THRESHOLD, 1)
         self.select_view.pattern_div.stylesheets = [style]
         self.match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)

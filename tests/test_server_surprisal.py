@@ -235,6 +235,9 @@ def test_stdlib_char_model_finds_its_hardest_tokens(tmp_path) -> None:
                 faiss=False, progress=False)
     with open_index(tmp_path / "index") as index:
         app = build(Document(), Shared(index))
+        # surprisal is the only track: its own strip, no empty track row, no default track
+        assert app.select_view.has_surprisal and not app.select_view.has_track
+        assert app.session.track is None
         view = show_surprisal(app)
         values = analyses.surprisal_values(app.shared)[0]
         finite = values[np.isfinite(values)]
