@@ -19,6 +19,7 @@ switched off, and `Index.sql` accepts only a single SELECT (or EXPLAIN of one).
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -193,6 +194,7 @@ class IndexInfo:
     updated_at: str
     build_seconds: float
     faiss: tuple[dict[str, Any], ...]
+    tracks: tuple[dict[str, Any], ...] = ()  # name, values, labels, mean (NaN: label track)
 
     @property
     def bytes_per_token_unit(self) -> float:
@@ -234,6 +236,8 @@ class IndexInfo:
             lines.append(
                 f"faiss        {f['name']}: {f['description']}, recall@10 {f['recall_at_10']:.3f}"
             )
+        for t in self.tracks:
+            lines.append(f"track        {track_summary(t)}")
         lines.append(
             "disk         "
             + ", ".join(f"{k} {human_bytes(v)}" for k, v in self.sizes.items() if k != "total")
@@ -244,6 +248,18 @@ class IndexInfo:
             f"{self.build_seconds:.1f} s"
         )
         return "\n".join(lines)
+
+
+def track_summary(track: dict[str, Any]) -> str:
+    """One line about a track: how many tokens it covers and its mean (the perplexity for
+    the model's stored surprisal)."""
+    name = track["name"]
+    if track["labels"]:
+        return f"{name}: {track['labels']:,} labelled tokens"
+    text = f"{name}: {track['values']:,} tokens, mean {track['mean']:.4g}"
+    if name == SURPRISAL_TRACK and track["values"]:
+        text += f" nats (perplexity {math.exp(track['mean']):.4g}; none at document starts)"
+    return text
 
 
 def human_bytes(n: int) -> str:
@@ -757,7 +773,9 @@ class Index:
         return read_info(self.path, self.meta, self.state_infos, self.n_docs, self.n_tokens,
                          self.n_shards, self.n_shards_committed, self._fetchall(
                              "SELECT name, description, recall_at_10, seconds FROM faiss_indexes "
-                             "ORDER BY name"))
+                             "ORDER BY name"),
+                         self._fetchall("SELECT name, count(value), count(label), avg(value) "
+                                        "FROM tracks GROUP BY name ORDER BY name"))
 
 
 def read_info(
@@ -769,6 +787,7 @@ def read_info(
     n_shards: int,
     n_committed: int,
     faiss_rows: list[tuple],
+    track_rows: list[tuple] = (),
 ) -> IndexInfo:
     """Assemble an `IndexInfo` from what an open index knows."""
     sizes = {
@@ -805,6 +824,11 @@ def read_info(
             {"name": n, "description": d, "recall_at_10": r if r is not None else float("nan"),
              "seconds": s}
             for n, d, r, s in faiss_rows
+        ),
+        tracks=tuple(
+            {"name": n, "values": int(v), "labels": int(lab),
+             "mean": float(m) if m is not None else float("nan")}
+            for n, v, lab, m in track_rows
         ),
     )
 

@@ -49,6 +49,14 @@ def test_info_describes_the_index(tiny_index, tiny_corpus):
     for fact in ("documents", "tokens", "layers.1.c (12)", "disk", "built"):
         assert fact in text
     assert info.to_dict()["n_tokens"] == info.n_tokens
+    # tracks: depth on every token; surprisal on all but each document's first token
+    surprisal = tiny_index.track("surprisal")
+    tracks = {t["name"]: t for t in info.tracks}
+    assert tracks["depth"]["values"] == info.n_tokens
+    assert tracks["surprisal"]["values"] == info.n_tokens - info.n_docs
+    assert tracks["surprisal"]["mean"] == pytest.approx(np.nanmean(surprisal))
+    perplexity = f"perplexity {np.exp(np.nanmean(surprisal)):.4g}"
+    assert perplexity in text
 
 
 def test_stored_states_equal_fresh_extraction(tiny_index, tiny_model_path, tiny_corpus):
