@@ -481,7 +481,7 @@ def gate_run(shared: Shared, layer: int, start: int, end: int) -> tuple[GateActi
 
 def gates(shared: Shared, params: GatesParams) -> GatesData:
     """The gates of the window (run with the index's model), checked against the choices."""
-    from lstmsearch.analysis.gates import gate_run_start
+    from lstmsearch.analysis.gates import gate_run_end, gate_run_start
     from lstmsearch.extract import parse_state_name
 
     index = shared.index
@@ -499,10 +499,13 @@ def gates(shared: Shared, params: GatesParams) -> GatesData:
             raise ValueError(f"gate {gate!r} is not one of this {activity.arch}'s: "
                              f"{', '.join(known)}")
     run_start = gate_run_start(index, start, GATES_MAX_PREFIX)
+    bidirectional = bool(shared.model_config.get("bidirectional"))
+    run_end = gate_run_end(index, end, bidirectional, GATES_MAX_PREFIX)
     docs = np.searchsorted(index.doc_starts, activity.positions, side="right") - 1
+    exact = run_start == int(index.doc_starts[index.doc_of(start)]) and (
+        not bidirectional or run_end == int(index.doc_starts[index.doc_of(end - 1) + 1]))
     return GatesData(params=params, activity=activity, docs=docs, run_start=run_start,
-                     exact=run_start == int(index.doc_starts[index.doc_of(start)]),
-                     max_prefix=GATES_MAX_PREFIX, seconds=seconds)
+                     exact=exact, max_prefix=GATES_MAX_PREFIX, seconds=seconds)
 
 # --- weights --------------------------------------------------------------------------------
 

@@ -188,3 +188,33 @@ def test_parens_depth_unit_gates_write_on_opening_brackets(tmp_path):
     assert np.sign(write[opening].mean()) == np.sign(r)
     assert write[opening].mean() < -0.85 and write[closing].mean() > -0.75
     assert f[opening].mean() > f[closing].mean() + 0.07
+
+
+def test_index_gates_of_a_bidirectional_model_read_the_whole_document(tmp_path):
+    """The backward direction reads a document from its end: the gates of a span in the
+    middle are those of a run over the whole document, in both halves of the units."""
+    from conftest import make_tiny_model, tiny_parens
+
+    from indexer.build import build_index
+    from lstmsearch.analysis.gates import gate_run_end, index_gates
+    from lstmsearch.index import open_index
+    from lstmsearch.models import load_model
+
+    corpus = tiny_parens(4)
+    path = make_tiny_model(tmp_path / "bi.pt", corpus, layers=1, hidden=5, bidirectional=True)
+    build_index(corpus, path, tmp_path / "index", progress=False)
+    lm = load_model(path)
+    with open_index(tmp_path / "index") as index:
+        doc = 2
+        a, b = int(index.doc_starts[doc]), int(index.doc_starts[doc + 1])
+        start, end = a + 5, b - 6
+        assert gate_run_end(index, end, True) == b
+        assert gate_run_end(index, end, True, max_prefix=2) == end + 2
+        assert gate_run_end(index, end, False) == end
+        ids = index.tokens(a, b).token_id.astype(np.int64)
+        full = model_gates(lm.model, [ids], layer=0)
+        act = index_gates(index, lm.model, 0, start, end)
+        assert act.units == tuple(range(10))
+        for g in act.gates:
+            np.testing.assert_allclose(act.series[g], full.series[g][start - a : end - a],
+                                       atol=1e-6)

@@ -216,6 +216,18 @@ def gate_run_start(index: Index, start: int, max_prefix: int = MAX_PREFIX) -> in
     return max(doc_start, int(start) - int(max_prefix))
 
 
+def gate_run_end(index: Index, end: int, bidirectional: bool,
+                 max_prefix: int = MAX_PREFIX) -> int:
+    """Where a run must end to give the gates before `end`: `end` itself for a model that
+    reads forward only; for a bidirectional one, whose backward direction reads each
+    document from its end, the end of the document of token end - 1, or `max_prefix`
+    tokens after `end` when that is further (the backward gates are then approximate)."""
+    if not bidirectional:
+        return int(end)
+    doc_end = int(index.doc_starts[index.doc_of(int(end) - 1) + 1])
+    return min(doc_end, int(end) + int(max_prefix))
+
+
 def index_gates(
     index: Index,
     model: LanguageModel,
@@ -233,9 +245,10 @@ def index_gates(
     """The gates of `layer` at the index's tokens [start, end), with global positions.
 
     `model` is the index's own. It runs from the start of the span's document (see
-    `gate_run_start` for a long prefix) to the span's end; a span across documents starts
-    each document from a zero state, as when the index was built. Statistics and
-    saturation cover the span only.
+    `gate_run_start` for a long prefix) to the span's end (for a bidirectional model to
+    the end of that document, see `gate_run_end`); a span across documents starts each
+    document from a zero state, as when the index was built. Statistics and saturation
+    cover the span only.
     """
     start, end = int(start), int(end)
     if not 0 <= start < end <= index.n_tokens:
@@ -245,10 +258,11 @@ def index_gates(
     arch = model.config.arch
     gates = check_gates(arch, gates)
     first = gate_run_start(index, start, max_prefix)
-    toks = index.tokens(first, end)
+    last = gate_run_end(index, end, model.config.bidirectional, max_prefix)
+    toks = index.tokens(first, last)
     ids = np.asarray(toks.token_id, dtype=np.int64)
     starts = np.asarray(index.doc_starts, dtype=np.int64)
-    bounds = [first, *starts[(starts > first) & (starts < end)].tolist(), end]
+    bounds = [first, *starts[(starts > first) & (starts < last)].tolist(), last]
     docs = [ids[a - first : b - first] for a, b in zip(bounds, bounds[1:])]
     values, cand = run_gates(model, docs, layer, gates, candidate)
     keep = slice(start - first, end - first)
