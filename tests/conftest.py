@@ -5,6 +5,9 @@
   random weights, scaled up so that units saturate and thresholds mean something.
 - `tiny_index_path` / `tiny_index`: that model's h and c states of every layer over the corpus,
   written in several shards.
+- `shared`: the web app's per-server `Shared` over the tiny index (one per test module);
+  `named`, `analysis_view`: find a Bokeh model by name, show an analysis tab.
+- `states_only_index`: an index of stored states, which has no model.
 """
 
 from __future__ import annotations
@@ -96,3 +99,43 @@ def tiny_index(tiny_index_path: Path):
     index = open_index(tiny_index_path)
     yield index
     index.close()
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_index):
+    """What a server shares between sessions, over the tiny index."""
+    from server.fetch import Shared
+
+    return Shared(tiny_index)
+
+
+def named(doc, name: str):
+    """The Bokeh model called `name` in document `doc` (a test failure when there is none)."""
+    model = doc.select_one({"name": name})
+    assert model is not None, f"no model named {name!r}"
+    return model
+
+
+def analysis_view(app, view_class):
+    """Show the tab of the app's analysis view of `view_class` (which computes it); the view."""
+    from server.app import ANALYSIS_VIEWS, FIRST_ANALYSIS_TAB
+
+    app.tabs.active = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(view_class)
+    view = app.active_analysis()
+    assert isinstance(view, view_class)
+    return view
+
+
+def states_only_index(folder: Path):
+    """An index of stored states (`index-states` from .npy files): it has no model."""
+    import numpy as np
+
+    from indexer.states import index_states
+    from lstmsearch.index import open_index
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokens.txt").write_text("a\nb\na\n\nb\nc\n", encoding="utf-8")
+    np.save(folder / "h.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
+                 progress=False)
+    return open_index(folder / "index")

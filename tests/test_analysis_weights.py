@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import states_only_index
 
 from lstmsearch.analysis.weights import matrix_stats, weight_report
 from lstmsearch.models import LanguageModel, ModelConfig
@@ -66,18 +67,6 @@ def test_bidirectional_model_reports_both_stacks():
 
 # --- over an index -----------------------------------------------------------------------------
 
-
-def states_only_index(folder):
-    """An index of stored states (`index-states`): it has no model."""
-    from indexer.states import index_states
-    from lstmsearch.index import open_index
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokens.txt").write_text("a\nb\na\n\nb\nc\n", encoding="utf-8")
-    np.save(folder / "h.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
-    index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
-                 progress=False)
-    return open_index(folder / "index")
 
 
 def test_index_weights_is_the_report_of_the_index_model(tiny_index, tiny_model_path):

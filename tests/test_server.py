@@ -17,22 +17,12 @@ import numpy as np
 import pytest
 from bokeh.document import Document
 from bokeh.events import ButtonClick
+from conftest import named
 
 from lstmsearch import query
 from lstmsearch.cli import build_parser
 from server.app import NEURON_TAB, SELECT_TAB, App, build
 from server.fetch import Shared, distinct_contexts, runs_of
-
-
-def named(doc: Document, name: str):
-    model = doc.select_one({"name": name})
-    assert model is not None, f"no model named {name!r}"
-    return model
-
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bokeh.document import Document
+from conftest import analysis_view
 
 from lstmsearch.analysis.gates import index_gates
 from server import analyses
@@ -20,10 +21,6 @@ from server.trajectory_view import TrajectoryView
 
 TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(GateView)
 
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +35,7 @@ def app(shared: Shared) -> App:
 
 def shown(app: App) -> GateView:
     """Show the gates tab (which computes it) and return its view."""
-    app.tabs.active = TAB
-    view = app.active_analysis()
-    assert isinstance(view, GateView)
-    return view
+    return analysis_view(app, GateView)
 
 
 def lines_of(view: GateView, k: int) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bokeh.document import Document
+from conftest import analysis_view, named, states_only_index
 
 from lstmsearch.analysis.gradients import index_gradient_flow
 from server import analyses
@@ -17,28 +18,7 @@ from server.gradient_view import BANDS, GradientView
 TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(GradientView)
 
 
-def named(doc: Document, name: str):
-    model = doc.select_one({"name": name})
-    assert model is not None, f"no model named {name!r}"
-    return model
 
-
-def states_only_index(folder):
-    """An index of stored states (`index-states` from .npy files): it has no model."""
-    from indexer.states import index_states
-    from lstmsearch.index import open_index
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokens.txt").write_text("a\nb\na\n\nb\nc\n", encoding="utf-8")
-    np.save(folder / "h.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
-    index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
-                 progress=False)
-    return open_index(folder / "index")
-
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture()
@@ -49,9 +29,7 @@ def app(shared: Shared) -> App:
 
 
 def view_of(app: App) -> GradientView:
-    view = app.analysis_views[ANALYSIS_VIEWS.index(GradientView)]
-    assert app.active_analysis() is view
-    return view
+    return analysis_view(app, GradientView)
 
 
 def api_flow(shared: Shared, docs=None, max_lag=None, n_positions=analyses.GRADIENT_POSITIONS):

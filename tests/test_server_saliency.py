@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bokeh.document import Document
+from conftest import analysis_view, named, states_only_index
 
 from lstmsearch.analysis.saliency import index_saliency
 from server import analyses
@@ -19,28 +20,7 @@ TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(SaliencyView)
 WINDOW = analyses.SALIENCY_WINDOW_CHARS  # the tiny index is character-level
 
 
-def named(doc: Document, name: str):
-    model = doc.select_one({"name": name})
-    assert model is not None, f"no model named {name!r}"
-    return model
 
-
-def states_only_index(folder):
-    """An index of stored states (`index-states` from .npy files): it has no model."""
-    from indexer.states import index_states
-    from lstmsearch.index import open_index
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokens.txt").write_text("a\nb\na\n\nb\nc\n", encoding="utf-8")
-    np.save(folder / "h.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
-    index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
-                 progress=False)
-    return open_index(folder / "index")
-
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture()
@@ -51,9 +31,7 @@ def app(shared: Shared) -> App:
 
 
 def view_of(app: App) -> SaliencyView:
-    view = app.analysis_views[ANALYSIS_VIEWS.index(SaliencyView)]
-    assert app.active_analysis() is view
-    return view
+    return analysis_view(app, SaliencyView)
 
 
 def api_saliency(shared: Shared, position: int, **kwargs):

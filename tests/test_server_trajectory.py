@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bokeh.document import Document
+from conftest import analysis_view
 
 from lstmsearch.analysis.trajectories import index_trajectory
 from server import analyses
@@ -18,10 +19,6 @@ from server.trajectory_view import LABEL_POINTS, POSITION_PALETTE, TrajectoryVie
 TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(TrajectoryView)
 
 
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
-
 
 @pytest.fixture()
 def app(shared: Shared) -> App:
@@ -30,10 +27,7 @@ def app(shared: Shared) -> App:
 
 def shown(app: App) -> TrajectoryView:
     """Show the trajectory tab (which computes it) and return its view."""
-    app.tabs.active = TAB
-    view = app.active_analysis()
-    assert isinstance(view, TrajectoryView)
-    return view
+    return analysis_view(app, TrajectoryView)
 
 
 def plotted(view: TrajectoryView) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bokeh.document import Document
+from conftest import analysis_view, named
 
 from lstmsearch.analysis.units import index_units, rank_units
 from lstmsearch.corpus import load_corpus
@@ -23,15 +24,6 @@ PARENS_MODEL = "data/models/parens-lstm.pt"
 DEPTH_UNIT = 61
 
 
-def named(doc: Document, name: str):
-    model = doc.select_one({"name": name})
-    assert model is not None, f"no model named {name!r}"
-    return model
-
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture()
@@ -42,9 +34,7 @@ def app(shared: Shared) -> App:
 
 
 def view_of(app: App) -> UnitView:
-    view = app.analysis_views[ANALYSIS_VIEWS.index(UnitView)]
-    assert app.active_analysis() is view
-    return view
+    return analysis_view(app, UnitView)
 
 
 def api_units(app: App, view: UnitView, track: str | None):

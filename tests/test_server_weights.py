@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bokeh.document import Document
-from test_analysis_weights import states_only_index
+from conftest import analysis_view, named, states_only_index
 
 from lstmsearch.analysis.weights import weight_report
 from server import analyses
@@ -18,15 +18,6 @@ from server.weight_view import WeightView
 TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(WeightView)
 
 
-def named(doc: Document, name: str):
-    model = doc.select_one({"name": name})
-    assert model is not None, f"no model named {name!r}"
-    return model
-
-
-@pytest.fixture(scope="module")
-def shared(tiny_index) -> Shared:
-    return Shared(tiny_index)
 
 
 @pytest.fixture()
@@ -37,9 +28,7 @@ def app(shared: Shared) -> App:
 
 
 def view_of(app: App) -> WeightView:
-    view = app.analysis_views[ANALYSIS_VIEWS.index(WeightView)]
-    assert app.active_analysis() is view
-    return view
+    return analysis_view(app, WeightView)
 
 
 def report(shared: Shared):
