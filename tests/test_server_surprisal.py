@@ -7,22 +7,18 @@ surprisal track (copies of the tiny index), and one of the shipped stdlib charac
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 from bokeh.document import Document
+from test_analysis_surprisal import fresh_surprisal, index_copy
 
-from indexer.annotate import annotate_index
 from lstmsearch.analysis.surprisal import (
-    SURPRISAL_TRACK,
-    compute_surprisal,
     index_report,
     worst_documents,
 )
-from lstmsearch.index import DB_FILE, open_index
+from lstmsearch.index import open_index
 from lstmsearch.models import load_model
 from server import analyses
 from server.app import ANALYSIS_VIEWS, FIRST_ANALYSIS_TAB, SELECT_TAB, App, build
@@ -32,26 +28,6 @@ from server.surprisal_view import SurprisalView
 SURPRISAL_TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(SurprisalView)
 REPO = Path(__file__).resolve().parents[1]
 STDLIB_MODEL = REPO / "data" / "models" / "stdlib-char-lstm.pt"
-
-
-def index_copy(source: Path, out: Path, surprisal: np.ndarray | None) -> Path:
-    """A copy of an index whose surprisal track holds `surprisal` (None: it has none)."""
-    shutil.copytree(source, out)
-    with duckdb.connect(str(out / DB_FILE)) as con:
-        con.execute("DELETE FROM tracks WHERE name = ?", [SURPRISAL_TRACK])
-    if surprisal is not None:
-        values = out.parent / f"{out.name}-surprisal.npy"
-        np.save(values, surprisal)
-        annotate_index(out, SURPRISAL_TRACK, values)
-    return out
-
-
-def fresh_surprisal(index, model_path: Path) -> np.ndarray:
-    """The surprisal of every token of an index, computed now with the model."""
-    ids = index.tokens(0, index.n_tokens).token_id.astype(np.int64)
-    starts = index.doc_starts
-    model = load_model(model_path).model
-    return compute_surprisal(model, [ids[a:b] for a, b in zip(starts[:-1], starts[1:])])
 
 
 @pytest.fixture(scope="module")
