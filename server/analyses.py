@@ -21,9 +21,7 @@ How an analysis view joins the app (see `App` in `server.app`):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -53,12 +51,6 @@ class Context:
     unit: int
     track: str | None
     char_level: bool
-
-
-def loaded_model(shared: Shared):
-    """The index's model (`model.pt`), loaded once per server; a ValueError saying so when
-    the index has none (built from stored states), for the views to show."""
-    return shared.model()
 
 
 # --- surprisal ------------------------------------------------------------------------------
@@ -133,10 +125,10 @@ def surprisal_values(shared: Shared) -> tuple[np.ndarray, str, float]:
         if has_stored_surprisal(shared):
             values, source = shared.track(SURPRISAL_TRACK), "stored"
         else:
-            values, source = index_surprisal(shared.index, loaded_model(shared)), "computed"
+            values, source = index_surprisal(shared.index, shared.model()), "computed"
         return values, source, time.perf_counter() - t0
 
-    found, _ = remembered(shared, SURPRISAL_VALUES, compute)
+    found, _ = shared.remember(SURPRISAL_VALUES, compute)
     return found
 
 
@@ -148,7 +140,7 @@ def surprisal_scale(shared: Shared, values: np.ndarray) -> tuple[float, float]:
         high = float(np.quantile(finite, SURPRISAL_SCALE_QUANTILE)) if finite.size else 1.0
         return 0.0, max(high, 1e-6)
 
-    scale, _ = remembered(shared, ("surprisal-scale",), compute)
+    scale, _ = shared.remember(("surprisal-scale",), compute)
     return scale
 
 
@@ -163,8 +155,7 @@ def window_surprisal(
     if has_stored_surprisal(shared):
         values, _, _ = surprisal_values(shared)
     else:
-        with shared._lock:
-            found = shared.cache.get(SURPRISAL_VALUES)
+        found = shared.recall(SURPRISAL_VALUES)
         if found is None:
             return None
         values = found[0]
@@ -199,7 +190,7 @@ def surprisal(shared: Shared, params: SurprisalParams) -> SurprisalData:
     def compute() -> SurprisalData:
         t0 = time.perf_counter()
         values, source, values_seconds = surprisal_values(shared)
-        ids, _ = remembered(shared, ("surprisal-token-ids",),
+        ids, _ = shared.remember(("surprisal-token-ids",),
                             lambda: index_token_ids(shared.index))
         report = index_report(shared.index, surprisal=values, token_ids=ids, k=params.k,
                               width=params.width, min_count=params.min_count)
@@ -219,7 +210,7 @@ def surprisal(shared: Shared, params: SurprisalParams) -> SurprisalData:
             values_seconds=values_seconds, seconds=time.perf_counter() - t0,
         )
 
-    data, _ = remembered(shared, ("surprisal-report", params), compute)
+    data, _ = shared.remember(("surprisal-report", params), compute)
     return data
 
 
@@ -267,7 +258,7 @@ def gradients(shared: Shared, params: GradientParams) -> GradientsData:
     from lstmsearch.analysis.gradients import index_gradient_flow
 
     t0 = time.perf_counter()
-    model = loaded_model(shared).model
+    model = shared.model().model
     docs = None if params.document is None else [params.document]
     flow = index_gradient_flow(
         shared.index, model, docs, max_lag=params.max_lag, n_positions=params.n_positions,
@@ -324,7 +315,7 @@ def saliency(shared: Shared, params: SaliencyParams) -> SaliencyData:
     from lstmsearch.analysis.saliency import index_saliency
 
     t0 = time.perf_counter()
-    model = loaded_model(shared).model
+    model = shared.model().model
     result = index_saliency(
         shared.index, model, params.position, target=params.target, method=params.method,
         objective=params.objective, window=params.window,
@@ -467,7 +458,7 @@ def gate_run(shared: Shared, layer: int, start: int, end: int) -> tuple[GateActi
         if key in runs:
             runs.move_to_end(key)
             return runs[key]
-    model = loaded_model(shared).model
+    model = shared.model().model
     t0 = time.perf_counter()
     activity = index_gates(shared.index, model, layer, start, end, candidate=True,
                            max_prefix=GATES_MAX_PREFIX)
@@ -512,17 +503,6 @@ def gates(shared: Shared, params: GatesParams) -> GatesData:
 WEIGHT_BINS = 50
 
 
-def remembered(shared: Shared, key: tuple, compute: Callable[[], Any]) -> tuple[Any, bool]:
-    """`compute()` once per server for `key` (kept in `shared.cache`), and whether it came
-    from there. The work runs outside the lock, so other sessions are not held up by it."""
-    with shared._lock:
-        if key in shared.cache:
-            return shared.cache[key], True
-    value = compute()
-    with shared._lock:
-        return shared.cache.setdefault(key, value), False
-
-
 @dataclass(frozen=True)
 class WeightParams:
     """What the weights view asks: histogram bins (the model is fixed per server)."""
@@ -547,12 +527,12 @@ def weights(shared: Shared, params: WeightParams) -> WeightsData:
 
     def compute() -> WeightsData:
         t0 = time.perf_counter()
-        loaded = loaded_model(shared)
+        loaded = shared.model()
         blocks = weight_report(loaded.model, params.bins)
         return WeightsData(params, blocks, str(loaded.model.config.arch),
                            time.perf_counter() - t0)
 
-    data, _ = remembered(shared, ("weights", params), compute)
+    data, _ = shared.remember(("weights", params), compute)
     return data
 
 
@@ -623,7 +603,7 @@ def units(shared: Shared, params: UnitParams) -> UnitsData:
         return found, time.perf_counter() - start
 
     key = ("units-response", params.state, params.words, params.min_count, params.max_tokens)
-    (response, response_seconds), cached = remembered(shared, key, compute)
+    (response, response_seconds), cached = shared.remember(key, compute)
     clusters = cluster_response(response.response, params.n_clusters, params.seed)
     ranking, error = None, None
     if params.track:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,21 @@ class Shared:
                 loaded.model.requires_grad_(False)
                 self.cache["model"] = loaded
             return self.cache["model"]
+
+    def remember(self, key: Any, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """`compute()` once per server for `key` (kept in `cache`), and whether it came from
+        there. The work runs outside the lock, so other sessions are not held up by it."""
+        with self._lock:
+            if key in self.cache:
+                return self.cache[key], True
+        value = compute()
+        with self._lock:
+            return self.cache.setdefault(key, value), False
+
+    def recall(self, key: Any) -> Any:
+        """What `remember` kept for `key`, or None (never computes)."""
+        with self._lock:
+            return self.cache.get(key)
 
     def doc_name(self, doc: int) -> str:
         """The name of document `doc` (all names are read once)."""
@@ -549,35 +564,15 @@ def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
 
 
 def correlations(shared: Shared, state: str, track: str, limit: int = 20) -> list[tuple[int, float]]:
-    """Units of `state` ranked by |Pearson r| with annotation track `track`, strongest first.
+    """Units of `state` ranked by |Pearson r| with annotation track `track`, strongest first
+    (`Index.neurons.correlate`); computed once per (state, track) and kept."""
+    store = shared.index.store(state)
 
-    `Index.neurons.correlate` when the index has it, else `lstmsearch.analysis.units.rank_units`
-    over the stored states; computed once per (state, track) and kept.
-    """
-    key = ("correlate", state, track)
-    with shared._lock:
-        if key in shared.cache:
-            return shared.cache[key][:limit]
-    index = shared.index
-    neurons = getattr(index, "neurons", None)
-    store = index.store(state)
-    if neurons is not None and hasattr(neurons, "correlate"):
-        ranked = list(neurons.correlate(track, store.layer, store.kind, top=100))
-    else:
-        from lstmsearch.analysis.units import rank_units
+    def compute() -> list[tuple[int, float]]:
+        ranked = shared.index.neurons.correlate(track, store.layer, store.kind, top=100)
+        return [(int(c.unit), float(c.r)) for c in ranked]
 
-        values = shared.track(track)
-        if values is None:
-            return []
-        ranked = list(rank_units(index.states(state), values))
-    pairs = []
-    for item in ranked:
-        if isinstance(item, tuple):
-            pairs.append((int(item[0]), float(item[1])))
-        else:
-            pairs.append((int(item.unit), float(getattr(item, "r", getattr(item, "correlation", 0)))))
-    with shared._lock:
-        shared.cache[key] = pairs
+    pairs, _ = shared.remember(("correlate", state, track), compute)
     return pairs[:limit]
 
 
