@@ -598,18 +598,12 @@ class App:
             return
         self.analysis_shown[view.name] = params
 
-        def apply(data: object) -> None:
-            view.show(data)
-
-        def work() -> object:
-            return view.fetch(self.shared, params)
-
         def failed(message: str) -> None:
             self.analysis_shown.pop(view.name, None)
             view.show_message(message)
 
-        self.runner.submit(f"analysis:{view.name}", work, apply, label=view.title.lower(),
-                           on_error=failed)
+        self.runner.submit(f"analysis:{view.name}", partial(view.fetch, self.shared, params),
+                           view.show, label=view.title.lower(), on_error=failed)
 
     def _refresh_analysis_if_visible(self) -> None:
         view = self.active_analysis()
