@@ -42,6 +42,12 @@ stage (its exported method `lstmsearch_input(ids)` if it has one, else its only 
 and each next one reads the previous one's output unchanged. The sizes are checked; a model
 with other layers between its recurrent modules needs the Python module and a factory instead.
 The tokenizer of a TorchScript model is given separately (`--tokenizer`).
+
+Loading runs no code from a file: a TorchScript archive is read by `torch.jit.load`, whose
+unpickler rebuilds only TorchScript types and refuses any Python object; lstmsearch's own
+checkpoints are read with `torch.load(weights_only=True)` (`lstmsearch.models`). Only the
+Python module named by a `module:factory` spec is imported, and that is code the user chose to
+run.
 """
 
 from __future__ import annotations
@@ -263,8 +269,9 @@ def load_adapter(
             with warnings.catch_warnings():  # TorchScript is deprecated but still what people ship
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model = torch.jit.load(text, map_location="cpu")
-        except Exception as exc:
-            raise AdapterError(f"cannot load TorchScript model {text}: {exc}") from exc
+        except Exception as exc:  # the archive's own unpickler refuses Python objects
+            reason = " ".join(str(exc).split())[:200]
+            raise AdapterError(f"cannot load TorchScript model {text}: {reason}") from None
         if tokenizer is None:
             raise AdapterError(f"TorchScript model {text} holds no tokenizer: give one with "
                                "--tokenizer (a tokenizer JSON file or module:name)")

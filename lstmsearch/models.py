@@ -8,13 +8,18 @@ layer's state is the two directions side by side (forward units first). Keeping 
 apart means neither direction ever sees the token it predicts.
 
 A checkpoint is one file holding the config, the weights, the tokenizer and training state,
-loaded by `load_model`.
+loaded by `load_model`. It holds only tensors and plain data (dicts, lists, strings, numbers;
+the tokenizer as its JSON text) and is read with `torch.load(weights_only=True)`, so opening a
+file never runs code from it: a file that holds pickled Python objects is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,26 +148,93 @@ def save_checkpoint(
         "meta": meta or {},
         "train_state": train_state,
     }
+    check_plain(payload, "checkpoint")
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
+PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Refuse anything but tensors and plain data in a checkpoint, so that it loads with
+    `weights_only=True` (a TypeError naming the first offending entry)."""
+    if isinstance(value, PLAIN) or isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, PLAIN):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}: only plain "
+                                "data (str, int, float, bool, None) can be saved")
+            check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}: a checkpoint holds only tensors "
+                    "and plain data (dicts, lists, strings, numbers)")
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """An exception's message on one line, shortened."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def refused_global(exc: Exception) -> str | None:
+    """The Python object a pickle asked for and the restricted unpickler refused, if any."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return found.group(1) if found else None
+
+
+def unpickle_reason(exc: Exception) -> str:
+    """What the restricted unpickler stopped at, in a few words."""
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+    return one_line(found.group(1), 80) if found else one_line(exc, 80)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dictionary; a clear error when the file is not a checkpoint."""
+    """The raw checkpoint dictionary; a clear one-line error when the file is not a checkpoint.
+
+    Read with `torch.load(weights_only=True)`: only tensors and plain data are rebuilt, and a
+    file that asks for any other Python object is refused before anything of it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise ValueError(f"{path} is not a readable lstmsearch checkpoint: {exc}") from exc
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = refused_global(exc)
+        if wanted is not None:
+            raise ValueError(
+                f"{path} is not a safe lstmsearch checkpoint: it asks for the Python object "
+                f"{wanted}; refused without running anything (a checkpoint holds only tensors "
+                "and plain data)"
+            ) from None
+        raise ValueError(
+            f"{path} is not a readable lstmsearch checkpoint: it holds pickle content other "
+            f"than tensors and plain data ({unpickle_reason(exc)}); refused without running "
+            "anything"
+        ) from None
+    except Exception as exc:  # torch raises many kinds for a damaged or foreign file
+        raise ValueError(
+            f"{path} is not a readable lstmsearch checkpoint: {one_line(exc)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not an lstmsearch checkpoint of format {CHECKPOINT_FORMAT} "
             f"(found format {payload.get('format') if isinstance(payload, dict) else None!r})"
         )
+    for key, kind in (("config", dict), ("state_dict", dict), ("tokenizer", str)):
+        if not isinstance(payload.get(key), kind):
+            raise ValueError(f"{path} is not a complete lstmsearch checkpoint: its {key!r} "
+                             f"is not a {kind.__name__}")
     return payload
 
 
@@ -171,13 +243,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     from lstmsearch.tokenize import Tokenizer
 
     payload = read_checkpoint(path)
-    config = ModelConfig(**payload["config"])
-    model = LanguageModel(config)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        config = ModelConfig(**payload["config"])
+        model = LanguageModel(config)
+        model.load_state_dict(payload["state_dict"])
+        tokenizer = Tokenizer.from_json(payload["tokenizer"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path} is a damaged lstmsearch checkpoint: {one_line(exc)}") from None
     model.to(device).eval()
     return LoadedModel(
         model=model,
-        tokenizer=Tokenizer.from_json(payload["tokenizer"]),
+        tokenizer=tokenizer,
         config=config,
         meta=dict(payload.get("meta") or {}),
         sha256=file_sha256(path),
