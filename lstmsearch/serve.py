@@ -25,6 +25,10 @@ from typing import Any
 DEFAULT_PORT = 5006
 DEFAULT_HOST = "127.0.0.1"
 QUERY_THREADS = 4
+"""Worker threads shared by all sessions of a server (numpy, DuckDB and torch release the
+GIL, so they run side by side)."""
+SESSION_LINGER_MS = 30_000
+MAX_PORT = 65535
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "data" / "models"
 
@@ -72,6 +76,14 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(s.getsockname()[1])
 
 
+def check_port(port: object) -> int:
+    """A TCP port number 0..65535 (0: any free port), or a one-line error naming it."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
+        raise ValueError(f"port must be a whole number from 0 to {MAX_PORT} (0: any free "
+                         f"port), got {port!r}")
+    return port
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` only accepts connections from this machine."""
     return host in ("127.0.0.1", "localhost", "::1")
@@ -98,12 +110,17 @@ def make_server(
     allow_origin: list[str] | None = None,
     threads: int = QUERY_THREADS,
     io_loop: Any = None,
+    session_linger_ms: int = SESSION_LINGER_MS,
 ) -> Any:
     """A started-but-not-running Bokeh `Server` for `index` (a path or an open `Index`).
 
     `port=0` picks a free port (see `server.port`). Only connections from `host` itself are
     accepted as websocket origins unless `allow_origin` lists more (e.g. a proxy's name).
+    Every session shares the open index, its caches and one pool of `threads` workers; a
+    session whose page closed is discarded `session_linger_ms` later (a reload within that
+    time gets it back) and its memory freed.
     """
+    check_port(port)
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
@@ -114,18 +131,23 @@ def make_server(
         index = open_index(index)
     if port == 0:
         port = free_port(host)
+    from server.fetch import Shared
+
+    shared = Shared(index)  # opened once per server: every session shares it and its caches
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmsearch-query")
     origins = [f"{host}:{port}"]
     if is_loopback(host):
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
     origins += list(allow_origin or [])
-    application = Application(FunctionHandler(app_handler(index, executor)))
+    application = Application(FunctionHandler(app_handler(shared, executor)))
     server = Server(
         {"/": application}, port=port, address=host, allow_websocket_origin=origins,
-        io_loop=io_loop, check_unused_sessions_milliseconds=10_000,
-        unused_session_lifetime_milliseconds=30_000,
+        io_loop=io_loop,
+        check_unused_sessions_milliseconds=max(100, min(10_000, session_linger_ms // 2)),
+        unused_session_lifetime_milliseconds=session_linger_ms,
     )
     server.lstmsearch_index = index
+    server.lstmsearch_shared = shared
     server.lstmsearch_executor = executor
     return server
 
@@ -148,6 +170,7 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the web UI for the index at `index_path` until interrupted (Ctrl-C)."""
+    check_port(port)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = make_server(index_path, port=port, host=host, allow_origin=allow_origin)
     url = url_of(server, host)

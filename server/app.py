@@ -12,6 +12,7 @@ update method per result that assigns its sources' data.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Executor
 from functools import lru_cache, partial
 from pathlib import Path
@@ -41,11 +42,13 @@ from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
-from server.session import Runner, Session
+from server.session import Runner, Session, release_memory
 from server.surprisal_view import SurprisalView
 from server.trajectory_view import TrajectoryView
 from server.unit_view import UnitView
 from server.weight_view import WeightView
+
+log = logging.getLogger("lstmsearch.server")
 
 HERE = Path(__file__).resolve().parent
 THEME_FILE = HERE / "theme.yaml"
@@ -183,11 +186,7 @@ class App:
         self.select_view.pattern_div.stylesheets = [style]
         self.match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
         self.match_view.summary.stylesheets = [style]
-        dim = index.store(state).dim
-        self.neuron_view = NeuronView(char_level=char_level, dim=dim, width=PLOT_WIDTH + 240)
-        for div in (self.neuron_view.stats, self.neuron_view.corr_title, self.neuron_view.legend,
-                    self.match_view.legend):
-            div.stylesheets = [style]
+        self.match_view.legend.stylesheets = [style]
 
         plots = column(self.select_view.fig, self.select_view.tok_fig, name="select-plots")
         select_tab = column(
@@ -195,14 +194,16 @@ class App:
             self.match_view.layout,
             name="select-tab",
         )
-        self.analysis_views = [view_class(shared) for view_class in ANALYSIS_VIEWS]
+        # the other tabs are built when first shown: a page starts with the models of the
+        # first tab only, which keeps opening a session (and its memory) small
+        self._neuron_view: NeuronView | None = None
+        self.analysis_views: list[Any] = [None] * len(ANALYSIS_VIEWS)
         self.analysis_shown: dict[str, object] = {}  # view name -> parameters last fetched
-        self.tabs = Tabs(
-            tabs=[TabPanel(title="Select & match", child=select_tab),
-                  TabPanel(title="Neuron", child=self.neuron_view.layout)]
-            + [TabPanel(title=v.title, child=v.layout) for v in self.analysis_views],
-            name="tabs",
-        )
+        self.tab_panels = [TabPanel(title="Select & match", child=select_tab),
+                           TabPanel(title="Neuron", child=self._placeholder())]
+        self.tab_panels += [TabPanel(title=v.title, child=self._placeholder())
+                            for v in ANALYSIS_VIEWS]
+        self.tabs = Tabs(tabs=self.tab_panels, name="tabs")
         header = column(
             row(self.title, column(self.busy, self.status)),
             row(self.state_select, self.threshold_slider, self.threshold_input,
@@ -227,24 +228,70 @@ class App:
         doc.theme = page_theme()
         doc.template = page_template()
         doc.add_root(self.root)
+        doc.on_session_destroyed(self._on_session_destroyed)
+        shared.apps.add(self)
+        log.info("lstmsearch: session opened (%d open)", shared.session_opened())
         self.refresh_window()
+
+    def _on_session_destroyed(self, session_context: object) -> None:
+        """The server discarded this session (its page closed): let go of everything."""
+        self.close()
+        log.info("lstmsearch: session closed (%d open)", self.shared.session_closed())
+        release_memory()
+
+    def close(self) -> None:
+        """Drop this session's jobs, results and views, so that its memory is freed now."""
+        self.runner.close()
+        self.session.pattern = self.session.result = None
+        self.phrase_hits = []
+        self.analysis_shown.clear()
+
+    # --- tabs built when first shown -----------------------------------------------------------
+
+    @staticmethod
+    def _placeholder() -> Div:
+        return Div(text="<span class='hint'>loading…</span>", width=300)
+
+    @property
+    def neuron_view(self) -> NeuronView:
+        """The neuron tab's view, built (and put into its tab) on first use."""
+        if self._neuron_view is None:
+            s = self.session
+            dim = self.shared.index.store(s.state).dim
+            nv = NeuronView(char_level=self.shared.char_level, dim=dim, width=PLOT_WIDTH + 240)
+            style = stylesheet()
+            for div in (nv.stats, nv.corr_title, nv.legend):
+                div.stylesheets = [style]
+            nv.on_unit = self.open_unit
+            nv.on_row = self.jump_to
+            nv.on_threshold = self.set_threshold
+            nv.set_unit(min(s.unit, dim - 1), dim)
+            nv.set_threshold(s.threshold, s.sign)
+            self._neuron_view = nv
+            self.tab_panels[NEURON_TAB].child = nv.layout
+        return self._neuron_view
+
+    def analysis_view(self, at: int) -> Any:
+        """Analysis view `at` (in `ANALYSIS_VIEWS` order), built on first use."""
+        view = self.analysis_views[at]
+        if view is None:
+            view = ANALYSIS_VIEWS[at](self.shared)
+            view.on_params = partial(self.refresh_analysis, view)
+            view.on_span = self.show_span
+            view.on_unit = self.open_unit
+            self.analysis_views[at] = view
+            self.tab_panels[FIRST_ANALYSIS_TAB + at].child = view.layout
+        return view
 
     # --- wiring ------------------------------------------------------------------------------
 
     def _wire(self) -> None:
-        sv, mv, nv = self.select_view, self.match_view, self.neuron_view
+        sv, mv = self.select_view, self.match_view
         sv.on_span = self.set_span
         sv.on_unit = self.open_unit
         sv.on_threshold = self.set_threshold
         mv.on_row = self.jump_to
         mv.on_mode = self.set_mode
-        nv.on_unit = self.open_unit
-        nv.on_row = self.jump_to
-        nv.on_threshold = self.set_threshold
-        for view in self.analysis_views:
-            view.on_params = partial(self.refresh_analysis, view)
-            view.on_span = self.show_span
-            view.on_unit = self.open_unit
         self.state_select.on_change("value", lambda a, o, n: self.set_state(n))
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
@@ -302,8 +349,9 @@ class App:
         self.session.state = state
         _, high = self.shared.values_range(state)
         self._quietly(self.threshold_slider, end=max(1.0, high))
-        self.neuron_view.set_unit(min(self.session.unit, store.dim - 1), store.dim)
         self.session.unit = min(self.session.unit, store.dim - 1)
+        if self._neuron_view is not None:
+            self._neuron_view.set_unit(self.session.unit, store.dim)
         self.neuron_stale = True
         self.refresh_window()
         self.run_pattern()
@@ -330,7 +378,8 @@ class App:
         if self._quiet or value is None:
             return
         self.select_view.set_threshold(float(value), self.session.sign)
-        self.neuron_view.set_threshold(float(value), self.session.sign)
+        if self._neuron_view is not None:
+            self._neuron_view.set_threshold(float(value), self.session.sign)
         self._quietly(self.threshold_input, value=float(value))
 
     def _sync_threshold_widgets(self) -> None:
@@ -340,7 +389,8 @@ class App:
         self._quietly(self.threshold_slider, value=value)
         self._quietly(self.threshold_input, value=value)
         self.select_view.set_threshold(value, sign)
-        self.neuron_view.set_threshold(value, sign)
+        if self._neuron_view is not None:
+            self._neuron_view.set_threshold(value, sign)
 
     def set_sign(self, sign: int) -> None:
         """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ)."""
@@ -585,7 +635,7 @@ class App:
     def active_analysis(self) -> object | None:
         """The analysis view whose tab is shown, if any."""
         at = self.tabs.active - FIRST_ANALYSIS_TAB
-        return self.analysis_views[at] if 0 <= at < len(self.analysis_views) else None
+        return self.analysis_view(at) if 0 <= at < len(self.analysis_views) else None
 
     def refresh_analysis(self, view) -> None:
         """Compute the view's analysis for the current context, unless it already shows it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ class Shared:
         self.state_names: list[str] = list(names() if callable(names) else names)
         self.value_range: dict[str, tuple[float, float]] = {}
         self.cache: dict[Any, Any] = {}
+        self.open_sessions = 0
+        self.apps: weakref.WeakSet[Any] = weakref.WeakSet()  # the sessions' apps, while alive
         try:
             self.model_config: dict[str, Any] = json.loads(index.meta.get("model_config", "{}"))
         except ValueError:
@@ -83,6 +86,18 @@ class Shared:
         value = compute()
         with self._lock:
             return self.cache.setdefault(key, value), False
+
+    def session_opened(self) -> int:
+        """Count a new browser session; the number now open."""
+        with self._lock:
+            self.open_sessions += 1
+            return self.open_sessions
+
+    def session_closed(self) -> int:
+        """Count a session the server discarded; the number still open."""
+        with self._lock:
+            self.open_sessions = max(0, self.open_sessions - 1)
+            return self.open_sessions
 
     def recall(self, key: Any) -> Any:
         """What `remember` kept for `key`, or None (never computes)."""

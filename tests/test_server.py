@@ -57,10 +57,16 @@ def api_pattern(index, state: str, span: tuple[int, int], threshold: float, pad_
 def test_build_lays_out_every_view(app: App, tiny_index) -> None:
     doc = app.doc
     for name in ("select-plot", "token-plot", "pattern-list", "match-plot", "match-summary",
-                 "neuron-hist", "neuron-top-plot", "neuron-hits-plot", "state-select",
-                 "threshold-slider", "threshold-input", "pad-left", "pad-right", "busy",
-                 "tabs", "doc-input", "pos-input", "phrase-input", "threshold-span"):
+                 "state-select", "threshold-slider", "threshold-input", "pad-left",
+                 "pad-right", "busy", "tabs", "doc-input", "pos-input", "phrase-input",
+                 "threshold-span"):
         named(doc, name)
+    # the other tabs are built when first shown, so that a new page is small
+    assert doc.select_one({"name": "neuron-hist"}) is None
+    app.tabs.active = NEURON_TAB
+    for name in ("neuron-hist", "neuron-top-plot", "neuron-hits-plot"):
+        named(doc, name)
+    app.tabs.active = SELECT_TAB
     assert doc.title.startswith("lstmsearch")
     assert named(doc, "state-select").options == tiny_index.state_names
     # the first window: tokens as text, one line per unit of the default state

@@ -45,6 +45,9 @@ def lines_of(view: GateView, k: int) -> dict[str, np.ndarray]:
 
 
 def test_the_window_gates_are_the_api_gates(app: App, tiny_index, model) -> None:
+    assert app.doc.select_one({"name": "gates-view"}) is None  # built when first shown
+    shown(app)
+    app.tabs.active = SELECT_TAB
     for name in ("gates-units", "gates-choice", "gates-heat-gate", "gates-info",
                  "gates-unit-0", "gates-lines-0", "gates-token-plot", "gates-heatmap",
                  "gates-heat-data", "gates-stats", "gates-saturation", "gates-view"):

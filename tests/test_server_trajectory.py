@@ -35,6 +35,9 @@ def plotted(view: TrajectoryView) -> np.ndarray:
 
 
 def test_the_window_path_is_the_api_trajectory_coloured_by_track(app: App, tiny_index) -> None:
+    assert app.doc.select_one({"name": "trajectory-view"}) is None  # built when first shown
+    shown(app)
+    app.tabs.active = SELECT_TAB
     for name in ("trajectory-plot", "trajectory-points", "trajectory-segments",
                  "trajectory-span", "trajectory-fit", "trajectory-method",
                  "trajectory-summary", "trajectory-legend", "trajectory-view"):
