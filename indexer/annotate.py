@@ -18,10 +18,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
+from indexer.segment import insert_track
 from indexer.writer import BuildError, IndexWriter
-from lstmsearch.index import DB_FILE, STATUS_COMPLETE
+from lstmsearch.index import ANNOTATIONS_DIR, DB_FILE, STATUS_COMPLETE
 
 
 @dataclass(frozen=True)
@@ -108,45 +110,54 @@ def read_sparse(rows: list[str], path: Path, n_tokens: int) -> Track:
 def annotate_index(
     path: str | os.PathLike, name: str, source: str | os.PathLike, *, replace: bool = False
 ) -> int:
-    """Add track `name` from file `source` to the index at `path`; returns the rows written."""
+    """Add track `name` from file `source` to the index at `path`; returns the rows written.
+
+    The track is written as a file of its own (`annotations/`), listed in the manifest with
+    its checksum in one transaction; a replaced track's old file is removed afterwards.
+    Segments are not touched.
+    """
+    from lstmsearch.index import open_index
+
     path = Path(path)
     if not name or not name.strip():
         raise BuildError("a track needs a non-empty name")
     if not (path / DB_FILE).is_file():
         raise BuildError(f"no index at {path} (no {DB_FILE})")
-    writer = IndexWriter.connect(path)
-    try:
+    with IndexWriter.connect(path) as writer:
         meta = writer.meta()
         if meta.get("status") != STATUS_COMPLETE:
             raise BuildError(
                 f"index {path} is incomplete: finish it with `lstmsearch index --resume {path}` "
                 "before annotating"
             )
-        con = writer.con
-        (exists,) = con.execute("SELECT count(*) FROM tracks WHERE name = ?", [name]).fetchone()
+        with open_index(path) as index:
+            n_tokens = index.n_tokens
+            in_segments = {n for (n,) in index.sql(
+                "SELECT DISTINCT name FROM tracks WHERE name NOT IN "
+                "(SELECT name FROM annotation_files)").rows}
+            exists = name in set(index.track_names())
+        if name in in_segments:
+            raise BuildError(f"index {path} already has a track {name!r} from its build; "
+                             "choose another name")
         if exists and not replace:
             raise BuildError(f"index {path} already has a track {name!r}; choose another name "
                              "or replace it")
-        track = read_track_file(Path(source), writer.committed_tokens())
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM tracks WHERE name = ?", [name])
-        n = len(track.pos)
-        con.register("new_track", {
-            "pos": track.pos,
-            "value": track.values if track.values is not None else np.full(n, np.nan),
-            "label": np.array(track.labels if track.labels is not None else [""] * n,
-                              dtype=object),
-        })
-        con.execute(
-            "INSERT INTO tracks SELECT ?, pos, "
-            + ("value, NULL" if track.values is not None else "NULL, label")
-            + " FROM new_track ORDER BY pos",
-            [name],
-        )
-        con.unregister("new_track")
-        con.execute("COMMIT")
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    return n
+        track = read_track_file(Path(source), n_tokens)
+        version = int(meta.get("manifest_version", 0)) + 1
+        (path / ANNOTATIONS_DIR).mkdir(exist_ok=True)
+        rel = f"{ANNOTATIONS_DIR}/track-{version:06d}.duckdb"
+        target = path / rel
+        target.unlink(missing_ok=True)
+        con = duckdb.connect(str(target))
+        try:
+            con.execute("CREATE TABLE tracks (name VARCHAR, pos BIGINT, value DOUBLE, "
+                        "label VARCHAR)")
+            insert_track(con, name, track.pos, track.values, track.labels)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
+        writer.add_annotation(name, target)
+        writer.remove_unlisted()
+    return len(track.pos)

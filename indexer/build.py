@@ -1,14 +1,23 @@
-"""The indexing job: (corpus, model) -> index directory, sharded, resumable, appendable.
+"""The indexing job: (corpus, model) -> index directory of segments, resumable, appendable.
 
     build_index("parens", "model.pt", "idx")                  # a new index
     build_index(None, None, "idx", resume=True)               # finish an interrupted build
-    build_index("more.jsonl", None, "idx", append=True)       # add documents
+    build_index("more.jsonl", None, "idx", append=True)       # add documents as new segments
 
-Steps: load the model; read and tokenize every document (cheap, and it fixes the token count
-so state files are allocated once); stage the plan; then per shard of whole documents:
-extract the exact states (`lstmsearch.extract`), store them as float16 columns, flush, and
-commit the shard's rows in one transaction (`indexer.writer`); finally compute per-unit
-statistics, top-K and FAISS indexes over all stored tokens and mark the index complete.
+The data flows through five stages, each a function the local engine here and the Ray
+engine (`indexer.ray_engine`) both run:
+
+1. read documents (`read_corpus`, `corpus_docs`),
+2. tokenize them (`tokenize_documents`), which fixes every document's token count, so
+3. `plan_segments` assigns global positions and groups whole documents into segments,
+4. extract the exact states of a segment and write it (`iter_states` into a
+   `SegmentWriter`: states, rows, partial statistics, FAISS, checksums),
+5. commit: list each written segment in the manifest (`IndexWriter.add_segment`), then merge
+   the new segments' partial statistics into the index's and publish them in one manifest
+   transaction (`merge_pending_stats`, `write_stats_and_publish`).
+
+An append writes only new segments and a new merged statistics file: no existing segment
+file is rewritten, and its cost grows with what is added, not with the index.
 """
 
 from __future__ import annotations
@@ -27,24 +36,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.nearest import EXACT_LIMIT, build_faiss
-from indexer.stats import unit_stats
+from indexer.nearest import EXACT_LIMIT
+from indexer.segment import PlannedDoc, SegmentPlan, SegmentWriter, plan_segments
+from indexer.stats import PartialStats, load_partials, merge_partials, save_partials, stats_of
 from indexer.writer import (
+    BUILD_DIR,
+    LOCK_FILE,
     BuildError,
     IndexWriter,
-    PlannedDoc,
-    Shard,
     copy_atomic,
     meta_for_model,
-    plan_shards,
 )
 from lstmsearch.corpus import Corpus, load_corpus
 from lstmsearch.extract import iter_states, state_names
 from lstmsearch.index import (
     DB_FILE,
-    FAISS_DIR,
-    FORMAT_VERSION,
     MODEL_FILE,
+    SEGMENTS_DIR,
+    STATS_DIR,
     STATUS_COMPLETE,
     SURPRISAL_TRACK,
 )
@@ -52,11 +61,12 @@ from lstmsearch.models import LoadedModel, file_sha256, load_model
 from lstmsearch.store import clip
 from lstmsearch.tokenize import Tokenizer
 
-SHARD_TOKENS = 65_536
-"""Default least number of tokens in a shard (the unit of commit, and of work lost to a kill)."""
-SHARD_LANES = 4
-"""A shard also holds at least this many documents per lane, so that the model's lanes stay
-full: documents run side by side only within a shard."""
+SEGMENT_TOKENS = 65_536
+"""Default least number of tokens in a segment (the unit of commit, and of work lost to a
+kill; `lstmsearch compact` merges small segments later)."""
+SEGMENT_LANES = 4
+"""A segment also holds at least this many documents per lane, so that the model's lanes
+stay full: documents run side by side only within a segment."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class BuildResult:
     n_tokens: int
     new_docs: int
     new_tokens: int
-    n_shards: int
+    n_segments: int
     states: tuple[str, ...]
     seconds: float
     extract_seconds: float  # running the model (on the main thread)
@@ -148,40 +158,46 @@ def build_index(
     kinds: Sequence[str] | None = None,
     limit: int | None = None,
     corpus_options: dict | None = None,
-    shard_tokens: int | None = None,
-    shard_docs: int | None = None,
+    segment_tokens: int | None = None,
+    segment_docs: int | None = None,
     device: str | torch.device | None = None,
     lanes: int | None = None,
     chunk: int = 256,
     faiss: bool = True,
     exact_faiss_limit: int = EXACT_LIMIT,
     progress: bool | None = None,
-    on_shard: Callable[[int], None] | None = None,
+    on_segment: Callable[[int], None] | None = None,
     surprisal: bool = True,
 ) -> BuildResult:
     """Index `corpus` with the states of `model` into directory `out`.
 
-    - new build: `out` must not exist (or be empty).
+    - new build: `out` must not exist (or be empty, or hold only what a build killed before
+      its plan was saved left behind).
     - `resume=True`: finish an interrupted build or append; corpus and model are read back
-      from the index (pass them only to start over when nothing was committed yet).
-    - `append=True`: add the documents of `corpus` to a complete index, with the index's own
-      model (a `model` given must be the same checkpoint).
+      from the index (pass them only to start over when nothing was planned yet).
+    - `append=True`: add the documents of `corpus` to a complete index as new segments, with
+      the index's own model (a `model` given must be the same checkpoint).
 
     `layers`/`kinds` choose the stored states (default: every layer's h and, for an LSTM, c).
-    A shard is whole documents, at least `shard_tokens` tokens (default 65,536) and
-    `shard_docs` documents (default 4 per lane); `on_shard(shard)` is called after each
-    shard commits. With `surprisal` (the default) each token's surprisal under the model,
-    -ln p(token | the tokens before it) in nats, is stored as the track "surprisal" (a
-    resume or an append keeps what the build chose).
+    A segment is whole documents, at least `segment_tokens` tokens (default 65,536) and
+    `segment_docs` documents (default 4 per lane); `on_segment(number)` is called after each
+    segment is written and listed. With `surprisal` (the default) each token's surprisal
+    under the model, -ln p(token | the tokens before it) in nats, is stored as the track
+    "surprisal" (a resume or an append keeps what the build chose).
     """
     out = Path(out)
     if resume and append:
         raise BuildError("choose one of resume and append, not both")
+    for name, value in (("segment_tokens", segment_tokens), ("segment_docs", segment_docs),
+                        ("lanes", lanes), ("chunk", chunk), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise BuildError(f"{name} must be a positive integer, got {value!r}")
     device = choose_device(device)
     lanes = lanes or default_lanes(device)
-    job = Job(out, device, lanes, chunk, faiss, exact_faiss_limit, progress, on_shard,
+    job = Job(out, device, lanes, chunk, faiss, exact_faiss_limit, progress, on_segment,
               surprisal)
-    sizes = (shard_tokens, shard_docs)
+    sizes = (segment_tokens, segment_docs)
     if resume:
         return job.resume(corpus, model, layers, kinds, limit, corpus_options, sizes)
     if append:
@@ -200,7 +216,7 @@ class Job:
     faiss: bool
     exact_faiss_limit: int
     progress: bool | None
-    on_shard: Callable[[int], None] | None
+    on_segment: Callable[[int], None] | None
     surprisal: bool = True  # store each token's surprisal as the track SURPRISAL_TRACK
     started: float = field(default_factory=time.perf_counter)
     extract_seconds: float = 0.0
@@ -213,13 +229,6 @@ class Job:
         """A new index from scratch."""
         if corpus is None or model is None:
             raise BuildError("a new index needs a corpus and a model (--model MODEL.pt)")
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            hint = (
-                "use --resume to finish its build or --append to add documents"
-                if (self.out / DB_FILE).exists()
-                else "choose a new directory"
-            )
-            raise BuildError(f"{self.out} already exists and is not empty: {hint}")
         loaded = load_model(model, device=self.device)
         names = state_names(loaded.config, kinds=kinds, layers=layers)
         corpus = read_corpus(corpus, limit, corpus_options)
@@ -227,11 +236,32 @@ class Job:
         if not docs:
             raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to index")
         self.check_tracks(docs)
+        if self.out.exists() and not self.out.is_dir():
+            raise BuildError(f"{self.out} already exists and is not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
+        writer = IndexWriter(self.out)  # the write lock, before anything in `out` is touched
+        try:
+            if any(child.name != LOCK_FILE for child in self.out.iterdir()):
+                if is_leftover(self.out) and not has_plan(self.out):
+                    start_over(self.out)  # a build killed before it saved its plan
+                else:
+                    hint = (
+                        "use --resume to finish its build or --append to add documents"
+                        if (self.out / DB_FILE).exists()
+                        else "choose a new directory"
+                    )
+                    raise BuildError(f"{self.out} already exists and is not empty: {hint}")
+        except BaseException:
+            writer.close()
+            raise
+        return self.build_into(writer, model, loaded, names, corpus, docs, skipped, sizes)
+
+    def build_into(self, writer: IndexWriter, model, loaded: LoadedModel, names: list[str],
+                   corpus: Corpus, docs: list[PlannedDoc], skipped: int, sizes) -> BuildResult:
+        """The new index in the empty directory whose write lock `writer` holds."""
         copy_atomic(Path(model), self.out / MODEL_FILE)
         sha = file_sha256(self.out / MODEL_FILE)
         meta = {
-            "format_version": str(FORMAT_VERSION),
             **meta_for_model(self.out / MODEL_FILE, str(Path(model).resolve()), sha,
                              loaded.config, loaded.tokenizer.to_json(), loaded.tokenizer.kind),
             "corpus": corpus.name,
@@ -239,64 +269,56 @@ class Job:
         }
         dims = {name: loaded.config.state_dim for name in names}
         states = [(n, *split_name(n), dims[n]) for n in names]
-        writer = IndexWriter.create(self.out, meta, states, loaded.tokenizer.vocab())
-        shard_tokens = sizes[0] or SHARD_TOKENS
-        shard_docs = sizes[1] or SHARD_LANES * self.lanes
-        shards = plan_shards([len(d) for d in docs], shard_tokens, shard_docs, 0, 0, 0)
         try:
-            writer.plan(docs, shards, {"shard_tokens": str(shard_tokens),
-                                       "shard_docs": str(shard_docs)})
+            writer.create(meta, states, loaded.tokenizer.vocab())
+            segment_tokens = sizes[0] or SEGMENT_TOKENS
+            segment_docs = sizes[1] or SEGMENT_LANES * self.lanes
+            plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs, 0, 0, 0)
+            writer.plan(docs, plans, {"segment_tokens": str(segment_tokens),
+                                      "segment_docs": str(segment_docs)})
         except BaseException:
-            writer.abort()
+            writer.close()
             raise
-        return self.run(writer, loaded, shards, docs, "build", {"no tokens": skipped} if skipped else {})
+        return self.run(writer, loaded, plans, docs, "build",
+                        {"no tokens": skipped} if skipped else {})
 
     def resume(self, corpus, model, layers, kinds, limit, corpus_options, sizes) -> BuildResult:
         """Finish the interrupted build or append at `out`."""
-        if not (self.out / DB_FILE).exists():
-            if self.out.is_dir() and is_leftover(self.out) and corpus is not None and model:
-                start_over(self.out)
-                return self.build(corpus, model, layers, kinds, limit, corpus_options, sizes)
-            raise BuildError(
-                f"no index to resume at {self.out} (no {DB_FILE}); run the full command "
-                "(with the corpus and --model) without --resume"
-            )
-        writer = IndexWriter.connect(self.out)
-        if not writer.has_schema() or not writer.shards():
-            writer.abort()
-            if corpus is None or model is None:
-                raise BuildError(
-                    f"the build at {self.out} was interrupted before it saved its plan: run the "
-                    "full command again (with the corpus and --model) to start it over"
-                )
-            if not is_leftover(self.out):
+        if not (self.out / DB_FILE).exists() or not has_plan(self.out):
+            if self.out.is_dir() and not is_leftover(self.out):
                 raise BuildError(f"{self.out} holds files that are not part of an index; "
                                  "choose a new directory")
-            start_over(self.out)
+            if corpus is None or model is None:
+                raise BuildError(
+                    f"the build at {self.out} was interrupted before it saved its plan: run "
+                    "the full command again (with the corpus and --model) to start it over"
+                )
             return self.build(corpus, model, layers, kinds, limit, corpus_options, sizes)
+        writer = IndexWriter.connect(self.out)
         try:
             meta = writer.meta()
-            if meta.get("status") == STATUS_COMPLETE:
-                writer.abort()
+            writer.remove_unlisted()
+            planned = [p for p, _ in writer.segments("planned")]
+            if meta.get("status") == STATUS_COMPLETE and not writer.segments("planned", "pending"):
+                writer.close()
                 return self.nothing_to_do()
             self.surprisal = meta.get("surprisal") == "true"
-            loaded = self.index_model(writer, meta, model)
-            pending = [s for s, committed in writer.shards() if not committed]
+            loaded = self.index_model(meta, model)
             docs: list[PlannedDoc] = []
-            if pending:
-                rows = writer.planned_documents(pending[0].doc_start, pending[-1].doc_end)
-                docs, _ = tokenize_documents([(n, t, {}) for n, t in rows], loaded.tokenizer)
+            if planned:
+                rows = writer.planned_documents(planned[0].doc_start, planned[-1].doc_end)
+                docs, _ = tokenize_documents(rows, loaded.tokenizer)
                 if len(docs) != len(rows):
                     raise BuildError(
                         f"the planned documents of {self.out} no longer tokenize; rebuild it"
                     )
         except BaseException:
-            writer.abort()
+            writer.close()
             raise
-        return self.run(writer, loaded, pending, docs, "resume", {})
+        return self.run(writer, loaded, planned, docs, "resume", {})
 
     def append(self, corpus, model, limit, corpus_options, sizes) -> BuildResult:
-        """Add the documents of `corpus` to the complete index at `out`."""
+        """Add the documents of `corpus` to the complete index at `out` as new segments."""
         if corpus is None:
             raise BuildError("append needs a corpus of documents to add")
         if not (self.out / DB_FILE).exists():
@@ -306,34 +328,34 @@ class Job:
             if not writer.has_schema():
                 raise BuildError(f"the index at {self.out} was never completed; use --resume")
             meta = writer.meta()
-            if meta.get("status") != STATUS_COMPLETE:
+            if meta.get("status") != STATUS_COMPLETE or writer.segments("planned", "pending"):
                 raise BuildError(
                     f"the index at {self.out} is incomplete: finish it with "
                     f"`lstmsearch index --resume {self.out}` before appending"
                 )
+            writer.remove_unlisted()
             self.surprisal = meta.get("surprisal") == "true"
-            loaded = self.index_model(writer, meta, model)
+            loaded = self.index_model(meta, model)
             corpus = read_corpus(corpus, limit, corpus_options)
             docs, skipped = tokenize_documents(corpus_docs(corpus), loaded.tokenizer)
             if not docs:
                 raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to add")
             self.check_tracks(docs)
-            shard_list = writer.shards()
-            shard_tokens = sizes[0] or int(meta.get("shard_tokens", SHARD_TOKENS))
-            shard_docs = sizes[1] or int(meta.get("shard_docs", SHARD_LANES * self.lanes))
-            shards = plan_shards([len(d) for d in docs], shard_tokens, shard_docs,
-                                 len(shard_list), writer.committed_docs(),
-                                 writer.committed_tokens())
-            writer.plan(docs, shards, {"corpus": f"{meta.get('corpus', '')} + {corpus.name}"})
+            segment_tokens = sizes[0] or int(meta.get("segment_tokens", SEGMENT_TOKENS))
+            segment_docs = sizes[1] or int(meta.get("segment_docs", SEGMENT_LANES * self.lanes))
+            n_docs, n_tokens = writer.extent()
+            plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs,
+                                  int(meta.get("next_segment", 0)), n_docs, n_tokens)
+            writer.plan(docs, plans, {"corpus": f"{meta.get('corpus', '')} + {corpus.name}"})
         except BaseException:
-            writer.abort()
+            writer.close()
             raise
-        return self.run(writer, loaded, shards, docs, "append",
+        return self.run(writer, loaded, plans, docs, "append",
                         {"no tokens": skipped} if skipped else {})
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def index_model(self, writer: IndexWriter, meta: dict[str, str], model) -> LoadedModel:
+    def index_model(self, meta: dict[str, str], model) -> LoadedModel:
         """The index's own model copy, checked against its recorded sha256 (and `model`)."""
         path = self.out / MODEL_FILE
         if not path.is_file():
@@ -362,120 +384,156 @@ class Job:
 
         with open_index(self.out) as index:
             return BuildResult(self.out, "complete", index.n_docs, index.n_tokens, 0, 0,
-                               index.n_shards, tuple(index.state_names), 0.0, 0.0, 0.0, 0.0)
+                               len(index.segments), tuple(index.state_names), 0.0, 0.0, 0.0,
+                               0.0)
 
-    def run(self, writer: IndexWriter, loaded: LoadedModel, shards: Sequence[Shard],
+    def run(self, writer: IndexWriter, loaded: LoadedModel, plans: Sequence[SegmentPlan],
             docs: Sequence[PlannedDoc], mode: str, skipped: dict[str, int]) -> BuildResult:
-        """Commit the pending shards, then finalize; close the database whatever happens."""
+        """Write and list the planned segments, then publish; release the lock whatever
+        happens."""
         try:
             meta = writer.meta()
-            base_seconds = float(meta.get("build_seconds", 0.0))
-            all_shards = writer.shards()
-            capacity = all_shards[-1][0].tok_end if all_shards else 0
-            new_tokens = sum(s.n_tokens for s in shards)
-            self.commit_shards(writer, loaded, shards, docs, capacity, base_seconds)
-            self.finalize(writer, base_seconds)
-            n_docs, n_tokens = writer.committed_docs(), writer.committed_tokens()
+            base_seconds = float(meta.get("build_seconds", 0.0)) if mode == "resume" else (
+                float(meta.get("build_seconds", 0.0)) if mode == "append" else 0.0)
+            new_tokens = sum(p.n_tokens for p in plans)
+            self.write_segments(writer, loaded, plans, docs, base_seconds)
+            self.publish(writer, base_seconds)
+            n_docs, n_tokens = writer.extent()
             states = tuple(name for name, *_ in writer.states())
-            n_shards = len(all_shards)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
+            n_segments = len(writer.segments("live"))
+        finally:
+            writer.close()
         return BuildResult(
             path=self.out, mode=mode, n_docs=n_docs, n_tokens=n_tokens,
-            new_docs=sum(s.doc_end - s.doc_start for s in shards), new_tokens=new_tokens,
-            n_shards=n_shards, states=states, seconds=time.perf_counter() - self.started,
+            new_docs=sum(p.n_docs for p in plans), new_tokens=new_tokens,
+            n_segments=n_segments, states=states, seconds=time.perf_counter() - self.started,
             extract_seconds=self.extract_seconds, store_seconds=self.store_seconds,
             finalize_seconds=self.finalize_seconds, skipped=skipped,
         )
 
-    def commit_shards(self, writer: IndexWriter, loaded: LoadedModel, shards: Sequence[Shard],
-                      docs: Sequence[PlannedDoc], capacity: int, base_seconds: float) -> None:
-        """Run the model over each pending shard here; store and commit on a second thread.
+    def write_segments(self, writer: IndexWriter, loaded: LoadedModel,
+                       plans: Sequence[SegmentPlan], docs: Sequence[PlannedDoc],
+                       base_seconds: float) -> None:
+        """Run the model over each planned segment here; store and list it on a second thread.
 
         The model's blocks of states (`iter_states`: lanes x chunk steps) go straight into the
-        state files, so memory holds a few blocks, not a shard. After a shard's last block
-        the files are flushed and the shard committed, while the model already runs on the
-        next shard: disk and database time hide behind the model. The tokens' surprisal
-        (one float each) is gathered per shard and committed with it.
+        segment's state files, so memory holds a few blocks, not a segment. After a segment's
+        last block its rows, partial statistics and FAISS index are written and it is listed
+        in the manifest, while the model already runs on the next segment: disk and database
+        time hide behind the model. The tokens' surprisal (one float each) is gathered per
+        segment and stored with it.
         """
-        if not shards:
+        if not plans:
             return
-        state_writers = writer.state_writers(capacity)
-        names = list(state_writers)
-        first_doc = shards[0].doc_start
-        bar = progress_bar(sum(s.n_tokens for s in shards), self.progress, "indexing")
+        states = writer.states()
+        names = [name for name, *_ in states]
+        first_doc = plans[0].doc_start
+        bar = progress_bar(sum(p.n_tokens for p in plans), self.progress, "indexing")
+        open_segments: dict[int, SegmentWriter] = {}
+        surprisal: dict[int, np.ndarray] = {}  # segment -> its tokens' surprisal
 
-        surprisal: dict[int, np.ndarray] = {}  # shard -> its tokens' surprisal
-
-        def store(step: str, shard: Shard, *item) -> None:
+        def store(step: str, plan: SegmentPlan, *item) -> None:
             t0 = time.perf_counter()
+            if plan.number not in open_segments:
+                open_segments[plan.number] = SegmentWriter(self.out, plan, states)
+            segment = open_segments[plan.number]
             if step == "block":
                 doc_starts, block = item
                 if block.surprisal is not None:
                     values = surprisal.setdefault(
-                        shard.shard, np.full(shard.n_tokens, np.nan, dtype=np.float32))
+                        plan.number, np.full(plan.n_tokens, np.nan, dtype=np.float32))
                     for j, doc in enumerate(block.docs):
-                        at = int(doc_starts[doc] + block.starts[j]) - shard.tok_start
+                        at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start
                         values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
                 for name, values in block.states.items():
                     clip(values)
-                    w = state_writers[name]
                     for j, doc in enumerate(block.docs):
                         n = int(block.lengths[j])
-                        w.write_block(int(doc_starts[doc] + block.starts[j]), values[j, :n],
-                                      block.unit_offset)
+                        segment.write_block(name, int(doc_starts[doc] + block.starts[j]),
+                                            values[j, :n], block.unit_offset)
             else:
-                shard_docs, started = item
-                for w in state_writers.values():
-                    w.flush()
+                (segment_docs,) = item
                 tracks = {}
                 if self.surprisal:
                     tracks[SURPRISAL_TRACK] = surprisal.pop(
-                        shard.shard, np.full(shard.n_tokens, np.nan, dtype=np.float32))
-                writer.commit_shard(shard, shard_docs, time.perf_counter() - started,
-                                    base_seconds + time.perf_counter() - self.started, tracks)
+                        plan.number, np.full(plan.n_tokens, np.nan, dtype=np.float32))
+                written = segment.finish(segment_docs, tracks, faiss=self.faiss,
+                                         exact_faiss_limit=self.exact_faiss_limit)
+                del open_segments[plan.number]
+                writer.add_segment(written, base_seconds + time.perf_counter() - self.started)
             self.store_seconds += time.perf_counter() - t0
             if step == "commit":
-                bar.update(shard.n_tokens)
-                if self.on_shard is not None:
-                    self.on_shard(shard.shard)
+                bar.update(plan.n_tokens)
+                if self.on_segment is not None:
+                    self.on_segment(plan.number)
 
-        with bar, Committer(store) as committer:
-            for shard in shards:
-                t0 = time.perf_counter()
-                shard_docs = docs[shard.doc_start - first_doc : shard.doc_end - first_doc]
-                lengths = np.array([len(d) for d in shard_docs], dtype=np.int64)
-                doc_starts = shard.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                blocks = iter_states(loaded.model, [d.ids for d in shard_docs], names,
-                                     chunk=self.chunk, lanes=self.lanes,
-                                     surprisal=self.surprisal)
-                for block in blocks:
-                    committer.submit("block", shard, doc_starts, block)
-                committer.submit("commit", shard, shard_docs, t0)
-                self.extract_seconds += time.perf_counter() - t0
+        try:
+            with bar, Committer(store) as committer:
+                for plan in plans:
+                    t0 = time.perf_counter()
+                    segment_docs = docs[plan.doc_start - first_doc : plan.doc_end - first_doc]
+                    lengths = np.array([len(d) for d in segment_docs], dtype=np.int64)
+                    doc_starts = plan.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                    blocks = iter_states(loaded.model, [d.ids for d in segment_docs], names,
+                                         chunk=self.chunk, lanes=self.lanes,
+                                         surprisal=self.surprisal)
+                    for block in blocks:
+                        committer.submit("block", plan, doc_starts, block)
+                    committer.submit("commit", plan, segment_docs)
+                    self.extract_seconds += time.perf_counter() - t0
+        finally:
+            for segment in open_segments.values():
+                segment.abort()
         self.extract_seconds -= committer.waited
-        for w in state_writers.values():
-            w.close()
 
-    def finalize(self, writer: IndexWriter, base_seconds: float) -> None:
-        """Statistics, top-K and FAISS over every stored token; then mark the index complete."""
+    def publish(self, writer: IndexWriter, base_seconds: float) -> None:
+        """Merge the pending segments' partial statistics into the index's and make them
+        live, in one manifest transaction."""
         t0 = time.perf_counter()
-        stores = writer.state_stores()
-        stats, faiss_rows = {}, []
-        bar = progress_bar(len(stores), self.progress, "statistics", unit="state")
-        with bar:
-            for name, store in stores.items():
-                stats[name] = (store.layer, store.kind, unit_stats(store))
-                if self.faiss and store.n_tokens:
-                    rel = f"{FAISS_DIR}/{name}.index"
-                    built = build_faiss(store, self.out / rel, exact_limit=self.exact_faiss_limit)
-                    faiss_rows.append((name, store.layer, store.kind, rel, built.description,
-                                       store.n_tokens, built.recall_at_10, built.seconds))
-                bar.update(1)
+        merged = merge_pending_stats(writer, self.progress)
         self.finalize_seconds += time.perf_counter() - t0
-        writer.finalize(stats, faiss_rows, base_seconds + time.perf_counter() - self.started)
+        write_stats_and_publish(writer, merged, base_seconds + time.perf_counter() - self.started)
+
+
+def merge_pending_stats(writer: IndexWriter, progress: bool | None = None
+                        ) -> dict[str, PartialStats]:
+    """The index-wide partial statistics after adding the pending segments: the previous
+    merged file plus each pending segment's `stats.npz` (histograms add, top-K merge)."""
+    root = writer.path
+    previous = [p for seg, p, *_ in writer.live_files("stats") if seg is None]
+    pending = {p.number for p, _ in writer.segments("pending")}
+    parts_files = [root / p for seg, p, kind, *_ in writer.live_files("stats")
+                   if seg is not None and seg in pending]
+    loaded = [load_partials(root / previous[0])] if previous else []
+    merged: dict[str, PartialStats] = {}
+    names = [name for name, *_ in writer.states()]
+    bar = progress_bar(len(names), progress, "statistics", unit="state")
+    with bar:
+        new = [load_partials(path) for path in parts_files]
+        for name in names:
+            parts = [p[name] for p in loaded + new if name in p]
+            if parts:
+                merged[name] = parts[0] if len(parts) == 1 else merge_partials(parts)
+            bar.update(1)
+    return merged
+
+
+def write_stats_and_publish(writer: IndexWriter, merged: dict[str, PartialStats],
+                            build_seconds: float) -> int:
+    """Save the merged statistics as a new file, then publish the pending segments."""
+    root = writer.path
+    version = int(writer.meta().get("manifest_version", 0)) + 1
+    stats_file = None
+    stats = {}
+    if merged:
+        (root / STATS_DIR).mkdir(exist_ok=True)
+        stats_file = root / STATS_DIR / f"stats-v{version}.npz"
+        save_partials(stats_file, merged)
+        with open(stats_file, "rb+") as f:
+            os.fsync(f.fileno())
+        layer_kind = {name: (layer, kind) for name, layer, kind, _ in writer.states()}
+        stats = {name: (*layer_kind[name], stats_of(part)) for name, part in merged.items()}
+    return writer.publish(stats_file, stats, build_seconds)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -553,7 +611,8 @@ def corpus_docs(corpus: Corpus) -> list[tuple[str, str, dict[str, np.ndarray]]]:
     return [(d.name, d.text, d.char_tracks) for d in corpus.documents]
 
 
-LEFTOVERS = {DB_FILE, DB_FILE + ".wal", MODEL_FILE, MODEL_FILE + ".tmp", "states", FAISS_DIR}
+LEFTOVERS = {DB_FILE, DB_FILE + ".wal", MODEL_FILE, MODEL_FILE + ".tmp", SEGMENTS_DIR,
+             STATS_DIR, BUILD_DIR, LOCK_FILE}
 
 
 def is_leftover(out: Path) -> bool:
@@ -561,9 +620,38 @@ def is_leftover(out: Path) -> bool:
     return all(child.name in LEFTOVERS for child in out.iterdir())
 
 
+def has_plan(out: Path) -> bool:
+    """Whether the index at `out` got as far as listing its planned segments."""
+    import duckdb
+
+    if not (out / DB_FILE).is_file():
+        return False
+    try:
+        con = duckdb.connect(str(out / DB_FILE), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise BuildError(f"index {out} is in use by another process; try again when it "
+                             "has finished") from exc
+        written = [c for c in (out / SEGMENTS_DIR).glob("seg-*") if not c.name.endswith(".tmp")]
+        if written:
+            raise BuildError(f"the database of {out} is damaged but segments were written: "
+                             "remove the directory to rebuild, or choose a new one") from exc
+        return False  # a database the kill left unreadable before any segment was written
+    try:
+        tables = {n for (n,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "segments" not in tables:
+            return False
+        ((n,),) = con.execute("SELECT count(*) FROM segments").fetchall()
+        return bool(n)
+    finally:
+        con.close()
+
+
 def start_over(out: Path) -> None:
-    """Remove what a build that never committed its plan left behind."""
+    """Remove what a build that never committed its plan left behind (not the lock)."""
     for child in out.iterdir():
+        if child.name == LOCK_FILE:
+            continue
         if child.is_dir():
             shutil.rmtree(child)
         else:

@@ -41,15 +41,22 @@ import torch
 from tqdm import tqdm
 
 from indexer.annotate import Track, read_track_file
-from indexer.build import BuildResult, Job, progress_bar, read_corpus
+from indexer.build import (
+    BuildResult,
+    merge_pending_stats,
+    progress_bar,
+    read_corpus,
+    write_stats_and_publish,
+)
 from indexer.nearest import EXACT_LIMIT
-from indexer.writer import BuildError, IndexWriter, PlannedDoc, now, plan_shards
+from indexer.segment import PlannedDoc, SegmentWriter, plan_segments
+from indexer.writer import BuildError, IndexWriter, now
 from lstmsearch.extract import parse_state_name
 from lstmsearch.index import DB_FILE, FORMAT_VERSION
 from lstmsearch.store import clip
 
-SHARD_TOKENS = 262_144
-"""Least tokens per committed shard (whole documents; one long document is one shard)."""
+SEGMENT_TOKENS = 262_144
+"""Least tokens per segment (whole documents; one long document is one segment)."""
 BLOCK_BYTES = 1 << 25
 """Bytes of source values read at once when copying states (32 MiB)."""
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -349,7 +356,7 @@ def write_index(
     return BuildResult(
         path=out, mode=mode, n_docs=tokens.n_docs, n_tokens=tokens.n_tokens,
         new_docs=tokens.n_docs, new_tokens=tokens.n_tokens,
-        n_shards=seconds["shards"], states=tuple(names), seconds=total,
+        n_segments=seconds["segments"], states=tuple(names), seconds=total,
         extract_seconds=seconds["fill"], store_seconds=seconds["commit"],
         finalize_seconds=seconds["finalize"], skipped=dict(skipped or {}),
     )
@@ -364,12 +371,15 @@ def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
                  "model_config": "{}", "tokenizer_kind": "", "corpus": "", "created_at": now(),
                  "updated_at": now(), "build_seconds": "0", **meta}
     layer_rows = [(name, *parse_state_name(name), int(dim)) for name, dim in states]
-    writer = IndexWriter.create(tmp, full_meta, layer_rows, list(vocab))
+    writer = IndexWriter(tmp)
+    segments: list[SegmentWriter] = []
     try:
+        writer.create(full_meta, layer_rows, list(vocab))
         docs = tokens.planned()
-        shards = plan_shards([len(d) for d in docs], SHARD_TOKENS, 1, 0, 0, 0)
-        writer.plan(docs, shards, {"shard_tokens": str(SHARD_TOKENS), "shard_docs": "1"})
-        state_writers = writer.state_writers(tokens.n_tokens)
+        plans = plan_segments([len(d) for d in docs], SEGMENT_TOKENS, 1, 0, 0, 0)
+        writer.plan(docs, plans, {"segment_tokens": str(SEGMENT_TOKENS), "segment_docs": "1"})
+        segments = [SegmentWriter(tmp, plan, layer_rows) for plan in plans]
+        ends = np.array([plan.tok_end for plan in plans], dtype=np.int64)
         dims = dict(states)
 
         def write(name: str, start: int, values: np.ndarray) -> None:
@@ -380,56 +390,33 @@ def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
             if values.ndim != 2 or values.shape[1] != dims[name]:
                 raise BuildError(f"states of {name} have shape {tuple(values.shape)}; "
                                  f"expected (tokens, {dims[name]})")
-            state_writers[name].write_block(start, values)
+            end = start + len(values)
+            while start < end:  # a block may run across segments
+                segment = segments[int(np.searchsorted(ends, start, side="right"))]
+                stop = min(end, segment.plan.tok_end)
+                segment.write_block(name, start, values[: stop - start])
+                values, start = values[stop - start :], stop
 
         t0 = time.perf_counter()
         bar = progress_bar(tokens.n_tokens * len(states), progress, "states", unit="tok")
         with bar:
             fill(write, bar)
-        for w in state_writers.values():
-            w.close()
         t1 = time.perf_counter()
-        for shard in shards:
-            writer.commit_shard(shard, docs[shard.doc_start : shard.doc_end], 0.0,
-                                time.perf_counter() - started)
-        insert_tracks(writer, tracks)
+        labelled = [(name, t.pos, t.values, t.labels) for name, t in tracks.items()]
+        for plan, segment in zip(plans, segments, strict=True):
+            written = segment.finish(docs[plan.doc_start : plan.doc_end], labelled=labelled,
+                                     faiss=faiss, exact_faiss_limit=exact_faiss_limit)
+            writer.add_segment(written, time.perf_counter() - started)
+        segments = []
         t2 = time.perf_counter()
-        job = Job(out=tmp, device=torch.device("cpu"), lanes=1, chunk=1, faiss=faiss,
-                  exact_faiss_limit=exact_faiss_limit, progress=progress, on_shard=None,
-                  started=started)
-        job.finalize(writer, 0.0)
+        merged = merge_pending_stats(writer, progress)
+        write_stats_and_publish(writer, merged, time.perf_counter() - started)
         t3 = time.perf_counter()
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    return {"fill": t1 - t0, "commit": t2 - t1, "finalize": t3 - t2, "shards": len(shards)}
-
-
-def insert_tracks(writer: IndexWriter, tracks: Mapping[str, Track]) -> None:
-    """Add annotation tracks (numbers, labels or both per position) in one transaction."""
-    if not tracks:
-        return
-    con = writer.con
-    con.execute("BEGIN TRANSACTION")
-    for name, track in tracks.items():
-        n = len(track.pos)
-        con.register("new_track", {
-            "pos": np.asarray(track.pos, dtype=np.int64),
-            "value": np.full(n, np.nan) if track.values is None
-            else np.asarray(track.values, dtype=np.float64),
-            "label": np.array(track.labels if track.labels is not None else [""] * n,
-                              dtype=object),
-        })
-        if track.labels is None:
-            sql = "INSERT INTO tracks SELECT ?, pos, value, NULL FROM new_track ORDER BY pos"
-        elif track.values is None:
-            sql = "INSERT INTO tracks SELECT ?, pos, NULL, label FROM new_track ORDER BY pos"
-        else:
-            sql = "INSERT INTO tracks SELECT ?, pos, value, label FROM new_track ORDER BY pos"
-        con.execute(sql, [name])
-        con.unregister("new_track")
-    con.execute("COMMIT")
+    finally:
+        for segment in segments:
+            segment.abort()
+        writer.close()
+    return {"fill": t1 - t0, "commit": t2 - t1, "finalize": t3 - t2, "segments": len(plans)}
 
 
 # --- precomputed states ------------------------------------------------------------------

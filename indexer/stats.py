@@ -169,3 +169,165 @@ def unit_stats(store: StateStore, k: int = TOP_K) -> UnitStats:
                 pos, val = top_positions(bits[j], s["kth_low"][j], k, lowest=True)
                 out["bottom_pos"][unit], out["bottom_value"][unit] = pos, val
     return UnitStats(**out)
+
+
+# --- partial statistics of a segment, and their exact merge ---------------------------------
+
+
+@dataclass(frozen=True)
+class PartialStats:
+    """What one segment adds to the statistics of one state's units, exactly and additively.
+
+    `ptr`/`keys`/`counts` are each unit's key histogram as a sparse row (unit `u`'s keys are
+    `keys[ptr[u]:ptr[u + 1]]`, ascending); the top/bottom arrays are the segment's own top-k
+    with global positions (highest or lowest first, ties by lowest position). Histograms add
+    and top-k lists merge, so the statistics of any set of segments follow from their parts,
+    identical to a scan of all their tokens.
+    """
+
+    ptr: np.ndarray  # (dim + 1,) int64
+    keys: np.ndarray  # (nnz,) uint16
+    counts: np.ndarray  # (nnz,) int64
+    top_pos: np.ndarray  # (dim, k') int64, k' = min(k, tokens)
+    top_value: np.ndarray  # (dim, k') float32
+    bottom_pos: np.ndarray
+    bottom_value: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return len(self.ptr) - 1
+
+    def dense(self, first: int, last: int) -> np.ndarray:
+        """Key histograms of units [first, last) as a dense (units, N_KEYS) int64 array."""
+        out = np.zeros((last - first, N_KEYS), dtype=np.int64)
+        for j, unit in enumerate(range(first, last)):
+            a, b = self.ptr[unit], self.ptr[unit + 1]
+            out[j, self.keys[a:b]] = self.counts[a:b]
+        return out
+
+
+PARTIAL_FIELDS = ("ptr", "keys", "counts", "top_pos", "top_value", "bottom_pos", "bottom_value")
+
+
+def sparse_rows(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row lengths, keys, counts) of the nonzero entries of dense histograms, row by row."""
+    rows, keys = np.nonzero(dense)
+    lengths = np.bincount(rows, minlength=len(dense))
+    return lengths, keys.astype(np.uint16), dense[rows, keys].astype(np.int64)
+
+
+def from_blocks(dim: int, lengths: list, keys: list, counts: list,
+                tops: dict[str, np.ndarray]) -> PartialStats:
+    """A `PartialStats` from per-block sparse rows and full top-k arrays."""
+    ptr = np.zeros(dim + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=ptr[1:])
+    return PartialStats(
+        ptr=ptr,
+        keys=np.concatenate(keys) if keys else np.zeros(0, np.uint16),
+        counts=np.concatenate(counts) if counts else np.zeros(0, np.int64),
+        **tops,
+    )
+
+
+def partial_stats(columns: np.ndarray, first_position: int, k: int = TOP_K) -> PartialStats:
+    """The partial statistics of one segment's float16 columns (dim, tokens) of one state,
+    whose first token is at global position `first_position`."""
+    dim, n = columns.shape
+    k = min(k, n)
+    tops = {"top_pos": np.empty((dim, k), np.int64), "top_value": np.empty((dim, k), np.float32),
+            "bottom_pos": np.empty((dim, k), np.int64),
+            "bottom_value": np.empty((dim, k), np.float32)}
+    lengths, keys, counts = [], [], []
+    for first in range(0, dim, UNITS_PER_BLOCK):
+        last = min(first + UNITS_PER_BLOCK, dim)
+        bits = np.ascontiguousarray(columns[first:last]).view(np.uint16)
+        hist = key_histograms(bits)
+        s = histogram_stats(hist, k)
+        for part, piece in zip((lengths, keys, counts), sparse_rows(hist), strict=True):
+            part.append(piece)
+        if k:
+            for j, unit in enumerate(range(first, last)):
+                pos, val = top_positions(bits[j], s["kth_high"][j], k, lowest=False)
+                tops["top_pos"][unit], tops["top_value"][unit] = pos + first_position, val
+                pos, val = top_positions(bits[j], s["kth_low"][j], k, lowest=True)
+                tops["bottom_pos"][unit], tops["bottom_value"][unit] = pos + first_position, val
+    return from_blocks(dim, lengths, keys, counts, tops)
+
+
+def merge_top(lists: list[tuple[np.ndarray, np.ndarray]], k: int, lowest: bool
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k of one unit from several top-k lists (positions, values): highest (or
+    lowest) values first, ties by lowest position — what one scan of all tokens gives."""
+    pos = np.concatenate([p for p, _ in lists]) if lists else np.zeros(0, np.int64)
+    val = np.concatenate([v for _, v in lists]) if lists else np.zeros(0, np.float32)
+    order = np.lexsort((pos, val if lowest else -val.astype(np.float64)))[:k]
+    return pos[order].astype(np.int64), val[order].astype(np.float32)
+
+
+def merge_partials(parts: list[PartialStats], k: int = TOP_K) -> PartialStats:
+    """One `PartialStats` for the union of the segments of `parts` (e.g. a compaction)."""
+    dim = parts[0].dim
+    n_total = int(sum(p.counts.sum() for p in parts))
+    kk = min(k, max((p.top_pos.shape[1] for p in parts), default=0) * len(parts), n_total)
+    tops = {"top_pos": np.empty((dim, kk), np.int64), "top_value": np.empty((dim, kk), np.float32),
+            "bottom_pos": np.empty((dim, kk), np.int64),
+            "bottom_value": np.empty((dim, kk), np.float32)}
+    lengths, keys, counts = [], [], []
+    for first in range(0, dim, UNITS_PER_BLOCK):
+        last = min(first + UNITS_PER_BLOCK, dim)
+        dense = sum(p.dense(first, last) for p in parts)
+        for part, piece in zip((lengths, keys, counts), sparse_rows(dense), strict=True):
+            part.append(piece)
+    for unit in range(dim):
+        for lowest, pos_name, val_name in ((False, "top_pos", "top_value"),
+                                           (True, "bottom_pos", "bottom_value")):
+            lists = [(getattr(p, pos_name)[unit], getattr(p, val_name)[unit]) for p in parts]
+            tops[pos_name][unit], tops[val_name][unit] = merge_top(lists, kk, lowest)
+    return from_blocks(dim, lengths, keys, counts, tops)
+
+
+def stats_of(part: PartialStats, k: int = TOP_K) -> UnitStats:
+    """The unit statistics of everything a (merged) `PartialStats` covers."""
+    dim = part.dim
+    n_keys = len(QUANTILES)
+    out = {"mean": np.empty(dim), "std": np.empty(dim), "min": np.empty(dim, np.float32),
+           "max": np.empty(dim, np.float32), "quantiles": np.empty((dim, n_keys), np.float32),
+           "on_fraction": np.empty((dim, len(ON_THRESHOLDS)))}
+    for first in range(0, dim, UNITS_PER_BLOCK):
+        last = min(first + UNITS_PER_BLOCK, dim)
+        s = histogram_stats(part.dense(first, last), k)
+        block = slice(first, last)
+        out["mean"][block], out["std"][block] = s["mean"], s["std"]
+        out["min"][block], out["max"][block] = s["min"], s["max"]
+        out["quantiles"][block] = s["quantiles"]
+        out["on_fraction"][block] = s["on"]
+    kk = min(k, part.top_pos.shape[1])
+    return UnitStats(**out, top_pos=part.top_pos[:, :kk], top_value=part.top_value[:, :kk],
+                     bottom_pos=part.bottom_pos[:, :kk], bottom_value=part.bottom_value[:, :kk])
+
+
+def save_partials(path, parts: dict[str, PartialStats]) -> None:
+    """Write the partial statistics of every state of a segment to one `.npz` file.
+
+    Written entry by entry with a fixed timestamp, so equal statistics give equal bytes
+    (and equal checksums) whenever and wherever they are written.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, p in sorted(parts.items()):
+            for field in PARTIAL_FIELDS:
+                info = zipfile.ZipInfo(f"{name}/{field}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(getattr(p, field)),
+                                              allow_pickle=False)
+
+
+def load_partials(path) -> dict[str, PartialStats]:
+    """Read a segment's partial statistics (plain arrays only: no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        names = sorted({key.rsplit("/", 1)[0] for key in data.files})
+        return {name: PartialStats(**{f: data[f"{name}/{f}"] for f in PARTIAL_FIELDS})
+                for name in names}

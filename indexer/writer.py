@@ -1,74 +1,69 @@
-"""Writing an index directory: the database side and the commit protocol.
+"""Writing an index directory: the manifest in the database, and the commit protocol.
 
-A build is planned first (documents, their token-level tracks and the shard list go into
-staging tables in one transaction), then committed shard by shard: the shard's states are
-written into the state files and flushed, then one database transaction inserts the shard's
-token, document and track rows and marks the shard committed. The committed token count in
-the database is the only thing readers trust, so a kill at any moment leaves either the
-previous shard boundary or the new one. The final step (statistics, top-K, FAISS) commits
-last and marks the index complete.
+One writer at a time holds `write.lock` (an advisory file lock) for the whole job; readers
+never take it. The database is opened only for each short transaction, so readers can open
+snapshots while a long build or append runs.
+
+A build is planned first: the documents and their tracks are staged in `build/plan.duckdb`
+(private to the writer) and the segments are listed in the manifest as `planned`. Each
+segment directory is written completely (`indexer.segment`), then one transaction lists its
+files with their sizes and checksums and marks it `pending`. The final transaction merges
+the pending segments' partial statistics into the index's, marks them `live` and raises the
+manifest version: readers see the new documents all at once, or not at all. Compaction
+replaces live segments by a merged one in one transaction (`retired` rows keep the history)
+and removes the old files only afterwards.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
+from indexer.segment import PlannedDoc, SegmentPlan, WrittenSegment, file_sha256, plan_segments
 from lstmsearch.index import (
+    ANNOTATIONS_DIR,
     DB_FILE,
-    FAISS_DIR,
+    FORMAT_VERSION,
     MODEL_FILE,
     ON_THRESHOLDS,
     QUANTILE_COLUMNS,
     SCHEMA,
-    STATES_DIR,
+    SEGMENTS_DIR,
+    STATS_DIR,
     STATUS_BUILDING,
     STATUS_COMPLETE,
     IndexOpenError,
     check_format,
 )
-from lstmsearch.store import StateStore, StateWriter, state_file_name
+
+__all__ = ["BuildError", "IndexWriter", "PlannedDoc", "SegmentPlan", "plan_segments", "now"]
+
+LOCK_FILE = "write.lock"
+BUILD_DIR = "build"
+PLAN_FILE = "plan.duckdb"
+CONNECT_WAIT = 30.0
+"""Seconds to wait for a reader that is reading the manifest at the same moment."""
+
+PLAN_SCHEMA = [
+    """CREATE TABLE plan_documents (
+        doc INTEGER, segment INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT,
+        n_chars INTEGER, text VARCHAR)""",
+    """CREATE TABLE plan_tracks (name VARCHAR, pos BIGINT, value DOUBLE)""",
+]
 
 
 class BuildError(ValueError):
     """A build that cannot start or go on, with what to do about it."""
-
-
-@dataclass(frozen=True)
-class PlannedDoc:
-    """A document ready to index: text, token ids and spans, token-level tracks."""
-
-    name: str
-    text: str
-    ids: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-    tracks: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Whole documents [doc_start, doc_end) holding tokens [tok_start, tok_end)."""
-
-    shard: int
-    doc_start: int
-    doc_end: int
-    tok_start: int
-    tok_end: int
-
-    @property
-    def n_tokens(self) -> int:
-        return self.tok_end - self.tok_start
 
 
 def now() -> str:
@@ -76,298 +71,396 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def plan_shards(lengths: Sequence[int], shard_tokens: int, shard_docs: int, first_shard: int,
-                first_doc: int, first_token: int) -> list[Shard]:
-    """Group consecutive whole documents into shards of at least `shard_tokens` tokens and
-    `shard_docs` documents (the last shard takes what is left)."""
-    shards: list[Shard] = []
-    doc, tok = first_doc, first_token
-    start_doc, start_tok = doc, tok
-    for length in lengths:
-        doc, tok = doc + 1, tok + int(length)
-        if tok - start_tok >= shard_tokens and doc - start_doc >= shard_docs:
-            shards.append(Shard(first_shard + len(shards), start_doc, doc, start_tok, tok))
-            start_doc, start_tok = doc, tok
-    if doc > start_doc:
-        shards.append(Shard(first_shard + len(shards), start_doc, doc, start_tok, tok))
-    return shards
-
-
 def copy_atomic(source: Path, target: Path) -> None:
     """Copy a file so that `target` is either absent or complete."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     tmp.replace(target)
 
 
-class IndexWriter:
-    """Read-write access to an index directory while it is built or appended to."""
+def connect_writable(path: Path, wait: float = CONNECT_WAIT) -> duckdb.DuckDBPyConnection:
+    """A read-write connection to `path`, waiting while a reader briefly holds the file."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise BuildError(
+                    f"index database {path} is damaged ({exc}); rebuild the index, or finish "
+                    f"an interrupted build with `lstmsearch index --resume {path.parent}`"
+                ) from exc
+            if time.monotonic() > deadline:
+                raise BuildError(
+                    f"index {path.parent} is held by another process for {wait:.0f} s; try "
+                    "again when it has finished"
+                ) from exc
+            time.sleep(0.05)
+        except duckdb.ConnectionException as exc:
+            raise BuildError(
+                f"index {path.parent} is open in this process; close it (Index.close()) before "
+                "writing to it"
+            ) from exc
+        except duckdb.Error as exc:
+            raise BuildError(f"index database {path} is damaged: {exc}") from exc
 
-    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection):
-        self.path = path
-        self.con = con
+
+class IndexWriter:
+    """The one writer of an index directory (holds its write lock until `close`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held until close
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock.close()
+            raise BuildError(
+                f"index {self.path} is being written by another process (an indexer, append, "
+                "annotate or compact still running); wait for it to finish"
+            ) from exc
 
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
     def connect(cls, path: Path) -> IndexWriter:
-        """Open the database of an existing index directory for writing."""
-        try:
-            con = duckdb.connect(str(path / DB_FILE))
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise BuildError(
-                    f"index {path} is in use by another process; close it (or wait for the "
-                    "other indexer to finish) and try again"
-                ) from exc
-            raise BuildError(f"cannot open index {path}: {exc}") from exc
-        except duckdb.ConnectionException as exc:
-            raise BuildError(
-                f"index {path} is open for reading in this process; close it (Index.close()) "
-                "before writing to it"
-            ) from exc
-        except duckdb.Error as exc:
-            raise BuildError(f"index {path} has a corrupted database: {exc}") from exc
-        return cls(path, con)
+        """Write access to an existing index directory."""
+        if not (Path(path) / DB_FILE).is_file():
+            raise BuildError(f"no index at {path} (no {DB_FILE})")
+        return cls(path)
 
-    @classmethod
-    def create(cls, path: Path, meta: dict[str, str], states: Sequence[tuple[str, int, str, int]],
-               vocab: Sequence[str]) -> IndexWriter:
-        """Create the directory, schema, meta, layers and vocab in one transaction."""
-        (path / STATES_DIR).mkdir(parents=True, exist_ok=True)
-        (path / FAISS_DIR).mkdir(exist_ok=True)
-        writer = cls.connect(path)
-        con = writer.con
-        con.execute("BEGIN TRANSACTION")
-        for statement in SCHEMA:
-            con.execute(statement)
-        writer.set_meta(meta)
-        for seq, (name, layer, kind, dim) in enumerate(states):
-            con.execute(
-                "INSERT INTO layers VALUES (?, ?, ?, ?, ?, 'float16', ?)",
-                [name, seq, layer, kind, dim, f"{STATES_DIR}/{state_file_name(name)}"],
-            )
-        con.register("new_vocab", {
-            "token_id": np.arange(len(vocab), dtype=np.int32),
-            "text": np.array(list(vocab), dtype=object),
-        })
-        con.execute("INSERT INTO vocab SELECT token_id, text FROM new_vocab ORDER BY token_id")
-        con.unregister("new_vocab")
-        con.execute("COMMIT")
-        return writer
+    def create(self, meta: dict[str, str], states: Sequence[tuple[str, int, str, int]],
+               vocab: Sequence[str]) -> None:
+        """Create the schema, meta, layers and vocab of a new index in one transaction."""
+        (self.path / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
+        with self.transaction() as con:
+            for statement in SCHEMA:
+                con.execute(statement)
+            set_meta(con, {"manifest_version": "0", "next_segment": "0", **meta})
+            for seq, (name, layer, kind, dim) in enumerate(states):
+                con.execute("INSERT INTO layers VALUES (?, ?, ?, ?, ?, 'float16')",
+                            [name, seq, layer, kind, dim])
+            con.register("new_vocab", {
+                "token_id": np.arange(len(vocab), dtype=np.int32),
+                "text": np.array(list(vocab), dtype=object),
+            })
+            con.execute("INSERT INTO vocab SELECT token_id, text FROM new_vocab ORDER BY 1")
+            con.unregister("new_vocab")
+            if (self.path / MODEL_FILE).is_file():
+                add_file(con, None, MODEL_FILE, "model", None, self.path / MODEL_FILE)
 
     def close(self) -> None:
-        """Fold the write-ahead log into the database file and close it."""
-        if self.con is not None:
-            self.con.execute("CHECKPOINT")
-            self.con.close()
-            self.con = None
+        """Release the write lock."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
-    def abort(self) -> None:
-        """Close without checkpointing (after an error)."""
-        if self.con is not None:
-            self.con.close()
-            self.con = None
+    abort = close
 
-    # --- reading back ----------------------------------------------------------------------
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the database ------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction on a fresh connection, closed (and checkpointed) afterwards."""
+        con = connect_writable(self.path / DB_FILE)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.close()
+            raise
+        con.execute("CHECKPOINT")
+        con.close()
+
+    def read(self, sql: str, params: Sequence | None = None) -> list[tuple]:
+        """Rows of one query (constants in `sql`, values in `params`)."""
+        con = connect_writable(self.path / DB_FILE)
+        try:
+            return con.execute(sql, params or []).fetchall()
+        finally:
+            con.close()
 
     def has_schema(self) -> bool:
         """Whether the schema transaction committed (it did not when killed before)."""
-        (n,) = self.con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta'"
-        ).fetchone()
+        ((n,),) = self.read("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta'")
         return bool(n)
 
     def meta(self) -> dict[str, str]:
         """The meta table, after checking the format version."""
-        meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+        meta = dict(self.read("SELECT key, value FROM meta"))
         try:
             check_format(meta, self.path)
         except IndexOpenError as exc:
             raise BuildError(str(exc)) from exc
         return meta
 
-    def set_meta(self, values: dict[str, str]) -> None:
-        """Insert or replace meta entries (inside the caller's transaction)."""
-        for key, value in values.items():
-            self.con.execute("DELETE FROM meta WHERE key = ?", [key])
-            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(value)])
+    def update_meta(self, values: dict[str, str]) -> None:
+        """Set meta entries in a transaction of their own."""
+        with self.transaction() as con:
+            set_meta(con, values)
 
     def states(self) -> list[tuple[str, int, str, int]]:
         """(name, layer, kind, dim) of every stored state, in layer order."""
-        return [
-            (n, int(lay), k, int(d))
-            for n, lay, k, d in self.con.execute(
-                "SELECT name, layer, kind, dim FROM layers ORDER BY seq"
-            ).fetchall()
-        ]
+        return [(n, int(lay), k, int(d)) for n, lay, k, d in
+                self.read("SELECT name, layer, kind, dim FROM layers ORDER BY seq")]
 
-    def shards(self) -> list[tuple[Shard, bool]]:
-        """Every planned shard and whether it is committed."""
-        rows = self.con.execute(
-            "SELECT shard, doc_start, doc_end, tok_start, tok_end, committed FROM shards "
-            "ORDER BY shard"
-        ).fetchall()
-        return [(Shard(*map(int, row[:5])), bool(row[5])) for row in rows]
+    def segments(self, *states: str) -> list[tuple[SegmentPlan, str]]:
+        """Segments (all, or those in the given manifest states) in position order."""
+        rows = self.read(
+            "SELECT segment, doc_start, doc_end, tok_start, tok_end, state FROM segments "
+            "WHERE state <> 'retired' ORDER BY tok_start, segment"
+        )
+        out = [(SegmentPlan(*map(int, row[:5])), row[5]) for row in rows]
+        return [(p, s) for p, s in out if not states or s in states]
 
-    def committed_tokens(self) -> int:
-        """Tokens of the committed shards."""
-        (n,) = self.con.execute(
-            "SELECT coalesce(max(tok_end), 0) FROM shards WHERE committed"
-        ).fetchone()
-        return int(n)
+    def extent(self) -> tuple[int, int]:
+        """(documents, tokens) of the live and pending segments."""
+        ((docs, toks),) = self.read(
+            "SELECT coalesce(max(doc_end), 0), coalesce(max(tok_end), 0) FROM segments "
+            "WHERE state IN ('live', 'pending')"
+        )
+        return int(docs), int(toks)
 
-    def committed_docs(self) -> int:
-        """Documents of the committed shards."""
-        (n,) = self.con.execute(
-            "SELECT coalesce(max(doc_end), 0) FROM shards WHERE committed"
-        ).fetchone()
-        return int(n)
-
-    def planned_documents(self, doc_start: int, doc_end: int) -> list[tuple[str, str]]:
-        """(name, text) of planned documents [doc_start, doc_end), in order."""
-        return self.con.execute(
-            "SELECT name, text FROM plan_documents WHERE doc >= ? AND doc < ? ORDER BY doc",
-            [doc_start, doc_end],
-        ).fetchall()
+    def live_files(self, kind: str | None = None) -> list[tuple[int | None, str, str, int, str]]:
+        """(segment, path, kind, bytes, sha256) of the files the manifest lists as live."""
+        rows = self.read(
+            "SELECT f.segment, f.path, f.kind, f.bytes, f.sha256 FROM files f "
+            "LEFT JOIN segments s USING (segment) "
+            "WHERE (f.segment IS NULL OR s.state IN ('live', 'pending')) "
+            "AND (? IS NULL OR f.kind = ?) ORDER BY f.path",
+            [kind, kind],
+        )
+        return [(None if s is None else int(s), p, k, int(b), h) for s, p, k, b, h in rows]
 
     # --- planning --------------------------------------------------------------------------
 
-    def plan(self, docs: Sequence[PlannedDoc], shards: Sequence[Shard], meta: dict[str, str]) -> None:
-        """Stage the documents, their tracks and the shard list; mark the index building."""
-        con = self.con
-        first_doc, first_tok = shards[0].doc_start, shards[0].tok_start
-        lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        tok_start = first_tok + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        shard_of = np.empty(len(docs), dtype=np.int32)
-        for s in shards:
-            shard_of[s.doc_start - first_doc : s.doc_end - first_doc] = s.shard
-        con.execute("BEGIN TRANSACTION")
+    def plan(self, docs: Sequence[PlannedDoc], plans: Sequence[SegmentPlan],
+             meta: dict[str, str]) -> None:
+        """Stage the documents and their tracks, list the planned segments, mark building."""
+        build = self.path / BUILD_DIR
+        if build.exists():
+            shutil.rmtree(build)
+        build.mkdir()
+        stage_plan(build / PLAN_FILE, docs, plans)
+        with self.transaction() as con:
+            for p in plans:
+                con.execute(
+                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, 'planned', NULL, NULL, NULL)",
+                    [p.number, p.name, p.doc_start, p.doc_end, p.tok_start, p.tok_end],
+                )
+            ((live,),) = con.execute(
+                "SELECT count(*) FROM segments WHERE state = 'live'").fetchall()
+            status = {} if live else {"status": STATUS_BUILDING}  # an append stays complete
+            set_meta(con, {**meta, **status, "updated_at": now(),
+                           "next_segment": str(plans[-1].number + 1)})
+
+    def planned_documents(self, doc_start: int, doc_end: int
+                          ) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+        """(name, text, token tracks) of staged documents [doc_start, doc_end), in order."""
+        path = self.path / BUILD_DIR / PLAN_FILE
+        if not path.is_file():
+            raise BuildError(f"the staged plan of {self.path} ({path}) is missing; rebuild "
+                             "the index from its corpus")
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT name, text, tok_start, tok_end FROM plan_documents "
+                "WHERE doc >= ? AND doc < ? ORDER BY doc", [doc_start, doc_end]).fetchall()
+            if not rows:
+                return []
+            tracks = con.execute(
+                "SELECT name, pos, value FROM plan_tracks WHERE pos >= ? AND pos < ? "
+                "ORDER BY name, pos", [rows[0][2], rows[-1][3]]).fetchnumpy()
+        finally:
+            con.close()
+        out = []
+        names, pos, values = tracks["name"], tracks["pos"], tracks["value"]
+        for name, text, a, b in rows:
+            inside = (pos >= a) & (pos < b)
+            doc_tracks = {}
+            for track in sorted(set(names[inside])):
+                sel = inside & (names == track)
+                doc_tracks[str(track)] = np.asarray(values[sel], dtype=np.float64)
+            out.append((name, text, doc_tracks))
+        return out
+
+    # --- committing ------------------------------------------------------------------------
+
+    def add_segment(self, written: WrittenSegment, build_seconds: float) -> None:
+        """List a written segment's files and FAISS indexes; mark it pending (one transaction)."""
+        plan = written.plan
+        with self.transaction() as con:
+            ((state,),) = con.execute("SELECT state FROM segments WHERE segment = ?",
+                                      [plan.number]).fetchall() or [("none",)]
+            if state != "planned":
+                raise BuildError(f"segment {plan.name} of {self.path} is {state}, not planned")
+            for f in written.files:
+                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                            [plan.number, f.path, f.kind, f.state, f.bytes, f.sha256])
+            for f in written.faiss:
+                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [plan.number, f.state, f.file, f.description, f.n_tokens,
+                             f.recall_at_10, f.seconds])
+            con.execute("UPDATE segments SET state = 'pending', seconds = ? WHERE segment = ?",
+                        [written.seconds, plan.number])
+            set_meta(con, {"updated_at": now(), "build_seconds": f"{build_seconds:.3f}"})
+
+    def publish(self, stats_file: Path | None, stats: dict[str, tuple[int, str, object]],
+                build_seconds: float) -> int:
+        """Make the pending segments live with the merged statistics; returns the new
+        manifest version. The previous statistics file is removed after the commit."""
+        old = [path for seg, path, *_ in self.live_files("stats") if seg is None]
+        with self.transaction() as con:
+            ((version,),) = con.execute(
+                "SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'manifest_version'"
+            ).fetchall()
+            for table in ("unit_stats", "unit_on", "unit_top"):
+                con.execute(f"DELETE FROM {table}")  # table names are constants
+            for layer, kind, s in stats.values():
+                insert_unit_stats(con, layer, kind, s)
+            con.execute("DELETE FROM files WHERE segment IS NULL AND kind = 'stats'")
+            if stats_file is not None:
+                add_file(con, None, str(stats_file.relative_to(self.path)), "stats", None,
+                         stats_file)
+            con.execute("UPDATE segments SET state = 'live', added_version = ? "
+                        "WHERE state = 'pending'", [version])
+            (n_tokens,) = con.execute("SELECT coalesce(max(tok_end), 0) FROM segments "
+                                      "WHERE state = 'live'").fetchone()
+            set_meta(con, {"status": STATUS_COMPLETE, "manifest_version": str(version),
+                           "updated_at": now(), "build_seconds": f"{build_seconds:.3f}",
+                           "n_tokens": str(n_tokens)})
+        for rel in old:
+            if stats_file is None or rel != str(stats_file.relative_to(self.path)):
+                (self.path / rel).unlink(missing_ok=True)
+        shutil.rmtree(self.path / BUILD_DIR, ignore_errors=True)
+        return version
+
+    def replace_segments(self, old: Sequence[int], written: WrittenSegment) -> int:
+        """Retire live segments `old` and make `written` (their merge) live, atomically;
+        returns the new manifest version."""
+        plan = written.plan
+        with self.transaction() as con:
+            ((version,),) = con.execute(
+                "SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'manifest_version'"
+            ).fetchall()
+            con.execute(
+                "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, 'live', ?, NULL, ?)",
+                [plan.number, plan.name, plan.doc_start, plan.doc_end, plan.tok_start,
+                 plan.tok_end, version, written.seconds])
+            for f in written.files:
+                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                            [plan.number, f.path, f.kind, f.state, f.bytes, f.sha256])
+            for f in written.faiss:
+                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [plan.number, f.state, f.file, f.description, f.n_tokens,
+                             f.recall_at_10, f.seconds])
+            for number in old:
+                con.execute("UPDATE segments SET state = 'retired', retired_version = ? "
+                            "WHERE segment = ?", [version, number])
+                con.execute("DELETE FROM files WHERE segment = ?", [number])
+                con.execute("DELETE FROM faiss_indexes WHERE segment = ?", [number])
+            set_meta(con, {"manifest_version": str(version), "updated_at": now(),
+                           "next_segment": str(plan.number + 1)})
+        return version
+
+    def add_annotation(self, name: str, file: Path) -> int:
+        """List an annotation track file (replacing the track's previous file) and raise the
+        manifest version, in one transaction; returns the new version."""
+        rel = str(file.relative_to(self.path))
+        with self.transaction() as con:
+            ((version,),) = con.execute(
+                "SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'manifest_version'"
+            ).fetchall()
+            con.execute("DELETE FROM files WHERE kind = 'annotations' AND state = ?", [name])
+            add_file(con, None, rel, "annotations", name, file)
+            set_meta(con, {"manifest_version": str(version), "updated_at": now()})
+        return version
+
+    def remove_unlisted(self) -> list[str]:
+        """Delete segment directories and statistics files that no manifest row lists (left
+        by a killed writer, or retired by a compaction); returns what was removed."""
+        listed = {name for (name,) in self.read(
+            "SELECT name FROM segments WHERE state IN ('planned', 'pending', 'live')")}
+        listed_files = {p for _, p, *_ in self.live_files()}
+        removed = []
+        segments = self.path / SEGMENTS_DIR
+        if segments.is_dir():
+            for child in sorted(segments.iterdir()):
+                if child.name not in listed or child.name.endswith(".tmp"):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(str(child.relative_to(self.path)))
+                elif child.name in listed and not any(
+                        p.startswith(f"{SEGMENTS_DIR}/{child.name}/") for p in listed_files):
+                    shutil.rmtree(child, ignore_errors=True)  # written, never listed
+                    removed.append(str(child.relative_to(self.path)))
+        for directory in (self.path / STATS_DIR, self.path / ANNOTATIONS_DIR):
+            if not directory.is_dir():
+                continue
+            for child in sorted(directory.iterdir()):
+                    if str(child.relative_to(self.path)) not in listed_files:
+                        child.unlink()
+                        removed.append(str(child.relative_to(self.path)))
+        return removed
+
+
+def set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:
+    """Insert or replace meta entries (inside the caller's transaction)."""
+    for key, value in values.items():
+        con.execute("DELETE FROM meta WHERE key = ?", [key])
+        con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(value)])
+
+
+def add_file(con: duckdb.DuckDBPyConnection, segment: int | None, rel: str, kind: str,
+             state: str | None, path: Path) -> None:
+    """List one file with its size and checksum."""
+    con.execute("DELETE FROM files WHERE path = ?", [rel])
+    con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                [segment, rel, kind, state, path.stat().st_size, file_sha256(path)])
+
+
+def stage_plan(path: Path, docs: Sequence[PlannedDoc], plans: Sequence[SegmentPlan]) -> None:
+    """Write the planned documents and their token tracks to the private plan database."""
+    first_doc, first_tok = plans[0].doc_start, plans[0].tok_start
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    tok_start = first_tok + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    segment_of = np.empty(len(docs), dtype=np.int32)
+    for p in plans:
+        segment_of[p.doc_start - first_doc : p.doc_end - first_doc] = p.number
+    con = duckdb.connect(str(path))
+    try:
+        for statement in PLAN_SCHEMA:
+            con.execute(statement)
         con.register("new_docs", {
             "doc": np.arange(first_doc, first_doc + len(docs), dtype=np.int32),
-            "shard": shard_of,
+            "segment": segment_of,
             "name": np.array([d.name for d in docs], dtype=object),
             "tok_start": tok_start,
             "tok_end": tok_start + lengths,
             "n_chars": np.array([len(d.text) for d in docs], dtype=np.int32),
             "text": np.array([d.text for d in docs], dtype=object),
         })
-        con.execute("INSERT INTO plan_documents SELECT doc, shard, name, tok_start, tok_end, "
-                    "n_chars, text FROM new_docs ORDER BY doc")
-        con.unregister("new_docs")
+        con.execute("INSERT INTO plan_documents SELECT * FROM new_docs ORDER BY doc")
         for name in sorted({t for d in docs for t in d.tracks}):
             pos = [ts + np.arange(len(d)) for d, ts in zip(docs, tok_start, strict=True)
                    if name in d.tracks]
             val = [d.tracks[name] for d in docs if name in d.tracks]
-            con.register("new_track", {
-                "pos": np.concatenate(pos).astype(np.int64),
-                "value": np.concatenate(val).astype(np.float64),
-            })
+            con.register("new_track", {"pos": np.concatenate(pos).astype(np.int64),
+                                       "value": np.concatenate(val).astype(np.float64)})
             con.execute("INSERT INTO plan_tracks SELECT ?, pos, value FROM new_track ORDER BY pos",
                         [name])
             con.unregister("new_track")
-        for s in shards:
-            con.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, false, NULL)",
-                        [s.shard, s.doc_start, s.doc_end, s.tok_start, s.tok_end])
-        self.set_meta({**meta, "status": STATUS_BUILDING, "updated_at": now()})
-        con.execute("COMMIT")
-
-    # --- state files -----------------------------------------------------------------------
-
-    def state_writers(self, capacity: int) -> dict[str, StateWriter]:
-        """A writer per state file with room for `capacity` tokens (created or grown)."""
-        keep = self.committed_tokens()
-        return {
-            name: StateWriter.ensure(self.path / STATES_DIR / state_file_name(name), dim,
-                                     capacity, keep)
-            for name, _, _, dim in self.states()
-        }
-
-    def state_stores(self) -> dict[str, StateStore]:
-        """Read views of the committed states."""
-        n = self.committed_tokens()
-        return {
-            name: StateStore(self.path / STATES_DIR / state_file_name(name), name, layer, kind,
-                             dim, n)
-            for name, layer, kind, dim in self.states()
-        }
-
-    # --- committing ------------------------------------------------------------------------
-
-    def commit_shard(self, shard: Shard, docs: Sequence[PlannedDoc], seconds: float,
-                     build_seconds: float, tracks: dict[str, np.ndarray] | None = None) -> None:
-        """Insert the shard's tokens, documents and tracks and mark it committed, atomically.
-
-        The caller has written and flushed the shard's states before. `tracks` are computed
-        ones (the model's surprisal): one value per token of the shard, NaN for none.
-        """
-        con = self.con
-        lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        n = int(lengths.sum())
-        if n != shard.n_tokens:
-            raise BuildError(
-                f"shard {shard.shard} of {self.path} was planned with {shard.n_tokens} tokens but "
-                f"its documents tokenize to {n}: the tokenizer changed; rebuild the index"
-            )
-        doc_ids = np.repeat(np.arange(shard.doc_start, shard.doc_end, dtype=np.int32), lengths)
-        doc_first = np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        cols = {
-            "pos": np.arange(shard.tok_start, shard.tok_end, dtype=np.int64),
-            "doc": doc_ids,
-            "pos_in_doc": (np.arange(n) - doc_first).astype(np.int32),
-            "token_id": np.concatenate([d.ids for d in docs]).astype(np.int32),
-            "char_start": np.concatenate([d.starts for d in docs]).astype(np.int32),
-            "char_end": np.concatenate([d.ends for d in docs]).astype(np.int32),
-        }
-        con.execute("BEGIN TRANSACTION")
-        con.register("shard_tokens", cols)
-        con.execute(
-            "INSERT INTO tokens SELECT s.pos, s.doc, s.pos_in_doc, s.token_id, "
-            "substr(d.text, s.char_start + 1, s.char_end - s.char_start), s.char_start, s.char_end "
-            "FROM shard_tokens s JOIN plan_documents d ON d.doc = s.doc ORDER BY s.pos"
-        )
-        con.unregister("shard_tokens")
-        con.execute(
-            "INSERT INTO documents SELECT doc, name, tok_start, tok_end, n_chars, text "
-            "FROM plan_documents WHERE doc >= ? AND doc < ? ORDER BY doc",
-            [shard.doc_start, shard.doc_end],
-        )
-        con.execute(
-            "INSERT INTO tracks SELECT name, pos, value, NULL FROM plan_tracks "
-            "WHERE pos >= ? AND pos < ? ORDER BY name, pos",
-            [shard.tok_start, shard.tok_end],
-        )
-        for name, values in (tracks or {}).items():
-            values = np.asarray(values, dtype=np.float64)
-            if len(values) != n:
-                raise BuildError(f"track {name!r} of shard {shard.shard} has {len(values)} "
-                                 f"values for {n} tokens")
-            keep = np.flatnonzero(np.isfinite(values))
-            con.register("new_track", {"pos": shard.tok_start + keep, "value": values[keep]})
-            con.execute("INSERT INTO tracks SELECT ?, pos, value, NULL FROM new_track ORDER BY pos",
-                        [name])
-            con.unregister("new_track")
-        con.execute("UPDATE shards SET committed = true, seconds = ? WHERE shard = ?",
-                    [seconds, shard.shard])
-        self.set_meta({"updated_at": now(), "build_seconds": f"{build_seconds:.3f}"})
-        con.execute("COMMIT")
-
-    def finalize(self, stats: dict[str, tuple[int, str, object]],
-                 faiss_rows: Sequence[tuple], build_seconds: float) -> None:
-        """Replace statistics, top-K and FAISS rows, drop the staging rows, mark complete."""
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        for table in ("unit_stats", "unit_on", "unit_top", "faiss_indexes",
-                      "plan_documents", "plan_tracks"):
-            con.execute(f"DELETE FROM {table}")  # table names are constants, not user input
-        for layer, kind, s in stats.values():
-            insert_unit_stats(con, layer, kind, s)
-        for row in faiss_rows:
-            con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(row))
-        self.set_meta({"status": STATUS_COMPLETE, "updated_at": now(),
-                       "build_seconds": f"{build_seconds:.3f}",
-                       "n_tokens": str(self.committed_tokens())})
-        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
 
 
 def insert_unit_stats(con: duckdb.DuckDBPyConnection, layer: int, kind: str, s) -> None:
@@ -412,6 +505,7 @@ def meta_for_model(model_file: Path, source: str, sha256: str, config: object,
     from dataclasses import asdict
 
     return {
+        "format_version": str(FORMAT_VERSION),
         "model_file": MODEL_FILE,
         "model_source": source,
         "model_sha256": sha256,

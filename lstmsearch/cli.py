@@ -11,10 +11,26 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from lstmsearch import limits as L
 
 
 class UsageError(Exception):
     """A problem with what the user asked for, reported without a traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (`lstmsearch match: error: argument
+    --limit: must be ...`) with a pointer to --help, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(message: object) -> str:
+    """A message on one line: line breaks and runs of spaces become single spaces."""
+    return " ".join(str(message).split())
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -26,21 +42,23 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("corpus")
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
     p.add_argument("--arch", choices=["lstm", "gru"], default="lstm")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--embed", type=int, default=64, help="embedding size")
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--layers", type=L.int_arg(1, 64), default=2)
+    p.add_argument("--hidden", type=L.int_arg(1, 65_536), default=256)
+    p.add_argument("--embed", type=L.int_arg(1, 65_536), default=64, help="embedding size")
+    p.add_argument("--dropout", type=L.float_arg(0.0, 1.0, below_maximum=True), default=0.0)
     p.add_argument("--bidirectional", action="store_true", help="add a backward stack (ELMo style)")
     p.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
-    p.add_argument("--vocab-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per backpropagation window")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N documents")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--vocab-size", type=L.int_arg(2, 10_000_000), default=None)
+    p.add_argument("--epochs", type=L.int_arg(1, 1_000_000), default=1)
+    p.add_argument("--steps", type=L.COUNT, default=None,
+                   help="stop after this many optimizer steps")
+    p.add_argument("--seq-len", type=L.int_arg(1, 1_000_000), default=128,
+                   help="tokens per backpropagation window")
+    p.add_argument("--batch", type=L.int_arg(1, 100_000), default=32)
+    p.add_argument("--lr", type=L.float_arg(0.0, 100.0), default=3e-3)
+    p.add_argument("--limit", type=L.COUNT, default=None, help="use only the first N documents")
+    p.add_argument("--seed", type=L.int_arg(0, 2**63 - 1), default=0)
+    p.add_argument("--checkpoint-every", type=L.COUNT, default=500)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_train)
@@ -72,8 +90,9 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="index a corpus: store every token's hidden states",
         description="Run MODEL over CORPUS and write an index directory (DuckDB tables, "
-        "float16 state columns, FAISS). Written in shards: an interrupted build is finished "
-        "with --resume; --append adds documents to a complete index.",
+        "float16 state columns, FAISS) of immutable segments: an interrupted build is "
+        "finished with --resume; --append adds documents as new segments; `lstmsearch "
+        "compact` merges small segments.",
     )
     p.add_argument("corpus", nargs="?", help="bundled name or path (not needed with --resume)")
     p.add_argument("--model", help="checkpoint (.pt); with --resume/--append the index's own; "
@@ -84,14 +103,24 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="index directory")
     p.add_argument("--resume", action="store_true", help="finish an interrupted build")
     p.add_argument("--append", action="store_true", help="add CORPUS to an existing index")
-    p.add_argument("--layers", type=int, nargs="+", help="layers to store (default: all)")
+    p.add_argument("--layers", type=L.INDEX, nargs="+", help="layers to store (default: all)")
     p.add_argument("--kinds", nargs="+", help="state kinds to store (default: h c; gates: i f g o)")
-    p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
-    p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard")
+    p.add_argument("--limit", type=L.COUNT, default=None, help="index only the first N documents")
+    p.add_argument("--segment-tokens", type=int, default=None,
+                   help="least tokens per segment (default 65536; whole documents)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data actors, on this machine "
+                   "or a cluster (pip install 'lstmsearch[ray]')")
+    p.add_argument("--address", help="with --engine ray: the cluster to join (HOST:PORT of "
+                   "its head, or auto); default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=None, help="with --engine ray: actors that "
+                   "write segments (default: one per CPU, or per GPU with --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="with --engine ray: GPUs "
+                   "each actor runs the model on (default 0: CPU)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_index)
 
@@ -101,13 +130,35 @@ def run_index(args: argparse.Namespace) -> None:
 
     if not args.resume and args.corpus is None:
         raise UsageError("give a CORPUS to index (or --resume to finish an interrupted build)")
-    if user_model(args):
+    ray_only = [flag for flag, given in (("--address", args.address is not None),
+                                         ("--workers", args.workers is not None),
+                                         ("--gpus-per-worker", bool(args.gpus_per_worker)))
+                if given]
+    if args.engine != "ray" and ray_only:
+        raise UsageError(f"{ray_only[0]} goes with --engine ray")
+    if args.engine == "ray":
+        if user_model(args):
+            raise UsageError("--engine ray indexes with lstmsearch checkpoints; index your own "
+                             "model with --engine local")
+        if args.device is not None:
+            raise UsageError("--device is for --engine local; with --engine ray the actors "
+                             "use a GPU with --gpus-per-worker")
+        from indexer.ray_engine import build_with_ray
+
+        result = build_with_ray(
+            args.corpus, args.model, args.out, resume=args.resume, append=args.append,
+            layers=args.layers, kinds=args.kinds, limit=args.limit,
+            segment_tokens=args.segment_tokens, faiss=not args.no_faiss,
+            surprisal=not args.no_surprisal, address=args.address, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+        )
+    elif user_model(args):
         result = index_user_model(args)
     else:
         result = build_index(
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
-            shard_tokens=args.shard_tokens, device=args.device, faiss=not args.no_faiss,
+            segment_tokens=args.segment_tokens, device=args.device, faiss=not args.no_faiss,
             surprisal=not args.no_surprisal,
         )
     if args.json:
@@ -138,6 +189,79 @@ def run_info(args: argparse.Namespace) -> None:
     with open_index(args.index, allow_partial=True) as index:
         info = index.info()
     print(json.dumps(info.to_dict(), indent=2) if args.json else info.summary())
+
+
+def add_compact(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compact", help="merge small segments of an index into larger ones",
+        description="Merge adjacent segments into at most N of about equal size (default: "
+        "about one per million tokens). Same states, same answers; the old files are removed "
+        "after the new manifest is committed, and readers holding a snapshot keep working.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--max-segments", type=int, default=None, help="at most N segments after")
+    p.set_defaults(run=run_compact)
+
+
+def run_compact(args: argparse.Namespace) -> None:
+    from indexer.compact import compact_index
+
+    if args.max_segments is not None and args.max_segments < 1:
+        raise UsageError(f"--max-segments must be at least 1, got {args.max_segments}")
+    print(compact_index(args.index, args.max_segments).summary())
+
+
+def add_upgrade(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upgrade", help="convert an index of the previous format (version 1) to segments",
+        description="Rewrite a complete version 1 index as one segment of the current format "
+        "(same documents, tokens, tracks and stored states), then swap it into place.",
+    )
+    p.add_argument("index", help="index directory")
+    p.set_defaults(run=run_upgrade)
+
+
+def run_upgrade(args: argparse.Namespace) -> None:
+    from indexer.upgrade import upgrade_index
+    from lstmsearch.index import open_index
+
+    upgrade_index(args.index)
+    with open_index(args.index) as index:
+        print(f"upgrade: {index.path} now has format version "
+              f"{index.meta['format_version']}, {index.n_docs:,} documents, "
+              f"{index.n_tokens:,} tokens in {len(index.segments)} segment")
+
+
+def add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="check every file of an index against its recorded checksum",
+        description="Read every file the manifest lists and compare its size and sha256 with "
+        "the recorded ones; name each damaged file. Exit code 1 when any is damaged.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    from indexer.build import progress_bar
+    from lstmsearch.index import open_index
+
+    with open_index(args.index, allow_partial=True, check_files=False) as index:
+        total = sum(f.bytes for f in index.files)
+        with progress_bar(total, None, "verifying", unit="B") as bar:
+            problems = index.verify(bar.update)
+        n_files = len(index.files)
+    if args.json:
+        print(json.dumps({"index": str(args.index), "files": n_files, "bytes": total,
+                          "damaged": problems}, indent=2))
+    else:
+        for problem in problems:
+            print(f"damaged: {problem}")
+        print(f"verify: {n_files} files, {total:,} bytes, "
+              + (f"{len(problems)} damaged" if problems else "all intact"))
+    if problems:
+        raise SystemExit(1)
 
 
 def add_annotate(sub: argparse._SubParsersAction) -> None:
@@ -182,7 +306,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     """--port, --host, --allow-origin, --open: shared by serve and demo."""
-    p.add_argument("--port", type=int, default=5006, help="TCP port (default 5006; 0: any free)")
+    p.add_argument("--port", type=L.PORT, default=5006,
+                   help="TCP port 0..65535 (default 5006; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allow-origin", action="append", default=None, metavar="HOST[:PORT]",
@@ -207,7 +332,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                    help="parens (default), english or python-stdlib")
     add_server_options(p)
     p.add_argument("--rebuild", action="store_true", help="build the demo index again")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=L.COUNT, default=None,
                    help="index only the first N documents (default: the demo's own)")
     p.add_argument("--cache", default=None, help="where demo indexes are kept")
     p.set_defaults(run=run_demo)
@@ -399,7 +524,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
 
 def add_state_options(p: argparse.ArgumentParser) -> None:
     """--layer and --kind: the stored state a query reads."""
-    p.add_argument("--layer", type=int, required=True, help="layer number (from 0)")
+    p.add_argument("--layer", type=L.INDEX, required=True, help="layer number (from 0)")
     p.add_argument("--kind", required=True, help="state kind: c or h (or a stored gate)")
 
 
@@ -412,19 +537,20 @@ def add_match(sub: argparse._SubParsersAction) -> None:
         "switch on there (overlap), fewest extra units first.",
     )
     p.add_argument("index", help="index directory")
-    p.add_argument("--start", type=int, help="first token of the span")
-    p.add_argument("--end", type=int, help="one past the last token of the span")
+    p.add_argument("--start", type=L.INDEX, help="first token of the span")
+    p.add_argument("--end", type=L.INDEX, help="one past the last token of the span")
     p.add_argument("--phrase", help="select on this text instead of --start/--end")
-    p.add_argument("--doc", type=int, default=None, help="look for --phrase in this document")
-    p.add_argument("--occurrence", type=int, default=0,
+    p.add_argument("--doc", type=L.INDEX, default=None, help="look for --phrase in this document")
+    p.add_argument("--occurrence", type=L.int_arg(0, L.MAX_RESULTS - 1), default=0,
                    help="which occurrence of --phrase (from 0; default the first)")
     p.add_argument("--threshold", required=True, help="a unit is on where its value >= this")
     add_state_options(p)
-    p.add_argument("--pad-left", type=int, default=1, help="tokens before the span where "
-                   "units must be off (default 1)")
-    p.add_argument("--pad-right", type=int, default=0, help="tokens after the span where "
-                   "units must be off (default 0)")
-    p.add_argument("--limit", type=int, default=20, help="matches to show (default 20)")
+    p.add_argument("--pad-left", type=L.PADDING, default=1, help="tokens before the span where "
+                   f"units must be off (default 1, at most {L.MAX_PADDING:,})")
+    p.add_argument("--pad-right", type=L.PADDING, default=0, help="tokens after the span where "
+                   f"units must be off (default 0, at most {L.MAX_PADDING:,})")
+    p.add_argument("--limit", type=L.RESULTS, default=20,
+                   help=f"matches to show (default 20, at most {L.MAX_RESULTS:,})")
     p.add_argument("--no-fuzzy", action="store_true",
                    help="only spans where every unit of S is on")
     p.add_argument("--negative", action="store_true",
@@ -496,10 +622,11 @@ def add_nearest(sub: argparse._SubParsersAction) -> None:
         "values) to the mean state of the span [START, END), outside the span.",
     )
     p.add_argument("index", help="index directory")
-    p.add_argument("--start", type=int, required=True, help="first token of the span")
-    p.add_argument("--end", type=int, required=True, help="one past the last token")
+    p.add_argument("--start", type=L.INDEX, required=True, help="first token of the span")
+    p.add_argument("--end", type=L.INDEX, required=True, help="one past the last token")
     add_state_options(p)
-    p.add_argument("--k", type=int, default=20, help="neighbours to show (default 20)")
+    p.add_argument("--k", type=L.RESULTS, default=20,
+                   help=f"neighbours to show (default 20, at most {L.MAX_RESULTS:,})")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(run=run_nearest)
 
@@ -536,17 +663,18 @@ def add_neurons(sub: argparse._SubParsersAction) -> None:
         "negative), --stats; or rank every unit by |Pearson r| with --correlate TRACK.",
     )
     p.add_argument("index", help="index directory")
-    p.add_argument("--unit", type=int, help="unit number (from 0)")
+    p.add_argument("--unit", type=L.INDEX, help="unit number (from 0)")
     add_state_options(p)
     p.add_argument("--above", help="positions where the unit is >= this")
     p.add_argument("--below", help="positions where the unit is <= this")
-    p.add_argument("--top", type=int, metavar="K", help="the K strongest values of the unit")
+    p.add_argument("--top", type=L.int_arg(maximum=L.MAX_RESULTS), metavar="K",
+                   help=f"the K strongest values of the unit (at most {L.MAX_RESULTS:,})")
     p.add_argument("--lowest", action="store_true", help="with --top: the K lowest values")
     p.add_argument("--stats", action="store_true", help="the unit's statistics")
     p.add_argument("--correlate", metavar="TRACK",
                    help="rank units by |Pearson r| with an annotation track (e.g. depth)")
-    p.add_argument("--limit", type=int, default=20,
-                   help="hits or units to show (default 20)")
+    p.add_argument("--limit", type=L.RESULTS_OR_NONE, default=20,
+                   help=f"hits or units to show (default 20, at most {L.MAX_RESULTS:,})")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(run=run_neurons)
 
@@ -663,14 +791,14 @@ def run_sql(args: argparse.Namespace) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_index, add_info, add_annotate, add_analyze, add_serve, add_demo,
+    add_train, add_index, add_info, add_compact, add_upgrade, add_verify, add_annotate, add_analyze, add_serve, add_demo,
     add_import_lstmvis, add_export, add_index_states, add_match, add_nearest, add_neurons,
     add_sql,
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lstmsearch",
         description="Search the hidden states of recurrent language models, LSTMVis style.",
     )
@@ -681,15 +809,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; 0 on success, 2 (and one line on stderr) for an error the user can
+    fix: a bad value, a missing or unreadable file, a port in use."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (one line printed already)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.run(args)
-    except (UsageError, ValueError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"lstmsearch {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         return 0
+    except (UsageError, ValueError, TypeError, LookupError, OSError, OverflowError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+            message = f"{exc.strerror}{f': {exc.filename}' if exc.filename else ''}"
+        print(f"lstmsearch {args.command}: error: {one_line(message)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,27 +1,41 @@
 """An index directory, read side: `open_index(path) -> Index`.
 
-Layout of an index directory:
+Layout of an index directory (format version 2):
 
-    index.duckdb           tables below; the committed token count is the truth for the states
-    states/layers.1.c.f16  unit-major float16 columns per (layer, kind), see `lstmsearch.store`
-    faiss/layers.1.c.index FAISS index over the token states of one (layer, kind)
-    model.pt               copy of the model checkpoint the states came from
+    index.duckdb            meta, layers, vocab, the manifest (segments, files with sizes and
+                            sha256), merged unit statistics, top-K, FAISS descriptions
+    segments/seg-000003/    one immutable segment: whole documents and their tokens
+        rows.duckdb         documents, tokens and tracks (global positions)
+        layers.1.c.f16      unit-major float16 columns of one (layer, kind), see store.py
+        layers.1.c.faiss    FAISS index over the segment's states of one (layer, kind)
+        stats.npz           the segment's partial unit statistics (histograms, top-K)
+    stats/stats-v7.npz      the index-wide statistics merged from the segments' partials
+    annotations/track-000009.duckdb   a track added after the build (`lstmsearch annotate`)
+    model.pt                copy of the model checkpoint the states came from
+    write.lock              held by the one writer (build, append, annotate, compact)
 
-An index is complete only once the build's final step (statistics, top-K, FAISS) committed.
-`open_index` refuses an incomplete index with a message pointing at `--resume`, unless
-`allow_partial=True`, which serves the committed shards (statistics and FAISS then describe
-the last completed build, or are empty).
+Writers add segments beside the old ones and publish them by one transaction that raises
+the manifest version (`indexer.writer`). An `Index` is a snapshot: it reads the manifest
+once, copies the small tables into an in-memory database, attaches the listed segments'
+row files read-only and maps their state files, so a concurrent append or compaction never
+changes what it answers (files it holds stay readable after a compaction removes them).
 
-Everything here is read-only: the database is opened read-only with file access from SQL
-switched off, and `Index.sql` accepts only a single SELECT (or EXPLAIN of one).
+An index is complete once its build's final step committed. `open_index` refuses an
+incomplete index with a message pointing at `--resume`, unless `allow_partial=True`, which
+serves the segments written so far (statistics then describe the last completed build).
+
+Everything here is read-only: the snapshot database has file access from SQL switched off,
+and `Index.sql` accepts only a single SELECT (or EXPLAIN of one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
-from lstmsearch.store import CorruptStoreError, StateStore, state_file_name
+from lstmsearch.store import CorruptStoreError, StateStore
 
 if TYPE_CHECKING:
     from lstmsearch.nearest import Neighbor
@@ -39,16 +53,20 @@ if TYPE_CHECKING:
     from lstmsearch.query import MatchResult, Pattern
     from lstmsearch.spans import Span
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DB_FILE = "index.duckdb"
-STATES_DIR = "states"
-FAISS_DIR = "faiss"
+SEGMENTS_DIR = "segments"
+STATS_DIR = "stats"
+ANNOTATIONS_DIR = "annotations"
 MODEL_FILE = "model.pt"
+SEGMENT_ROWS = "rows.duckdb"
 SURPRISAL_TRACK = "surprisal"
 """The track in which an index stores each token's surprisal under its model (nats)."""
 
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"
+OPEN_WAIT = 30.0
+"""Seconds to wait for a writer that holds the database for one short commit."""
 
 TOP_K = 100
 ON_THRESHOLDS = tuple(round(t / 10, 1) for t in range(-9, 10))
@@ -60,18 +78,20 @@ SCHEMA = [
     """CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
     """CREATE TABLE layers (
         name VARCHAR PRIMARY KEY, seq INTEGER, layer INTEGER, kind VARCHAR, dim INTEGER,
-        dtype VARCHAR, file VARCHAR)""",
+        dtype VARCHAR)""",
     """CREATE TABLE vocab (token_id INTEGER, text VARCHAR)""",
-    """CREATE TABLE shards (
-        shard INTEGER PRIMARY KEY, doc_start INTEGER, doc_end INTEGER,
-        tok_start BIGINT, tok_end BIGINT, committed BOOLEAN, seconds DOUBLE)""",
-    """CREATE TABLE documents (
-        doc INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT, n_chars INTEGER,
-        text VARCHAR)""",
-    """CREATE TABLE tokens (
-        pos BIGINT, doc INTEGER, pos_in_doc INTEGER, token_id INTEGER, text VARCHAR,
-        char_start INTEGER, char_end INTEGER)""",
-    """CREATE TABLE tracks (name VARCHAR, pos BIGINT, value DOUBLE, label VARCHAR)""",
+    # the manifest: every segment ever planned (state planned, pending, live or retired) and
+    # the files of the live and pending ones (segment NULL: files of the whole index)
+    """CREATE TABLE segments (
+        segment INTEGER, name VARCHAR, doc_start INTEGER, doc_end INTEGER,
+        tok_start BIGINT, tok_end BIGINT, state VARCHAR, added_version INTEGER,
+        retired_version INTEGER, seconds DOUBLE)""",
+    """CREATE TABLE files (
+        segment INTEGER, path VARCHAR, kind VARCHAR, state VARCHAR, bytes BIGINT,
+        sha256 VARCHAR)""",
+    """CREATE TABLE faiss_indexes (
+        segment INTEGER, name VARCHAR, file VARCHAR, description VARCHAR, n_tokens BIGINT,
+        recall_at_10 DOUBLE, seconds DOUBLE)""",
     f"""CREATE TABLE unit_stats (
         layer INTEGER, kind VARCHAR, unit INTEGER, mean DOUBLE, std DOUBLE,
         min REAL, max REAL, {", ".join(f"{c} REAL" for c in QUANTILE_COLUMNS)})""",
@@ -80,23 +100,109 @@ SCHEMA = [
     """CREATE TABLE unit_top (
         layer INTEGER, kind VARCHAR, unit INTEGER, lowest BOOLEAN, rank INTEGER,
         pos BIGINT, value REAL)""",
-    """CREATE TABLE faiss_indexes (
-        name VARCHAR, layer INTEGER, kind VARCHAR, file VARCHAR, description VARCHAR,
-        n_tokens BIGINT, recall_at_10 DOUBLE, seconds DOUBLE)""",
-    # staging for a build in progress: the planned documents and their token-level tracks
-    """CREATE TABLE plan_documents (
-        doc INTEGER, shard INTEGER, name VARCHAR, tok_start BIGINT, tok_end BIGINT,
-        n_chars INTEGER, text VARCHAR)""",
-    """CREATE TABLE plan_tracks (name VARCHAR, pos BIGINT, value DOUBLE)""",
-    # a top activation with its token, document and 40 characters of context either side
-    """CREATE VIEW unit_top_tokens AS
-        SELECT u.layer, u.kind, u.unit, u.lowest, u.rank, u.pos, u.value,
-               t.doc, t.pos_in_doc, t.text AS token,
-               substr(d.text, greatest(t.char_start - 40, 0) + 1,
-                      t.char_start - greatest(t.char_start - 40, 0)) AS before,
-               substr(d.text, t.char_end + 1, 40) AS after
-        FROM unit_top u JOIN tokens t USING (pos) JOIN documents d ON d.doc = t.doc""",
 ]
+SNAPSHOT_TABLES = ("meta", "layers", "vocab", "segments", "files", "faiss_indexes",
+                   "unit_stats", "unit_on", "unit_top")
+"""Tables an `Index` copies from the database when it opens (all small)."""
+ROW_TABLES = {
+    "documents": "doc, name, tok_start, tok_end, n_chars, text",
+    "tokens": "pos, doc, pos_in_doc, token_id, text, char_start, char_end",
+    "tracks": "name, pos, value, label",
+}
+"""Tables of a segment's row file, and their columns (views over all segments)."""
+TOP_TOKENS_VIEW = """CREATE VIEW unit_top_tokens AS
+    SELECT u.layer, u.kind, u.unit, u.lowest, u.rank, u.pos, u.value,
+           t.doc, t.pos_in_doc, t.text AS token,
+           substr(d.text, greatest(t.char_start - 40, 0) + 1,
+                  t.char_start - greatest(t.char_start - 40, 0)) AS before,
+           substr(d.text, t.char_end + 1, 40) AS after
+    FROM unit_top u JOIN tokens t USING (pos) JOIN documents d ON d.doc = t.doc"""
+"""A top activation with its token, document and 40 characters of context either side."""
+
+
+EMPTY_ROWS = {
+    "documents": "SELECT 0::INTEGER AS doc, ''::VARCHAR AS name, 0::BIGINT AS tok_start, "
+                 "0::BIGINT AS tok_end, 0::INTEGER AS n_chars, ''::VARCHAR AS text",
+    "tokens": "SELECT 0::BIGINT AS pos, 0::INTEGER AS doc, 0::INTEGER AS pos_in_doc, "
+              "0::INTEGER AS token_id, ''::VARCHAR AS text, 0::INTEGER AS char_start, "
+              "0::INTEGER AS char_end",
+    "tracks": "SELECT ''::VARCHAR AS name, 0::BIGINT AS pos, 0::DOUBLE AS value, "
+              "''::VARCHAR AS label",
+}
+"""Typed empty rows, for the views of an index without segments."""
+SMALL_FILE_KINDS = ("stats", "model")
+SMALL_FILE_BYTES = 1 << 22
+"""Files checked against their sha256 at every open: these kinds, and any file this small."""
+HASH_BLOCK = 1 << 22
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """A file the manifest lists: path relative to the index, recorded size and sha256."""
+
+    segment: int | None
+    path: str
+    kind: str
+    state: str | None
+    bytes: int
+    sha256: str
+
+    def check_size(self, root: Path) -> None:
+        """Refuse a missing or resized file, naming it."""
+        path = root / self.path
+        if not path.is_file():
+            raise DamagedFileError(f"index {root} is damaged: {self.path} is missing")
+        size = path.stat().st_size
+        if size != self.bytes:
+            raise DamagedFileError(
+                f"index {root} is damaged: {self.path} has {size:,} bytes, the manifest "
+                f"records {self.bytes:,} (truncated or overwritten); rebuild the index"
+            )
+
+    def check_sum(self, root: Path) -> None:
+        """Refuse a file whose content is not what was committed, naming it."""
+        self.check_size(root)
+        if sha256_of(root / self.path) != self.sha256:
+            raise DamagedFileError(
+                f"index {root} is damaged: {self.path} does not match its recorded sha256 "
+                "(changed on disk); rebuild the index"
+            )
+
+
+def sql_path(path: Path) -> str:
+    """A path as the body of a SQL string literal (quotes doubled); our own paths only."""
+    return str(path).replace("'", "''")
+
+
+def segment_file(state: str, kind: str) -> str:
+    """File name of a state's columns (`layers.1.c.f16`) or FAISS index in a segment."""
+    return f"{state}.f16" if kind == "states" else f"{state}.faiss"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One live segment of a snapshot: its documents and tokens, and its files' bytes."""
+
+    segment: int
+    name: str
+    doc_start: int
+    doc_end: int
+    tok_start: int
+    tok_end: int
+    bytes: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tok_end - self.tok_start
 
 
 class IndexOpenError(ValueError):
@@ -109,6 +215,10 @@ class FormatVersionError(IndexOpenError):
 
 class IncompleteIndexError(IndexOpenError):
     """An index whose build was interrupted (or is still running)."""
+
+
+class DamagedFileError(IndexOpenError):
+    """A file of an index that is missing, or whose size or checksum is not the recorded one."""
 
 
 class SqlRefusedError(ValueError):
@@ -183,8 +293,8 @@ class IndexInfo:
     status: str
     n_docs: int
     n_tokens: int
-    n_shards: int
-    n_shards_committed: int
+    manifest_version: int
+    segments: tuple[dict[str, Any], ...]  # name, documents, tokens, bytes of each live segment
     states: tuple[StateInfo, ...]
     sizes: dict[str, int]
     model: dict[str, Any]
@@ -214,12 +324,12 @@ class IndexInfo:
         lines = [
             f"index        {self.path}",
             f"status       {self.status}"
-            + (
-                ""
-                if self.status == STATUS_COMPLETE
-                else f" ({self.n_shards_committed} of {self.n_shards} shards committed)"
-            ),
-            f"format       version {self.format_version}",
+            + ("" if self.status == STATUS_COMPLETE else " (build interrupted or running: "
+               "the segments written so far are shown)"),
+            f"format       version {self.format_version}, manifest version "
+            f"{self.manifest_version}",
+            f"segments     {len(self.segments)}"
+            + (f" ({segment_summary(self.segments)})" if self.segments else ""),
             f"corpus       {self.corpus}",
             f"documents    {self.n_docs:,}",
             f"tokens       {self.n_tokens:,}",
@@ -248,6 +358,13 @@ class IndexInfo:
             f"{self.build_seconds:.1f} s"
         )
         return "\n".join(lines)
+
+
+def segment_summary(segments: Sequence[dict[str, Any]]) -> str:
+    """Tokens per segment (smallest, largest) and their bytes on disk."""
+    sizes = [s["tokens"] for s in segments]
+    return (f"{min(sizes):,} to {max(sizes):,} tokens each, "
+            f"{human_bytes(sum(s['bytes'] for s in segments))}")
 
 
 def track_summary(track: dict[str, Any]) -> str:
@@ -281,10 +398,16 @@ def dir_size(path: Path) -> int:
 
 
 def check_format(meta: dict[str, str], where: Path) -> None:
-    """Refuse an index of an unknown format version."""
+    """Refuse an index of an unknown format version; name the command that converts an
+    index of the previous format."""
     found = meta.get("format_version")
     if found is None:
         raise IndexOpenError(f"{where} is not an lstmsearch index: it has no format version")
+    if found == "1":
+        raise FormatVersionError(
+            f"index {where} has format version 1 (one monolithic store); this lstmsearch reads "
+            f"version {FORMAT_VERSION} (segments): convert it with `lstmsearch upgrade {where}`"
+        )
     if found != str(FORMAT_VERSION):
         raise FormatVersionError(
             f"index {where} has format version {found}, but this lstmsearch reads version "
@@ -292,31 +415,63 @@ def check_format(meta: dict[str, str], where: Path) -> None:
         )
 
 
-def connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection with file access from SQL switched off; clear errors."""
-    try:
-        return duckdb.connect(
-            str(db_path),
-            read_only=True,
-            config={"enable_external_access": False, "lock_configuration": True},
-        )
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
+def damaged(path: Path, exc: BaseException) -> IndexOpenError:
+    """The error for a database file that DuckDB cannot read."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return IndexOpenError(
+        f"index {path.parent} is damaged: its database {path.name} cannot be read ({first}); "
+        f"rebuild the index, or finish an interrupted build with "
+        f"`lstmsearch index --resume {path.parent}`"
+    )
+
+
+def read_snapshot(db_path: Path, wait: float = OPEN_WAIT) -> dict[str, dict[str, np.ndarray]]:
+    """The small tables of the index database, read in one transaction (a snapshot).
+
+    The file is held only for this read; while a writer holds it for a commit, wait.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise damaged(db_path, exc) from exc
+            if time.monotonic() > deadline:
+                raise IndexOpenError(
+                    f"index {db_path.parent} is held by a writer for more than {wait:.0f} s; "
+                    "try again when it has finished"
+                ) from exc
+            time.sleep(0.05)
+        except duckdb.ConnectionException as exc:
             raise IndexOpenError(
-                f"index {db_path.parent} is open for writing by another process (an indexer "
-                "still running?); wait for it to finish, or stop it and run "
-                f"`lstmsearch index --resume {db_path.parent}`"
+                f"index {db_path.parent} is being written by this process; open it when the "
+                "writing has finished"
             ) from exc
-        raise IndexOpenError(f"cannot open {db_path}: {exc}") from exc
-    except duckdb.ConnectionException as exc:
-        raise IndexOpenError(
-            f"index {db_path.parent} is being written by this process; open it when the "
-            "writing has finished"
-        ) from exc
+        except duckdb.Error as exc:
+            raise damaged(db_path, exc) from exc
+    try:
+        tables = {n for (n,) in con.execute(
+            "SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "meta" not in tables:
+            raise IndexOpenError(
+                f"{db_path.parent} is not an lstmsearch index, or its database is half-written "
+                "(no meta table)"
+            )
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        check_format(meta, db_path.parent)
+        con.execute("BEGIN TRANSACTION")
+        out = {name: con.execute(f"SELECT * FROM {name}").fetchnumpy()  # constant names
+               for name in SNAPSHOT_TABLES}
+        con.execute("COMMIT")
+        return out
+    except IndexOpenError:
+        raise
     except duckdb.Error as exc:
-        raise IndexOpenError(
-            f"{db_path} is corrupted or not an lstmsearch index database: {exc}"
-        ) from exc
+        raise damaged(db_path, exc) from exc
+    finally:
+        con.close()
 
 
 def parse_state(layer: int | str, kind: str | None) -> tuple[int, str]:
@@ -334,9 +489,14 @@ def parse_state(layer: int | str, kind: str | None) -> tuple[int, str]:
     return int(layer), kind
 
 
-def open_index(path: str | Path, *, allow_partial: bool = False) -> Index:
-    """Open an index directory for reading; refuse a corrupted, unknown or incomplete one."""
-    return Index(path, allow_partial=allow_partial)
+def open_index(path: str | Path, *, allow_partial: bool = False, check_files: bool = True
+               ) -> Index:
+    """Open an index directory for reading; refuse a corrupted, unknown or incomplete one.
+
+    `check_files=False` skips the size and checksum checks of the listed files (for
+    `Index.verify`, which reports every damaged file instead of refusing the first).
+    """
+    return Index(path, allow_partial=allow_partial, check_files=check_files)
 
 
 class Index:
@@ -346,7 +506,8 @@ class Index:
     are read-only memory maps.
     """
 
-    def __init__(self, path: str | Path, *, allow_partial: bool = False):
+    def __init__(self, path: str | Path, *, allow_partial: bool = False,
+                 check_files: bool = True):
         self.path = Path(path)
         db_path = self.path / DB_FILE
         if not self.path.is_dir():
@@ -357,12 +518,8 @@ class Index:
                 "build one with `lstmsearch index CORPUS --model MODEL.pt --out DIR`"
             )
         self._lock = threading.RLock()
-        self._con = connect_read_only(db_path)
-        try:
-            self._load(allow_partial)
-        except BaseException:
-            self._con.close()
-            raise
+        self._con = None
+        self._load(allow_partial, check_files)
         self._offsets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._texts: OrderedDict[int, str] = OrderedDict()
         self._faiss: dict[str, Any] = {}
@@ -370,56 +527,150 @@ class Index:
 
     # --- opening ---------------------------------------------------------------------------
 
-    def _load(self, allow_partial: bool) -> None:
-        """Read and check meta, shards, documents and state files."""
-        try:
-            rows = self._con.execute("SELECT key, value FROM meta").fetchall()
-        except duckdb.Error as exc:
-            raise IndexOpenError(
-                f"{self.path} is not an lstmsearch index, or its database is half-written "
-                f"(no meta table): {exc}"
-            ) from exc
-        self.meta: dict[str, str] = dict(rows)
-        check_format(self.meta, self.path)
+    def _load(self, allow_partial: bool, check_files: bool = True) -> None:
+        """Read the manifest snapshot; check and map the files it lists."""
+        tables = read_snapshot(self.path / DB_FILE)
+        meta = tables["meta"]
+        self.meta: dict[str, str] = dict(zip(meta["key"], meta["value"], strict=True))
         self.status = self.meta.get("status", STATUS_BUILDING)
-        n_shards, n_committed, n_tokens = self._con.execute(
-            "SELECT count(*), count(*) FILTER (committed), "
-            "coalesce(max(tok_end) FILTER (committed), 0) FROM shards"
-        ).fetchone()
-        self.n_shards, self.n_shards_committed = int(n_shards), int(n_committed)
+        self.manifest_version = int(self.meta.get("manifest_version", 0))
         if self.status != STATUS_COMPLETE and not allow_partial:
             raise IncompleteIndexError(
-                f"index {self.path} is incomplete ({self.n_shards_committed} of {self.n_shards} "
-                "shards committed, final step not done): its build was interrupted or is still "
+                f"index {self.path} is incomplete: its build was interrupted or is still "
                 f"running. Finish it with `lstmsearch index --resume {self.path}`, or open it "
-                "with allow_partial=True to use the committed shards"
+                "with allow_partial=True to use the segments written so far"
             )
-        self.n_tokens = int(n_tokens)
+        shown = ("live", "pending") if allow_partial else ("live",)
+        seg = tables["segments"]
+        keep = np.isin(seg["state"].astype(str), shown)
+        order = np.argsort(seg["tok_start"][keep], kind="stable")
+        files = tables["files"]
+        file_rows = list(zip(files["segment"].tolist(), files["path"].tolist(),
+                             files["kind"].tolist(), files["state"].tolist(),
+                             files["bytes"].tolist(), files["sha256"].tolist(), strict=True))
+        bytes_of: dict[int, int] = {}
+        for segment, _, _, _, size, _ in file_rows:
+            if segment is not None:
+                bytes_of[int(segment)] = bytes_of.get(int(segment), 0) + int(size)
+        self.segments = tuple(
+            SegmentInfo(int(seg["segment"][keep][i]), str(seg["name"][keep][i]),
+                        int(seg["doc_start"][keep][i]), int(seg["doc_end"][keep][i]),
+                        int(seg["tok_start"][keep][i]), int(seg["tok_end"][keep][i]),
+                        bytes_of.get(int(seg["segment"][keep][i]), 0))
+            for i in order
+        )
+        live = {s.segment for s in self.segments}
+        self.files = tuple(
+            IndexFile(segment, path, kind, state, int(size), sha)
+            for segment, path, kind, state, size, sha in file_rows
+            if segment is None or int(segment) in live
+        )
+        expected_doc, expected_tok = 0, 0
+        for s in self.segments:
+            if (s.doc_start, s.tok_start) != (expected_doc, expected_tok):
+                raise IndexOpenError(
+                    f"index {self.path} is damaged: segment {s.name} starts at document "
+                    f"{s.doc_start}, token {s.tok_start}, but the segments before it end at "
+                    f"document {expected_doc}, token {expected_tok}"
+                )
+            expected_doc, expected_tok = s.doc_end, s.tok_end
+        self.n_tokens = expected_tok
+        for f in self.files if check_files else ():
+            if f.kind == "model" and not (self.path / f.path).exists():
+                continue  # queries need no model; what runs it says that it is missing
+            f.check_size(self.path)
+            if f.kind in SMALL_FILE_KINDS or f.bytes <= SMALL_FILE_BYTES:
+                f.check_sum(self.path)
+        layers = tables["layers"]
+        order = np.argsort(layers["seq"], kind="stable")
+        self.state_infos = tuple(
+            StateInfo(str(layers["name"][i]), int(layers["layer"][i]), str(layers["kind"][i]),
+                      int(layers["dim"][i]))
+            for i in order
+        )
+        by_path = {f.path: f for f in self.files}
+        self._stores: dict[str, StateStore] = {}
+        for info in self.state_infos:
+            parts = []
+            for s in self.segments:
+                rel = f"{SEGMENTS_DIR}/{s.name}/{segment_file(info.name, 'states')}"
+                if rel not in by_path:
+                    raise IndexOpenError(
+                        f"index {self.path} is damaged: the manifest lists no {rel}"
+                    )
+                parts.append((self.path / rel, s.n_tokens))
+            try:
+                self._stores[info.name] = StateStore.of_segments(
+                    info.name, info.layer, info.kind, info.dim, parts)
+            except CorruptStoreError as exc:
+                raise IndexOpenError(f"index {self.path} is damaged: {exc}") from exc
+        self._con = self._snapshot_database(tables)
         starts = self._con.execute(
             "SELECT tok_start, tok_end FROM documents ORDER BY doc"
         ).fetchnumpy()
         self.doc_starts = np.concatenate(
             [starts["tok_start"].astype(np.int64), starts["tok_end"][-1:].astype(np.int64)]
         ) if len(starts["tok_start"]) else np.zeros(1, dtype=np.int64)
-        if int(self.doc_starts[-1]) != self.n_tokens:
+        if int(self.doc_starts[-1]) != self.n_tokens or len(self.doc_starts) - 1 != (
+                self.segments[-1].doc_end if self.segments else 0):
             raise IndexOpenError(
-                f"index {self.path} is corrupted: documents end at token {self.doc_starts[-1]} "
-                f"but the committed shards end at {self.n_tokens}"
+                f"index {self.path} is damaged: its documents end at token "
+                f"{self.doc_starts[-1]} but its segments at {self.n_tokens}"
             )
         self.doc_starts.setflags(write=False)
-        layers = self._con.execute(
-            "SELECT name, layer, kind, dim FROM layers ORDER BY seq"
-        ).fetchall()
-        self.state_infos = tuple(StateInfo(n, int(lay), k, int(d)) for n, lay, k, d in layers)
-        self._stores: dict[str, StateStore] = {}
-        for info in self.state_infos:
-            try:
-                self._stores[info.name] = StateStore(
-                    self.path / STATES_DIR / state_file_name(info.name),
-                    info.name, info.layer, info.kind, info.dim, self.n_tokens,
-                )
-            except CorruptStoreError as exc:
-                raise IndexOpenError(f"index {self.path} is corrupted: {exc}") from exc
+
+    def _snapshot_database(self, tables: dict[str, dict[str, np.ndarray]]
+                           ) -> duckdb.DuckDBPyConnection:
+        """An in-memory database holding the snapshot's small tables, with views over the
+        row files of its segments (attached read-only); file access then switched off."""
+        con = duckdb.connect(":memory:")
+        try:
+            for name in SNAPSHOT_TABLES:
+                con.register("snapshot_rows", tables[name])
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM snapshot_rows")  # constant
+                con.unregister("snapshot_rows")
+            con.execute("DELETE FROM segments WHERE segment NOT IN (SELECT unnest(?))",
+                        [[s.segment for s in self.segments] or [-1]])
+            con.execute("DELETE FROM faiss_indexes WHERE segment NOT IN (SELECT unnest(?))",
+                        [[s.segment for s in self.segments] or [-1]])
+            con.execute("DELETE FROM files WHERE segment IS NOT NULL AND "
+                        "segment NOT IN (SELECT unnest(?))",
+                        [[s.segment for s in self.segments] or [-1]])
+            for s in self.segments:
+                path = self.path / SEGMENTS_DIR / s.name / SEGMENT_ROWS
+                try:
+                    con.execute(f"ATTACH '{sql_path(path)}' AS seg_{s.segment} (READ_ONLY)")
+                except duckdb.Error as exc:
+                    raise damaged(path, exc) from exc
+            annotations = [f for f in self.files if f.kind == "annotations"]
+            con.execute("CREATE TABLE annotation_files AS SELECT unnest(?) AS name, "
+                        "unnest(?) AS file", [[f.state for f in annotations] or [""],
+                                              [f.path for f in annotations] or [""]])
+            con.execute("DELETE FROM annotation_files WHERE file = ''")
+            for i, f in enumerate(annotations):
+                try:
+                    con.execute(f"ATTACH '{sql_path(self.path / f.path)}' AS track_{i} "
+                                "(READ_ONLY)")
+                except duckdb.Error as exc:
+                    raise damaged(self.path / f.path, exc) from exc
+            for table, columns in ROW_TABLES.items():
+                parts = [f"SELECT {columns} FROM seg_{s.segment}.{table}" for s in self.segments]
+                if table == "tracks":  # a track added later replaces one of the same name
+                    names = [f.state for f in annotations]
+                    if names:
+                        parts = [f"SELECT * FROM ({' UNION ALL '.join(parts)}) WHERE name NOT IN "
+                                 "(SELECT name FROM annotation_files)"] if parts else []
+                    parts += [f"SELECT {columns} FROM track_{i}.tracks"
+                              for i in range(len(annotations))]
+                empty = f"SELECT {columns} FROM ({EMPTY_ROWS[table]}) WHERE false"
+                con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(parts or [empty]))
+            con.execute(TOP_TOKENS_VIEW)
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _register_functions(self) -> None:
         """SQL access to stored values: `unit_value(layer, kind, unit, pos) -> DOUBLE`.
@@ -653,22 +904,47 @@ class Index:
         return np.asarray(cols["pos"], dtype=np.int64), np.asarray(cols["value"], dtype=np.float32)
 
     def faiss(self, layer: int | str, kind: str | None = None) -> Any:
-        """The FAISS index over the token states of one state (ids are token positions)."""
+        """The FAISS index over the token states of one state, ids global token positions:
+        the segments' indexes searched as one (`IndexShards`, results merged by distance).
+        Each file is checked against its recorded sha256 when first read."""
         import faiss
 
         store = self.store(layer, kind)
         with self._lock:
             if store.name not in self._faiss:
                 rows = self._query(
-                    "SELECT file FROM faiss_indexes WHERE name = ?", [store.name]
+                    "SELECT segment, file FROM faiss_indexes WHERE name = ?", [store.name]
                 ).fetchall()
                 if not rows:
                     raise ValueError(f"index {self.path} has no FAISS index for {store.name}")
-                path = self.path / rows[0][0]
-                if not path.is_file():
-                    raise IndexOpenError(f"index {self.path} is corrupted: {path} is missing")
-                self._faiss[store.name] = faiss.read_index(str(path))
-            return self._faiss[store.name]
+                by_segment = dict(rows)
+                if set(by_segment) != {s.segment for s in self.segments}:
+                    raise IndexOpenError(f"index {self.path} is damaged: FAISS indexes of "
+                                         f"{store.name} are missing for some segments")
+                files = {f.path: f for f in self.files}
+                shards = faiss.IndexShards(store.dim, False, True)  # successive ids
+                parts = []
+                for s in self.segments:
+                    rel = by_segment[s.segment]
+                    if rel not in files:
+                        raise DamagedFileError(f"index {self.path} is damaged: the manifest "
+                                               f"lists no {rel}")
+                    files[rel].check_sum(self.path)
+                    try:
+                        part = faiss.read_index(str(self.path / rel))
+                    except RuntimeError as exc:
+                        raise DamagedFileError(
+                            f"index {self.path} is damaged: {rel} is not a FAISS index"
+                        ) from exc
+                    if part.ntotal != s.n_tokens or part.d != store.dim:
+                        raise DamagedFileError(
+                            f"index {self.path} is damaged: {rel} holds {part.ntotal} vectors "
+                            f"of {part.d} units, the segment {s.n_tokens} of {store.dim}")
+                    parts.append(part)
+                    shards.add_shard(part)
+                shards.own_indices = False
+                self._faiss[store.name] = (shards, parts)  # the parts stay referenced
+            return self._faiss[store.name][0]
 
     # --- queries (see lstmsearch.query, lstmsearch.nearest, lstmsearch.neurons) --------------
 
@@ -769,68 +1045,69 @@ class Index:
     # --- info ------------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
-        """Documents, tokens, states, sizes on disk, model and build time."""
-        return read_info(self.path, self.meta, self.state_infos, self.n_docs, self.n_tokens,
-                         self.n_shards, self.n_shards_committed, self._fetchall(
-                             "SELECT name, description, recall_at_10, seconds FROM faiss_indexes "
-                             "ORDER BY name"),
-                         self._fetchall("SELECT name, count(value), count(label), avg(value) "
-                                        "FROM tracks GROUP BY name ORDER BY name"))
+        """Documents, tokens, segments, states, sizes on disk, model and build time."""
+        faiss_rows = self._fetchall(
+            "SELECT name, any_value(description), min(recall_at_10), sum(seconds), count(*) "
+            "FROM faiss_indexes GROUP BY name ORDER BY name")
+        tracks = self._fetchall("SELECT name, count(value), count(label), avg(value) "
+                                "FROM tracks GROUP BY name ORDER BY name")
+        sizes = {"database": dir_size(self.path / DB_FILE) + dir_size(self.path / (DB_FILE + ".wal")),
+                 "states": 0, "faiss": 0, "rows": 0, "statistics": 0, "model": 0}
+        key = {"states": "states", "faiss": "faiss", "rows": "rows", "stats": "statistics",
+               "model": "model"}
+        for f in self.files:
+            sizes[key.get(f.kind, "rows")] += f.bytes
+        sizes["total"] = sum(sizes.values())
+        config = json.loads(self.meta.get("model_config", "{}"))
+        meta = self.meta
+        return IndexInfo(
+            path=str(self.path),
+            format_version=int(meta["format_version"]),
+            status=self.status,
+            n_docs=self.n_docs,
+            n_tokens=self.n_tokens,
+            manifest_version=self.manifest_version,
+            segments=tuple({"name": s.name, "documents": s.doc_end - s.doc_start,
+                            "tokens": s.n_tokens, "bytes": s.bytes} for s in self.segments),
+            states=self.state_infos,
+            sizes=sizes,
+            model={**config, "file": MODEL_FILE, "sha256": meta.get("model_sha256", ""),
+                   "source": meta.get("model_source", "")},
+            tokenizer=meta.get("tokenizer_kind", ""),
+            corpus=meta.get("corpus", ""),
+            created_at=meta.get("created_at", ""),
+            updated_at=meta.get("updated_at", ""),
+            build_seconds=float(meta.get("build_seconds", 0.0)),
+            faiss=tuple(
+                {"name": n, "description": d + (f", {c} segments" if c > 1 else ""),
+                 "recall_at_10": r if r is not None else float("nan"), "seconds": sec}
+                for n, d, r, sec, c in faiss_rows
+            ),
+            tracks=tuple(
+                {"name": n, "values": int(v), "labels": int(lab),
+                 "mean": float(m) if m is not None else float("nan")}
+                for n, v, lab, m in tracks
+            ),
+        )
 
-
-def read_info(
-    path: Path,
-    meta: dict[str, str],
-    states: tuple[StateInfo, ...],
-    n_docs: int,
-    n_tokens: int,
-    n_shards: int,
-    n_committed: int,
-    faiss_rows: list[tuple],
-    track_rows: list[tuple] = (),
-) -> IndexInfo:
-    """Assemble an `IndexInfo` from what an open index knows."""
-    sizes = {
-        "database": dir_size(path / DB_FILE) + dir_size(path / (DB_FILE + ".wal")),
-        "states": dir_size(path / STATES_DIR),
-        "faiss": dir_size(path / FAISS_DIR),
-        "model": dir_size(path / MODEL_FILE),
-    }
-    sizes["total"] = sum(sizes.values())
-    config = json.loads(meta.get("model_config", "{}"))
-    model = {
-        **config,
-        "file": MODEL_FILE,
-        "sha256": meta.get("model_sha256", ""),
-        "source": meta.get("model_source", ""),
-    }
-    return IndexInfo(
-        path=str(path),
-        format_version=int(meta["format_version"]),
-        status=meta.get("status", STATUS_BUILDING),
-        n_docs=n_docs,
-        n_tokens=n_tokens,
-        n_shards=n_shards,
-        n_shards_committed=n_committed,
-        states=states,
-        sizes=sizes,
-        model=model,
-        tokenizer=meta.get("tokenizer_kind", ""),
-        corpus=meta.get("corpus", ""),
-        created_at=meta.get("created_at", ""),
-        updated_at=meta.get("updated_at", ""),
-        build_seconds=float(meta.get("build_seconds", 0.0)),
-        faiss=tuple(
-            {"name": n, "description": d, "recall_at_10": r if r is not None else float("nan"),
-             "seconds": s}
-            for n, d, r, s in faiss_rows
-        ),
-        tracks=tuple(
-            {"name": n, "values": int(v), "labels": int(lab),
-             "mean": float(m) if m is not None else float("nan")}
-            for n, v, lab, m in track_rows
-        ),
-    )
+    def verify(self, progress: Any = None) -> list[str]:
+        """Check every listed file against its recorded size and sha256; the problems found
+        (an empty list when the index is intact). `progress(bytes)` is called as it reads."""
+        problems = []
+        for f in self.files:
+            try:
+                f.check_size(self.path)
+                digest = hashlib.sha256()
+                with open(self.path / f.path, "rb") as handle:
+                    while block := handle.read(HASH_BLOCK):
+                        digest.update(block)
+                        if progress is not None:
+                            progress(len(block))
+                if digest.hexdigest() != f.sha256:
+                    raise DamagedFileError(f"{f.path} does not match its recorded sha256")
+            except (DamagedFileError, OSError) as exc:
+                problems.append(str(exc).replace(f"index {self.path} is damaged: ", ""))
+        return problems
 
 
 READ_ONLY_HINT = (

@@ -49,29 +49,53 @@ def file_capacity(path: Path, dim: int) -> int:
 class StateStore:
     """Read-only view of the stored states of one (layer, kind): `dim` units x `n_tokens`.
 
-    `column(u)` is a zero-copy contiguous memory-mapped view; nothing is loaded until read.
+    The tokens are stored in one or more segment files, each holding the columns of a
+    contiguous range of positions (see `lstmsearch.index`). `pieces(u)` gives unit `u` as
+    zero-copy memory-mapped views, one per segment, for scans that go segment by segment;
+    `column(u)` is a single view when there is one segment and a concatenated copy
+    otherwise. Nothing is loaded until read.
     """
 
     def __init__(self, path: str | Path, name: str, layer: int, kind: str, dim: int, n_tokens: int):
-        self.path = Path(path)
         self.name = name
         self.layer = layer
         self.kind = kind
         self.dim = dim
-        self.n_tokens = n_tokens
-        capacity = file_capacity(self.path, dim)
+        self.path = Path(path)
+        self._parts: list[tuple[int, np.ndarray]] = []  # (first position, (dim, n) view)
+        self.n_tokens = 0
+        self._add(self.path, n_tokens)
+
+    @classmethod
+    def of_segments(cls, name: str, layer: int, kind: str, dim: int,
+                    files: Sequence[tuple[str | Path, int]]) -> StateStore:
+        """The store of one state over segment files, given in position order as
+        (path, tokens); the first file starts at position 0."""
+        store = cls.__new__(cls)
+        store.name, store.layer, store.kind, store.dim = name, layer, kind, dim
+        store.path = Path(files[0][0]) if files else Path()
+        store._parts, store.n_tokens = [], 0
+        for path, n in files:
+            store._add(Path(path), int(n))
+        return store
+
+    def _add(self, path: Path, n_tokens: int) -> None:
+        """Map the first `n_tokens` tokens of one state file as the next positions."""
+        capacity = file_capacity(path, self.dim)
         if capacity < n_tokens:
             raise CorruptStoreError(
-                f"state file {self.path} holds {capacity} tokens but the index has committed "
+                f"state file {path} holds {capacity} tokens but the index has committed "
                 f"{n_tokens}: the file is truncated"
             )
-        if capacity == 0:
-            self._data = np.zeros((dim, 0), dtype=DTYPE)
-        else:
-            self._data = np.memmap(self.path, dtype=DTYPE, mode="r", shape=(dim, capacity))
+        if n_tokens == 0:
+            return
+        data = np.memmap(path, dtype=DTYPE, mode="r", shape=(self.dim, capacity))
+        self._parts.append((self.n_tokens, data[:, :n_tokens]))
+        self.n_tokens += n_tokens
 
     def __repr__(self) -> str:
-        return f"StateStore({self.name!r}, dim={self.dim}, n_tokens={self.n_tokens})"
+        return (f"StateStore({self.name!r}, dim={self.dim}, n_tokens={self.n_tokens}, "
+                f"segments={len(self._parts)})")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,12 +103,20 @@ class StateStore:
         return (self.dim, self.n_tokens)
 
     @property
+    def segments(self) -> list[tuple[int, int]]:
+        """[start, end) positions of each stored segment, in order."""
+        return [(start, start + part.shape[1]) for start, part in self._parts]
+
+    @property
     def columns(self) -> np.ndarray:
-        """All columns as a (dim, n_tokens) float16 memory-mapped view."""
-        return self._data[:, : self.n_tokens]
+        """All columns as (dim, n_tokens) float16: a memory-mapped view for one segment, a
+        copy of every state otherwise (prefer `block` or `pieces` on large indexes)."""
+        if len(self._parts) == 1:
+            return self._parts[0][1]
+        return self.block(slice(None), 0, self.n_tokens)
 
     def tokens_by_units(self) -> np.ndarray:
-        """The states as a (n_tokens, dim) float16 memory-mapped view (a transpose, no copy)."""
+        """The states as a (n_tokens, dim) float16 array (a transposed view of `columns`)."""
         return self.columns.T
 
     def check_unit(self, unit: int) -> int:
@@ -104,20 +136,46 @@ class StateStore:
             )
         return start, end
 
+    def pieces(self, unit: int) -> list[tuple[int, np.ndarray]]:
+        """Unit `unit` as (first position, contiguous float16 view) per segment, in order."""
+        unit = self.check_unit(unit)
+        return [(start, part[unit]) for start, part in self._parts]
+
     def column(self, unit: int) -> np.ndarray:
-        """Unit `unit` at every token: float16 (n_tokens,), a contiguous memory-mapped view."""
-        return self._data[self.check_unit(unit), : self.n_tokens]
+        """Unit `unit` at every token: float16 (n_tokens,), a memory-mapped view when the
+        index has one segment, else a copy."""
+        parts = self.pieces(unit)
+        if len(parts) == 1:
+            return parts[0][1]
+        if not parts:
+            return np.zeros(0, dtype=DTYPE)
+        return np.concatenate([view for _, view in parts])
+
+    def _overlapping(self, start: int, end: int) -> list[tuple[int, int, np.ndarray]]:
+        """(a, b, part) for each segment overlapping [start, end): local positions [a, b)."""
+        out = []
+        for first, part in self._parts:
+            a, b = max(start - first, 0), min(end - first, part.shape[1])
+            if a < b:
+                out.append((a, b, part))
+        return out
 
     def block(self, units: Sequence[int] | slice, start: int, end: int) -> np.ndarray:
         """Units x tokens [start, end): a float16 (len(units), end - start) copy."""
         start, end = self.check_span(start, end)
-        if isinstance(units, slice):
-            return np.array(self._data[units, start:end])
-        rows = np.asarray(units, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.dim):
-            bad = rows[(rows < 0) | (rows >= self.dim)][0]
-            raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
-        return self._data[rows, start:end]
+        if not isinstance(units, slice):
+            rows = np.asarray(units, dtype=np.int64).reshape(-1)
+            if rows.size and (rows.min() < 0 or rows.max() >= self.dim):
+                bad = rows[(rows < 0) | (rows >= self.dim)][0]
+                raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
+            units = rows
+        pieces = [np.array(part[units, a:b]) for a, b, part in self._overlapping(start, end)]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            n_units = len(range(self.dim)[units]) if isinstance(units, slice) else len(units)
+            return np.zeros((n_units, 0), dtype=DTYPE)
+        return np.concatenate(pieces, axis=1)
 
     def vectors(self, positions: Sequence[int]) -> np.ndarray:
         """Full state vectors at token `positions`: float16 (len(positions), dim)."""
@@ -125,7 +183,12 @@ class StateStore:
         if pos.size and (pos.min() < 0 or pos.max() >= self.n_tokens):
             bad = pos[(pos < 0) | (pos >= self.n_tokens)][0]
             raise ValueError(f"position {bad} out of range: the index has tokens 0..{self.n_tokens - 1}")
-        return np.ascontiguousarray(self._data[:, pos].T)
+        out = np.empty((pos.size, self.dim), dtype=DTYPE)
+        for first, part in self._parts:
+            inside = np.flatnonzero((pos >= first) & (pos < first + part.shape[1]))
+            if inside.size:
+                out[inside] = part[:, pos[inside] - first].T
+        return out
 
 
 # --- writing -----------------------------------------------------------------------------

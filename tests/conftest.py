@@ -4,7 +4,7 @@
 - `tiny_model_path`: a 2-layer LSTM (embed 8, hidden 12, char tokenizer) with hand-seeded
   random weights, scaled up so that units saturate and thresholds mean something.
 - `tiny_index_path` / `tiny_index`: that model's h and c states of every layer over the corpus,
-  written in several shards.
+  written in several segments.
 - `shared`: the web app's per-server `Shared` over the tiny index (one per test module);
   `named`, `analysis_view`: find a Bokeh model by name, show an analysis tab.
 - `states_only_index`: an index of stored states, which has no model.
@@ -25,8 +25,8 @@ from lstmsearch.tokenize import train_tokenizer
 
 TINY_DOCS = 40
 TINY_SHARD_TOKENS = 600
-TINY_SHARD = {"shard_tokens": TINY_SHARD_TOKENS, "shard_docs": 1}
-"""Small shards, so that the tiny index has several."""
+TINY_SHARD = {"segment_tokens": TINY_SHARD_TOKENS, "segment_docs": 1}
+"""Small segments, so that the tiny index has several."""
 
 
 @contextmanager
@@ -139,3 +139,25 @@ def states_only_index(folder: Path):
     index_states(folder / "tokens.txt", {"layers.0.h": folder / "h.npy"}, folder / "index",
                  progress=False)
     return open_index(folder / "index")
+
+
+def edit_segment_rows(index_path: Path, sql: str, params: list | None = None) -> None:
+    """Run `sql` on the row database of every segment of an index and record the changed
+    files' new sizes and checksums, as if the index had been built that way."""
+    import duckdb
+
+    from indexer.segment import file_sha256
+
+    con = duckdb.connect(str(index_path / "index.duckdb"))
+    try:
+        rows = con.execute("SELECT path FROM files WHERE kind = 'rows'").fetchall()
+        for (rel,) in rows:
+            seg = duckdb.connect(str(index_path / rel))
+            seg.execute(sql, params or [])
+            seg.execute("CHECKPOINT")
+            seg.close()
+            target = index_path / rel
+            con.execute("UPDATE files SET bytes = ?, sha256 = ? WHERE path = ?",
+                        [target.stat().st_size, file_sha256(target), rel])
+    finally:
+        con.close()

@@ -7,10 +7,10 @@ import math
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
+from conftest import edit_segment_rows
 
 from indexer.annotate import annotate_index
 from lstmsearch.analysis.surprisal import (
@@ -26,7 +26,7 @@ from lstmsearch.analysis.surprisal import (
     worst_spans,
     worst_tokens,
 )
-from lstmsearch.index import DB_FILE, open_index
+from lstmsearch.index import open_index
 from lstmsearch.models import LanguageModel, ModelConfig, load_model
 
 NAN = float("nan")
@@ -110,8 +110,7 @@ def test_compute_surprisal_equals_the_model_cross_entropy():
 def index_copy(source: Path, out: Path, surprisal: np.ndarray | None) -> Path:
     """A copy of an index whose surprisal track holds `surprisal` (None: it has none)."""
     shutil.copytree(source, out)
-    with duckdb.connect(str(out / DB_FILE)) as con:
-        con.execute("DELETE FROM tracks WHERE name = ?", [SURPRISAL_TRACK])
+    edit_segment_rows(out, "DELETE FROM tracks WHERE name = ?", [SURPRISAL_TRACK])
     if surprisal is not None:
         values = out.parent / f"{out.name}-surprisal.npy"
         np.save(values, surprisal)

@@ -41,10 +41,12 @@ def test_info_describes_the_index(tiny_index, tiny_corpus):
     assert info.n_tokens == sum(len(d.text) for d in tiny_corpus.documents)  # char tokenizer
     assert [s.name for s in info.states] == ["layers.0.h", "layers.0.c", "layers.1.h", "layers.1.c"]
     assert all(s.dim == 12 for s in info.states)
-    assert info.n_shards > 2 and info.n_shards_committed == info.n_shards
+    assert len(info.segments) > 2 and info.manifest_version == 1
+    assert sum(s["tokens"] for s in info.segments) == info.n_tokens
     assert info.bytes_per_token_unit == pytest.approx(2.0)
     assert info.model["arch"] == "lstm" and len(info.model["sha256"]) == 64
-    assert set(info.sizes) == {"database", "states", "faiss", "model", "total"}
+    assert set(info.sizes) == {"database", "states", "faiss", "rows", "statistics", "model",
+                               "total"}
     text = info.summary()
     for fact in ("documents", "tokens", "layers.1.c (12)", "disk", "built"):
         assert fact in text
@@ -73,7 +75,12 @@ def test_stored_states_equal_fresh_extraction(tiny_index, tiny_model_path, tiny_
 def test_states_are_memory_mapped_tokens_by_units(tiny_index):
     states = tiny_index.states(1, "c")
     assert states.shape == (tiny_index.n_tokens, 12)
-    assert isinstance(states.base, np.memmap) or isinstance(states, np.memmap)
+    store = tiny_index.store(1, "c")
+    assert len(store.segments) == len(tiny_index.segments) > 2
+    for (start, view), (a, b) in zip(store.pieces(5), store.segments, strict=True):
+        assert isinstance(view.base, np.memmap) or isinstance(view, np.memmap)
+        assert view.flags.c_contiguous and start == a and len(view) == b - a
+        np.testing.assert_array_equal(view, states[a:b, 5])
     assert tiny_index.store("layers.1.c") is tiny_index.store(1, "c")
     np.testing.assert_array_equal(states[:, 5], tiny_index.store(1, "c").column(5))
     with pytest.raises(ValueError, match=r"layers\.2\.h is not in this index"):
@@ -245,8 +252,9 @@ def test_unknown_format_version_is_refused(tiny_index_path, tmp_path):
 def test_half_written_index_is_refused_unless_partial(tiny_index_path, tmp_path):
     path = copy_index(tiny_index_path, tmp_path)
     execute(path, "UPDATE meta SET value = 'building' WHERE key = 'status'")
-    execute(path, "UPDATE shards SET committed = false WHERE shard >= 2")
-    execute(path, "DELETE FROM documents WHERE doc >= (SELECT doc_start FROM shards WHERE shard = 2)")
+    execute(path, "UPDATE segments SET state = 'pending' WHERE segment < 2")
+    execute(path, "UPDATE segments SET state = 'planned' WHERE segment >= 2")
+    execute(path, "DELETE FROM files WHERE segment >= 2")
     with pytest.raises(IncompleteIndexError, match="--resume"):
         open_index(path)
     with open_index(path, allow_partial=True) as partial, open_index(tiny_index_path) as full:
@@ -259,7 +267,7 @@ def test_half_written_index_is_refused_unless_partial(tiny_index_path, tmp_path)
                                     "no meta", "missing state"])
 def test_corrupted_index_is_refused(tiny_index_path, tmp_path, damage):
     path = copy_index(tiny_index_path, tmp_path)
-    state = path / "states" / "layers.1.c.f16"
+    state = path / "segments" / "seg-000001" / "layers.1.c.f16"
     if damage == "truncate state":
         with open(state, "r+b") as f:
             f.truncate(state.stat().st_size - 24)

@@ -165,10 +165,10 @@ def test_bad_tokens_files(tmp_path):
 
 
 def test_a_failure_midway_leaves_no_half_index(data, monkeypatch):
-    def broken(self, writer, base_seconds):
+    def broken(writer, merged, seconds):
         raise OSError("disk full")
 
-    monkeypatch.setattr(states_module.Job, "finalize", broken)
+    monkeypatch.setattr(states_module, "write_stats_and_publish", broken)
     out = data["dir"] / "idx"
     with pytest.raises(OSError, match="disk full"):
         index_states(data["tokens"], data["states"], out, progress=False)

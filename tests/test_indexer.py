@@ -15,7 +15,8 @@ from conftest import TINY_SHARD, TINY_SHARD_TOKENS, make_tiny_model, tiny_parens
 
 from indexer.annotate import annotate_index
 from indexer.build import build_index
-from indexer.writer import BuildError, plan_shards
+from indexer.segment import plan_segments
+from indexer.writer import BuildError
 from lstmsearch.cli import main
 from lstmsearch.corpus import Corpus, Document
 from lstmsearch.extract import extract
@@ -23,40 +24,61 @@ from lstmsearch.index import IncompleteIndexError, open_index
 from lstmsearch.models import LanguageModel, ModelConfig, load_model, save_checkpoint
 from lstmsearch.tokenize import train_tokenizer
 
-COMPARED_TABLES = {
+SNAPSHOT_TABLES = {
     "documents": "doc", "tokens": "pos", "vocab": "token_id", "layers": "seq",
     "tracks": "name, pos", "unit_stats": "layer, kind, unit",
     "unit_on": "layer, kind, unit, threshold", "unit_top": "layer, kind, unit, lowest, rank",
-    "faiss_indexes": "name",
+    "faiss_indexes": "name, segment",
+}
+"""What an index answers from: its tables as a reader sees them."""
+MANIFEST_TABLES = {
+    "segments": "segment",
+    "files": "path",
 }
 VOLATILE_META = {"created_at", "updated_at", "build_seconds", "model_source", "corpus"}
+VOLATILE_COLUMNS = {"faiss_indexes": "seconds", "segments": "seconds",
+                    "files": "sha256"}  # rows.duckdb files differ in bytes, not in rows
 
 
 class Interrupted(Exception):
     pass
 
 
-def snapshot(path: Path, shards: bool = True) -> dict:
-    """Everything an index holds that must not depend on how the build was run."""
-    con = duckdb.connect(str(path / "index.duckdb"), read_only=True)
+def snapshot(path: Path, layout: bool = True) -> dict:
+    """Everything an index holds that must not depend on how the build was run: every row a
+    reader sees and, with `layout`, the manifest and the bytes of every file but the row
+    databases (whose rows are compared instead). Without `layout`, only what queries answer
+    from: the rows, the merged statistics and the stored states."""
     out = {}
-    for table, order in COMPARED_TABLES.items():
-        columns = "* EXCLUDE (seconds)" if table == "faiss_indexes" else "*"
-        out[table] = con.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
+    with open_index(path) as index:
+        for table, order in SNAPSHOT_TABLES.items():
+            if table == "faiss_indexes" and not layout:
+                continue
+            exclude = " EXCLUDE (seconds)" if table == "faiss_indexes" else ""
+            out[table] = index.sql(f"SELECT *{exclude} FROM {table} ORDER BY {order}").rows
+        for name in index.state_names:
+            out[f"states {name}"] = np.asarray(index.states(name)).tobytes()
+    con = duckdb.connect(str(path / "index.duckdb"), read_only=True)
     out["meta"] = sorted(r for r in con.execute("SELECT * FROM meta").fetchall()
-                         if r[0] not in VOLATILE_META)
-    if shards:
-        out["shards"] = con.execute("SELECT * EXCLUDE (seconds) FROM shards ORDER BY shard").fetchall()
+                         if r[0] not in VOLATILE_META | ({"manifest_version", "next_segment"}
+                                                         if not layout else set()))
+    if layout:
+        for table, order in MANIFEST_TABLES.items():
+            rows = con.execute(f"SELECT * EXCLUDE ({VOLATILE_COLUMNS[table]}) FROM {table} "
+                               f"WHERE {'true' if table != 'files' else 'kind <> ?'} "
+                               f"ORDER BY {order}", [] if table != "files" else ["rows"])
+            out[table] = rows.fetchall()
     con.close()
-    for folder in ("states", "faiss"):
-        for f in sorted((path / folder).iterdir()):
-            out[f"{folder}/{f.name}"] = f.read_bytes()
+    if layout:
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and f.name not in ("rows.duckdb", "index.duckdb", "write.lock"):
+                out[str(f.relative_to(path))] = f.read_bytes()
     out["model.pt"] = (path / "model.pt").read_bytes()
     return out
 
 
-def assert_same_index(a: Path, b: Path, shards: bool = True) -> None:
-    left, right = snapshot(a, shards), snapshot(b, shards)
+def assert_same_index(a: Path, b: Path, layout: bool = True) -> None:
+    left, right = snapshot(a, layout), snapshot(b, layout)
     assert left.keys() == right.keys()
     for key in left:
         assert left[key] == right[key], f"{key} differs"
@@ -81,12 +103,15 @@ def annotated(tmp_path, tiny_index_path):
     return path
 
 
-def test_plan_shards_groups_whole_documents():
-    shards = plan_shards([5, 5, 5, 20, 1, 1], 10, 1, first_shard=3, first_doc=7, first_token=100)
-    assert [(s.shard, s.doc_start, s.doc_end, s.tok_start, s.tok_end) for s in shards] == [
+def test_plan_segments_groups_whole_documents():
+    plans = plan_segments([5, 5, 5, 20, 1, 1], 10, 1, first_number=3, first_doc=7,
+                          first_token=100)
+    assert [(s.number, s.doc_start, s.doc_end, s.tok_start, s.tok_end) for s in plans] == [
         (3, 7, 9, 100, 110), (4, 9, 11, 110, 135), (5, 11, 13, 135, 137)]
-    shards = plan_shards([5, 5, 5, 20, 1, 1], 10, 3, first_shard=0, first_doc=0, first_token=0)
-    assert [(s.doc_start, s.doc_end) for s in shards] == [(0, 3), (3, 6)]
+    assert plans[0].name == "seg-000003"
+    plans = plan_segments([5, 5, 5, 20, 1, 1], 10, 3, first_number=0, first_doc=0,
+                          first_token=0)
+    assert [(s.doc_start, s.doc_end) for s in plans] == [(0, 3), (3, 6)]
 
 
 def test_build_is_deterministic(reference, tmp_path, tiny_corpus, tiny_model_path):
@@ -98,16 +123,17 @@ def test_interrupted_build_resumes_to_the_same_index(tmp_path, tiny_corpus, tiny
                                                      reference):
     out = tmp_path / "index"
 
-    def stop_after_two(shard: int) -> None:
-        if shard == 1:
+    def stop_after_two(segment: int) -> None:
+        if segment == 1:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False, on_shard=stop_after_two)
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False,
+                    on_segment=stop_after_two)
     with pytest.raises(IncompleteIndexError, match="--resume"):
         open_index(out)
     with open_index(out, allow_partial=True) as partial, open_index(reference) as full:
-        assert partial.n_shards_committed == 2
+        assert len(partial.segments) == 2
         assert 0 < partial.n_tokens < full.n_tokens
         assert partial.n_docs == len(partial.documents()) < full.n_docs
         for name in full.state_names:
@@ -137,32 +163,35 @@ def kill_on(n):
     calls["n"] += 1
     if calls["n"] == n:
         os.kill(os.getpid(), signal.SIGKILL)
-if where == "mid-shard":      # states of shard 3 written, its rows not committed
-    real_flush = store.StateWriter.flush
-    def flush(self):
-        real_flush(self)
-        kill_on(4 * 2 + 1)
-    store.StateWriter.flush = flush
-elif where == "finalize":     # some FAISS files written, statistics not committed
-    real_faiss = build.build_faiss
+import indexer.segment as segment
+if where == "mid-segment":    # states of segment 2 written, its FAISS half done, not listed
+    real_faiss = segment.build_faiss
     def faiss(*a, **k):
         result = real_faiss(*a, **k)
-        kill_on(2)
+        kill_on(4 * 2 + 2)
         return result
-    build.build_faiss = faiss
+    segment.build_faiss = faiss
+elif where == "renamed":      # segment 1 complete on disk, not listed in the manifest
+    real_add = build.IndexWriter.add_segment
+    def add(self, *a, **k):
+        kill_on(2)
+        return real_add(self, *a, **k)
+    build.IndexWriter.add_segment = add
+elif where == "finalize":     # merged statistics written, not published
+    real_publish = build.IndexWriter.publish
+    def publish(self, *a, **k):
+        kill_on(1)
+    build.IndexWriter.publish = publish
 elif where == "plan":         # schema committed, plan not
-    real_plan = build.IndexWriter.plan
     def plan(self, *a, **k):
-        self.con.execute("BEGIN TRANSACTION")
-        self.con.execute("INSERT INTO shards VALUES (0, 0, 1, 0, 10, false, NULL)")
         kill_on(1)
     build.IndexWriter.plan = plan
-build.build_index(tiny_parens(), {model!r}, {out!r}, shard_tokens={shard_tokens}, shard_docs=1,
-                  progress=False)
+build.build_index(tiny_parens(), {model!r}, {out!r}, segment_tokens={shard_tokens},
+                  segment_docs=1, progress=False)
 """
 
 
-@pytest.mark.parametrize("where", ["mid-shard", "finalize", "plan"])
+@pytest.mark.parametrize("where", ["mid-segment", "renamed", "finalize", "plan"])
 def test_killed_build_resumes_to_the_same_index(tmp_path, tiny_model_path, reference, where):
     out = tmp_path / "index"
     root = str(Path(__file__).resolve().parents[1])
@@ -190,7 +219,7 @@ def test_append_equals_building_once(tmp_path, tiny_corpus, tiny_model_path, ref
     result = build_index(rest, None, out, append=True, progress=False)
     assert result.mode == "append" and result.new_docs == len(docs) - 15
     assert result.n_docs == len(docs)
-    assert_same_index(out, reference, shards=False)
+    assert_same_index(out, reference, layout=False)
     with open_index(out) as index:
         assert "parens + parens" in index.info().corpus
 
@@ -223,7 +252,7 @@ def test_stored_surprisal_is_the_models_next_token_loss(reference, tiny_model_pa
     assert_stored_surprisal(reference, load_model(tiny_model_path).model)
     with open_index(reference) as index:
         assert index.meta["surprisal"] == "true"
-        assert index.n_shards > 3  # the track was committed shard by shard
+        assert len(index.segments) > 3  # the track was written segment by segment
 
 
 def test_surprisal_can_be_left_out_and_append_keeps_the_choice(tmp_path, tiny_corpus,
@@ -258,7 +287,8 @@ def test_append_refuses_another_model_and_incomplete_index(tmp_path, tiny_corpus
         build_index(tiny_corpus, other, annotated, append=True, progress=False)
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
-        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False, on_shard=lambda s: (_ for _ in ()).throw(Interrupted()))
+        build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False,
+                    on_segment=lambda s: (_ for _ in ()).throw(Interrupted()))
     with pytest.raises(BuildError, match="--resume"):
         build_index(tiny_corpus, None, out, append=True, progress=False)
 
