@@ -408,7 +408,7 @@ def add_import_lstmvis(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import_lstmvis(args: argparse.Namespace) -> None:
-    from lstmsearch.lstmvis import import_lstmvis
+    from indexer.lstmvis import import_lstmvis
 
     result = import_lstmvis(args.project, args.out, doc_boundary=args.doc_boundary,
                             faiss=not args.no_faiss)
@@ -434,7 +434,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from lstmsearch.export import export_index
+    from indexer.export import export_index
 
     result = export_index(args.index, args.out, format=args.format, states=args.states,
                           dtype=args.dtype)

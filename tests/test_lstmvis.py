@@ -17,12 +17,12 @@ yaml = pytest.importorskip("yaml")
 
 from indexer import states as states_module  # noqa: E402
 from indexer.build import build_index  # noqa: E402
+from indexer.export import ExportError, export_index  # noqa: E402
+from indexer.lstmvis import ProjectError, import_lstmvis, read_dict  # noqa: E402
 from indexer.writer import BuildError  # noqa: E402
 from lstmsearch.cli import main  # noqa: E402
 from lstmsearch.corpus import Corpus, Document  # noqa: E402
-from lstmsearch.export import ExportError, export_index  # noqa: E402
 from lstmsearch.index import open_index  # noqa: E402
-from lstmsearch.lstmvis import ProjectError, import_lstmvis, read_dict  # noqa: E402
 from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint  # noqa: E402
 from lstmsearch.query import match, select  # noqa: E402
 from lstmsearch.tokenize import train_tokenizer  # noqa: E402
@@ -430,7 +430,7 @@ def test_export_refuses_a_non_empty_target(tiny_index, tmp_path):
 def test_missing_h5py_says_how_to_install_it(monkeypatch, tmp_path):
     import sys
 
-    from lstmsearch.lstmvis import require_h5py
+    from indexer.lstmvis import require_h5py
 
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ProjectError, match=r"pip install 'lstmsearch\[hdf5\]'"):

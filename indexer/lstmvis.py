@@ -57,6 +57,15 @@ from typing import Any
 import numpy as np
 
 from indexer.annotate import Track
+from indexer.blocks import (
+    ExportResult,
+    files_below,
+    progress_bar,
+    staged_directory,
+    state_block,
+    token_blocks,
+    track_columns,
+)
 from indexer.build import BuildResult
 from indexer.nearest import EXACT_LIMIT
 from indexer.states import (
@@ -69,15 +78,6 @@ from indexer.states import (
     write_index,
 )
 from indexer.writer import BuildError
-from lstmsearch.export import (
-    ExportResult,
-    files_below,
-    progress_bar,
-    staged_directory,
-    state_block,
-    token_blocks,
-    track_columns,
-)
 from lstmsearch.extract import GRU_GATES, LSTM_GATES, parse_state_name
 from lstmsearch.index import Index
 

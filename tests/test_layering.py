@@ -1,0 +1,68 @@
+"""Imports run one way: library modules never import the indexer or the server (only the
+entry points do), and no two modules of the library import each other, directly or not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = {"lstmsearch.cli", "lstmsearch.serve"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Modules imported anywhere in a file (functions included), except for type checking."""
+    found: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(a.name for a in node.names)
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return found
+
+
+def library_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in (ROOT / "lstmsearch").rglob("*.py")}
+    return {name: {d for d in imports_of(path) if d in files and d != name}
+            for name, path in files.items()}
+
+
+def test_the_library_imports_neither_indexer_nor_server():
+    for path in (ROOT / "lstmsearch").rglob("*.py"):
+        name = module_name(path)
+        if name in ENTRY_POINTS:
+            continue
+        wrong = sorted(d for d in imports_of(path) if d.split(".")[0] in ("indexer", "server"))
+        assert not wrong, f"{name} imports {wrong}"
+
+
+def test_no_import_cycle_in_the_library():
+    graph = library_graph()
+
+    def reachable(start: str) -> set[str]:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in graph.get(stack.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return seen
+
+    cycles = sorted(name for name in graph if name in reachable(name) and name != "lstmsearch")
+    assert not cycles, f"modules on an import cycle: {cycles}"
