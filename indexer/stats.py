@@ -321,13 +321,30 @@ def save_partials(path, parts: dict[str, PartialStats]) -> None:
                 info = zipfile.ZipInfo(f"{name}/{field}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 with archive.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.ascontiguousarray(getattr(p, field)),
+                    np.lib.format.write_array(f, compact_dtype(field, getattr(p, field)),
                                               allow_pickle=False)
+
+
+def compact_dtype(field: str, values: np.ndarray) -> np.ndarray:
+    """Counts and positions in the narrowest unsigned type that holds them (most histogram
+    counts of a segment are small), everything else as it is."""
+    values = np.ascontiguousarray(values)
+    if field in ("counts", "ptr", "top_pos", "bottom_pos") and values.size:
+        if values.min() >= 0:
+            for dtype in (np.uint8, np.uint16, np.uint32):
+                if values.max() <= np.iinfo(dtype).max:
+                    return values.astype(dtype)
+    return values
+
+
+WIDE = {"ptr": np.int64, "keys": np.uint16, "counts": np.int64, "top_pos": np.int64,
+        "top_value": np.float32, "bottom_pos": np.int64, "bottom_value": np.float32}
 
 
 def load_partials(path) -> dict[str, PartialStats]:
     """Read a segment's partial statistics (plain arrays only: no pickle)."""
     with np.load(path, allow_pickle=False) as data:
         names = sorted({key.rsplit("/", 1)[0] for key in data.files})
-        return {name: PartialStats(**{f: data[f"{name}/{f}"] for f in PARTIAL_FIELDS})
+        return {name: PartialStats(**{f: data[f"{name}/{f}"].astype(WIDE[f])
+                                      for f in PARTIAL_FIELDS})
                 for name in names}
