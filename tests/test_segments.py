@@ -321,3 +321,33 @@ def test_compact_cli(tmp_path, appended, capsys):
     assert main(["compact", str(path), "--max-segments", "3"]) == 0
     assert "-> 3" in capsys.readouterr().out
 
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merged_partial_statistics_equal_one_scan(tmp_path, seed):
+    from indexer.stats import merge_partials, partial_stats, stats_of, unit_stats
+    from lstmsearch.store import StateStore, StateWriter, to_stored
+
+    rng = np.random.default_rng(seed)
+    n, dim = 3000, 5
+    values = np.stack([
+        rng.choice([-1.0, -0.0, 0.0, 0.5, 1.0], size=n),  # heavy ties across segments
+        rng.standard_normal(n) * 3,
+        np.where(rng.random(n) < 0.5, -0.0, 0.0),
+        rng.standard_normal(n) * 1e5,  # clipped to float16's range
+        np.linspace(-2, 2, n),
+    ], axis=1).astype(np.float32)
+    writer = StateWriter.create(tmp_path / "s.f16", dim, n)
+    writer.write(0, to_stored(values))
+    writer.close()
+    whole = unit_stats(StateStore(tmp_path / "s.f16", "layers.0.h", 0, "h", dim, n), k=100)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=6, replace=False))
+    bounds = [0, *cuts.tolist(), n]
+    columns = StateStore(tmp_path / "s.f16", "layers.0.h", 0, "h", dim, n).columns
+    parts = [partial_stats(np.array(columns[:, a:b]), a, k=100)
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    merged = stats_of(merge_partials(parts[:3] + [merge_partials(parts[3:])]), k=100)
+    for field in ("mean", "std", "min", "max", "quantiles", "on_fraction", "top_pos",
+                  "top_value", "bottom_pos", "bottom_value"):
+        np.testing.assert_array_equal(getattr(merged, field), getattr(whole, field),
+                                      err_msg=field)
