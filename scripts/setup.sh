@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with everything lstmsearch needs.
 #   bash scripts/setup.sh          # the tool itself
-#   bash scripts/setup.sh --test   # plus what the tests need (pytest, Selenium, Chromium)
+#   bash scripts/setup.sh --test   # plus what the tests need (pytest, Selenium, Chromium, Ray)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 
 if [ "$want_test" = 1 ]; then
-    "${pip[@]}" -e ".[test,hdf5]"
+    "${pip[@]}" -e ".[test,hdf5,ray]"
 else
     "${pip[@]}" -e .
 fi
