@@ -31,11 +31,17 @@ import torch
 
 from indexer.nearest import EXACT_LIMIT, build_faiss
 from indexer.stats import partial_stats, save_partials
-from lstmsearch.index import SEGMENTS_DIR, segment_file, sql_path
-from lstmsearch.store import StateStore, StateWriter
+from lstmsearch.index import (
+    SEGMENT_ROWS,
+    SEGMENT_STATS,
+    SEGMENTS_DIR,
+    segment_file,
+    sql_path,
+)
+from lstmsearch.store import StateStore, StateWriter, column_checksums
 
-ROWS_FILE = "rows.duckdb"
-STATS_FILE = "stats.npz"
+ROWS_FILE = SEGMENT_ROWS
+STATS_FILE = SEGMENT_STATS
 HASH_BLOCK = 1 << 22
 
 SEGMENT_SCHEMA = [
@@ -250,7 +256,8 @@ class SegmentWriter:
         }
         if partials is None:
             partials = {name: partial_stats(s.columns, plan.tok_start) for name, s in stores.items()}
-        save_partials(self.tmp / STATS_FILE, dict(partials))
+        save_partials(self.tmp / STATS_FILE, dict(partials),
+                      {name: column_checksums(s.columns) for name, s in stores.items()})
         faiss_rows = []
         if faiss:
             for name, store in stores.items():

@@ -206,6 +206,8 @@ class PartialStats:
         return out
 
 
+CHECKSUM_FIELD = "column_crc32"
+"""Entry of a segment's stats.npz holding the CRC-32 of each unit's column of a state."""
 PARTIAL_FIELDS = ("ptr", "keys", "counts", "top_pos", "top_value", "bottom_pos", "bottom_value")
 
 
@@ -307,7 +309,8 @@ def stats_of(part: PartialStats, k: int = TOP_K) -> UnitStats:
                      bottom_pos=part.bottom_pos[:, :kk], bottom_value=part.bottom_value[:, :kk])
 
 
-def save_partials(path, parts: dict[str, PartialStats]) -> None:
+def save_partials(path, parts: dict[str, PartialStats],
+                  checksums: dict[str, np.ndarray] | None = None) -> None:
     """Write the partial statistics of every state of a segment to one `.npz` file.
 
     Written entry by entry with a fixed timestamp, so equal statistics give equal bytes
@@ -323,6 +326,12 @@ def save_partials(path, parts: dict[str, PartialStats]) -> None:
                 with archive.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, compact_dtype(field, getattr(p, field)),
                                               allow_pickle=False)
+        for name, values in sorted((checksums or {}).items()):
+            info = zipfile.ZipInfo(f"{name}/{CHECKSUM_FIELD}.npy",
+                                   date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(values, np.uint32), allow_pickle=False)
 
 
 def compact_dtype(field: str, values: np.ndarray) -> np.ndarray:

@@ -108,6 +108,8 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=L.COUNT, default=None, help="index only the first N documents")
     p.add_argument("--segment-tokens", type=int, default=None,
                    help="least tokens per segment (default 65536; whole documents)")
+    p.add_argument("--segment-docs", type=L.COUNT, default=None,
+                   help="least documents per segment (default: 4 per lane of the model)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
     p.add_argument("--no-surprisal", action="store_true",
@@ -148,7 +150,8 @@ def run_index(args: argparse.Namespace) -> None:
         result = build_with_ray(
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
-            segment_tokens=args.segment_tokens, faiss=not args.no_faiss,
+            segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
+            faiss=not args.no_faiss,
             surprisal=not args.no_surprisal, address=args.address, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker,
         )
@@ -158,7 +161,8 @@ def run_index(args: argparse.Namespace) -> None:
         result = build_index(
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
-            segment_tokens=args.segment_tokens, device=args.device, faiss=not args.no_faiss,
+            segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
+            device=args.device, faiss=not args.no_faiss,
             surprisal=not args.no_surprisal,
         )
     if args.json:

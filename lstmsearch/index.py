@@ -36,8 +36,10 @@ import math
 import re
 import threading
 import time
+import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,8 @@ STATS_DIR = "stats"
 ANNOTATIONS_DIR = "annotations"
 MODEL_FILE = "model.pt"
 SEGMENT_ROWS = "rows.duckdb"
+SEGMENT_STATS = "stats.npz"
+CHECKSUM_SUFFIX = "/column_crc32"
 SURPRISAL_TRACK = "surprisal"
 """The track in which an index stores each token's surprisal under its model (nats)."""
 
@@ -589,6 +593,7 @@ class Index:
             for i in order
         )
         by_path = {f.path: f for f in self.files}
+        checksums = {s.segment: self._column_checksums(s) for s in self.segments}
         self._stores: dict[str, StateStore] = {}
         for info in self.state_infos:
             parts = []
@@ -598,16 +603,14 @@ class Index:
                     raise IndexOpenError(
                         f"index {self.path} is damaged: the manifest lists no {rel}"
                     )
-                parts.append((self.path / rel, s.n_tokens))
+                parts.append((self.path / rel, s.n_tokens, checksums[s.segment].get(info.name)))
             try:
                 self._stores[info.name] = StateStore.of_segments(
                     info.name, info.layer, info.kind, info.dim, parts)
             except CorruptStoreError as exc:
                 raise IndexOpenError(f"index {self.path} is damaged: {exc}") from exc
         self._con = self._snapshot_database(tables)
-        starts = self._con.execute(
-            "SELECT tok_start, tok_end FROM documents ORDER BY doc"
-        ).fetchnumpy()
+        starts = self._fetchnumpy("SELECT tok_start, tok_end FROM documents ORDER BY doc")
         self.doc_starts = np.concatenate(
             [starts["tok_start"].astype(np.int64), starts["tok_end"][-1:].astype(np.int64)]
         ) if len(starts["tok_start"]) else np.zeros(1, dtype=np.int64)
@@ -618,6 +621,21 @@ class Index:
                 f"{self.doc_starts[-1]} but its segments at {self.n_tokens}"
             )
         self.doc_starts.setflags(write=False)
+
+    def _column_checksums(self, segment: SegmentInfo) -> dict[str, np.ndarray]:
+        """The per-unit column checksums a segment recorded in its stats.npz (plain arrays,
+        no pickle), by state name."""
+        rel = f"{SEGMENTS_DIR}/{segment.name}/{SEGMENT_STATS}"
+        path = self.path / rel
+        if not path.is_file():
+            raise DamagedFileError(f"index {self.path} is damaged: {rel} is missing")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key[: -len(CHECKSUM_SUFFIX)]: data[key].astype(np.uint32)
+                        for key in data.files if key.endswith(CHECKSUM_SUFFIX)}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise DamagedFileError(f"index {self.path} is damaged: {rel} cannot be read "
+                                   f"({exc})") from exc
 
     def _snapshot_database(self, tables: dict[str, dict[str, np.ndarray]]
                            ) -> duckdb.DuckDBPyConnection:
@@ -734,12 +752,28 @@ class Index:
         return self._con.execute(sql, params or [])
 
     def _fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._reading():
             return self._query(sql, params).fetchall()
 
     def _fetchnumpy(self, sql: str, params: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
-        with self._lock:
+        with self._lock, self._reading():
             return self._query(sql, params).fetchnumpy()
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn DuckDB's errors about unreadable storage into a one-line error that says the
+        index is damaged (what DuckDB found is kept as the cause)."""
+        try:
+            yield
+        except (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException,
+                duckdb.InvalidInputException, duckdb.ConversionException):
+            raise  # a query or value of ours, not the storage
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DamagedFileError(
+                f"index {self.path} is damaged: a row file cannot be read ({first}); run "
+                f"`lstmsearch verify {self.path}` to name it, and rebuild the index"
+            ) from exc
 
     def _check_span(self, start: int, end: int) -> tuple[int, int]:
         start, end = int(start), int(end)

@@ -13,6 +13,7 @@ here, and values beyond float16's range are clipped to +-65504 rather than becom
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,15 @@ STATE_SUFFIX = ".f16"
 
 class CorruptStoreError(ValueError):
     """A state file that is missing, truncated or the wrong shape for its index."""
+
+
+class DamagedColumnError(CorruptStoreError):
+    """A unit column whose bytes do not match the checksum recorded when it was written."""
+
+
+def column_checksums(columns: np.ndarray) -> np.ndarray:
+    """CRC-32 of each unit's column of a (dim, tokens) float16 array: uint32 (dim,)."""
+    return np.array([zlib.crc32(np.ascontiguousarray(row)) for row in columns], dtype=np.uint32)
 
 
 def state_file_name(name: str) -> str:
@@ -63,23 +73,29 @@ class StateStore:
         self.dim = dim
         self.path = Path(path)
         self._parts: list[tuple[int, np.ndarray]] = []  # (first position, (dim, n) view)
+        self._checks: list[tuple[Path, np.ndarray, np.ndarray] | None] = []
         self.n_tokens = 0
         self._add(self.path, n_tokens)
 
     @classmethod
     def of_segments(cls, name: str, layer: int, kind: str, dim: int,
-                    files: Sequence[tuple[str | Path, int]]) -> StateStore:
+                    files: Sequence[tuple[str | Path, int, np.ndarray | None]]) -> StateStore:
         """The store of one state over segment files, given in position order as
-        (path, tokens); the first file starts at position 0."""
+        (path, tokens, checksums); the first file starts at position 0.
+
+        `checksums` (uint32 per unit, see `column_checksums`) are what the columns held when
+        written: each unit's column of each file is checked once, when a read first touches
+        it, so a damaged file gives `DamagedColumnError` naming it instead of an answer.
+        """
         store = cls.__new__(cls)
         store.name, store.layer, store.kind, store.dim = name, layer, kind, dim
         store.path = Path(files[0][0]) if files else Path()
-        store._parts, store.n_tokens = [], 0
-        for path, n in files:
-            store._add(Path(path), int(n))
+        store._parts, store._checks, store.n_tokens = [], [], 0
+        for path, n, checksums in files:
+            store._add(Path(path), int(n), checksums)
         return store
 
-    def _add(self, path: Path, n_tokens: int) -> None:
+    def _add(self, path: Path, n_tokens: int, checksums: np.ndarray | None = None) -> None:
         """Map the first `n_tokens` tokens of one state file as the next positions."""
         capacity = file_capacity(path, self.dim)
         if capacity < n_tokens:
@@ -91,7 +107,36 @@ class StateStore:
             return
         data = np.memmap(path, dtype=DTYPE, mode="r", shape=(self.dim, capacity))
         self._parts.append((self.n_tokens, data[:, :n_tokens]))
+        if checksums is not None and len(checksums) != self.dim:
+            raise CorruptStoreError(f"{len(checksums)} checksums recorded for the {self.dim} "
+                                    f"units of {path}")
+        self._checks.append(None if checksums is None else
+                            (path, np.asarray(checksums, np.uint32), np.zeros(self.dim, bool)))
         self.n_tokens += n_tokens
+
+    def _verify(self, part: int, units: np.ndarray | slice | int) -> None:
+        """Check the columns `units` of one segment file against their checksums, once."""
+        check = self._checks[part]
+        if check is None:
+            return
+        path, expected, done = check
+        todo = np.atleast_1d(np.arange(self.dim)[units])
+        todo = todo[~done[todo]]
+        if not todo.size:
+            return
+        view = self._parts[part][1]
+        for unit in todo.tolist():
+            if zlib.crc32(view[unit]) != int(expected[unit]):
+                raise DamagedColumnError(
+                    f"state file {path} is damaged: unit {unit} does not match the checksum "
+                    "recorded when it was written; run `lstmsearch verify` and rebuild the index"
+                )
+            done[unit] = True
+
+    def verify_all(self) -> None:
+        """Check every column of every segment file now."""
+        for part in range(len(self._parts)):
+            self._verify(part, slice(None))
 
     def __repr__(self) -> str:
         return (f"StateStore({self.name!r}, dim={self.dim}, n_tokens={self.n_tokens}, "
@@ -112,6 +157,7 @@ class StateStore:
         """All columns as (dim, n_tokens) float16: a memory-mapped view for one segment, a
         copy of every state otherwise (prefer `block` or `pieces` on large indexes)."""
         if len(self._parts) == 1:
+            self._verify(0, slice(None))
             return self._parts[0][1]
         return self.block(slice(None), 0, self.n_tokens)
 
@@ -139,6 +185,8 @@ class StateStore:
     def pieces(self, unit: int) -> list[tuple[int, np.ndarray]]:
         """Unit `unit` as (first position, contiguous float16 view) per segment, in order."""
         unit = self.check_unit(unit)
+        for part in range(len(self._parts)):
+            self._verify(part, unit)
         return [(start, part[unit]) for start, part in self._parts]
 
     def column(self, unit: int) -> np.ndarray:
@@ -151,12 +199,15 @@ class StateStore:
             return np.zeros(0, dtype=DTYPE)
         return np.concatenate([view for _, view in parts])
 
-    def _overlapping(self, start: int, end: int) -> list[tuple[int, int, np.ndarray]]:
-        """(a, b, part) for each segment overlapping [start, end): local positions [a, b)."""
+    def _overlapping(self, start: int, end: int, units: np.ndarray | slice
+                     ) -> list[tuple[int, int, np.ndarray]]:
+        """(a, b, part) for each segment overlapping [start, end): local positions [a, b);
+        the columns `units` of those segments are checked first."""
         out = []
-        for first, part in self._parts:
+        for i, (first, part) in enumerate(self._parts):
             a, b = max(start - first, 0), min(end - first, part.shape[1])
             if a < b:
+                self._verify(i, units)
                 out.append((a, b, part))
         return out
 
@@ -169,7 +220,8 @@ class StateStore:
                 bad = rows[(rows < 0) | (rows >= self.dim)][0]
                 raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
             units = rows
-        pieces = [np.array(part[units, a:b]) for a, b, part in self._overlapping(start, end)]
+        pieces = [np.array(part[units, a:b]) for a, b, part in
+                  self._overlapping(start, end, units)]
         if len(pieces) == 1:
             return pieces[0]
         if not pieces:
@@ -184,9 +236,10 @@ class StateStore:
             bad = pos[(pos < 0) | (pos >= self.n_tokens)][0]
             raise ValueError(f"position {bad} out of range: the index has tokens 0..{self.n_tokens - 1}")
         out = np.empty((pos.size, self.dim), dtype=DTYPE)
-        for first, part in self._parts:
+        for i, (first, part) in enumerate(self._parts):
             inside = np.flatnonzero((pos >= first) & (pos < first + part.shape[1]))
             if inside.size:
+                self._verify(i, slice(None))
                 out[inside] = part[:, pos[inside] - first].T
         return out
 

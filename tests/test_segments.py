@@ -351,3 +351,25 @@ def test_merged_partial_statistics_equal_one_scan(tmp_path, seed):
                   "top_value", "bottom_pos", "bottom_value"):
         np.testing.assert_array_equal(getattr(merged, field), getattr(whole, field),
                                       err_msg=field)
+
+
+def test_a_column_damaged_after_opening_is_named_not_answered(tmp_path, appended, capsys):
+    path = tmp_path / "index"
+    shutil.copytree(appended, path)
+    with open_index(path) as index:
+        store = index.store("layers.0.c")
+        first, last = store.segments[2]
+        state = path / "segments" / index.segments[2].name / "layers.0.c.f16"
+        n = last - first
+        with open(state, "r+b") as f:  # unit 4, a token in the middle of the segment
+            f.seek((4 * n + n // 2) * 2)
+            f.write(b"\x00\x7c")  # +inf
+        np.testing.assert_array_equal(store.column(3)[first:last],
+                                      np.asarray(store.pieces(3)[2][1]))  # other units fine
+        for read in (lambda: store.column(4), lambda: store.block([4], first, last),
+                     lambda: store.vectors([first + n // 2]),
+                     lambda: index.neurons.where(4, "layers.0.c", above=0.1)):
+            with pytest.raises(ValueError, match=f"{state}.*unit 4 does not match"):
+                read()
+    with pytest.raises(IndexOpenError, match="layers.0.c.f16"):
+        open_index(path)  # small files are also checked when an index opens
