@@ -373,3 +373,41 @@ def test_a_column_damaged_after_opening_is_named_not_answered(tmp_path, appended
                 read()
     with pytest.raises(IndexOpenError, match="layers.0.c.f16"):
         open_index(path)  # small files are also checked when an index opens
+
+
+READER = """
+import sys
+from lstmsearch.index import open_index
+index = open_index(sys.argv[1])
+def answer():
+    rows = index.sql("SELECT count(*), sum(token_id) FROM tokens").rows
+    return f"{index.n_tokens} {rows[0]} {len(index.neurons.where(2, 'layers.0.c', above=0.1).hits)}"
+print(answer(), flush=True)
+sys.stdin.readline()
+print(answer(), flush=True)
+"""
+
+
+def test_append_and_compact_while_another_process_serves_the_index(tmp_path, tiny_corpus,
+                                                                   tiny_model_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "index"
+    docs = tiny_corpus.documents
+    build_index(Corpus("parens", docs[:20]), tiny_model_path, out, **SMALL, progress=False)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        before = reader.stdout.readline()
+        build_index(Corpus("parens", docs[20:]), None, out, append=True, **SMALL,
+                    progress=False)
+        compact_index(out, 1, progress=False)
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline() == before  # its snapshot is unchanged
+    finally:
+        reader.kill()
+        reader.wait()
+    with open_index(out) as index:
+        assert index.n_tokens > int(before.split()[0]) and len(index.segments) == 1
