@@ -182,6 +182,26 @@ class IndexFile:
             )
 
 
+def one_faiss_index(shards: Any, parts: list[Any]) -> Any:
+    """The segments' FAISS indexes as one: exhaustive fp16 ones joined into a single index
+    (their codes concatenated in position order, so a search costs what one segment's does),
+    anything else searched shard by shard with results merged by distance."""
+    import faiss
+
+    exact = [faiss.downcast_index(p) for p in parts]
+    if len(parts) > 1 and all(
+            isinstance(p, faiss.IndexScalarQuantizer)
+            and p.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+            and p.metric_type == faiss.METRIC_L2 for p in exact):
+        joined = faiss.IndexScalarQuantizer(parts[0].d, faiss.ScalarQuantizer.QT_fp16,
+                                            faiss.METRIC_L2)
+        codes = np.concatenate([faiss.vector_to_array(p.codes) for p in exact])
+        faiss.copy_array_to_vector(codes, joined.codes)
+        joined.ntotal = sum(p.ntotal for p in exact)
+        return joined
+    return shards if len(parts) > 1 else parts[0]
+
+
 def sql_path(path: Path) -> str:
     """A path as the body of a SQL string literal (quotes doubled); our own paths only."""
     return str(path).replace("'", "''")
@@ -819,18 +839,40 @@ class Index:
 
     def document_text(self, doc: int) -> str:
         """The full text of document `doc` (recently used texts are cached)."""
-        doc = int(doc)
-        if not 0 <= doc < self.n_docs:
-            raise ValueError(f"document {doc} out of range: the index has documents 0..{self.n_docs - 1}")
+        return self.document_texts([doc])[int(doc)]
+
+    def document_texts(self, docs: Sequence[int]) -> dict[int, str]:
+        """The full texts of some documents, each read from its own segment's rows (one
+        query per segment touched; recently used texts are cached)."""
+        wanted = sorted({int(d) for d in docs})
+        for doc in wanted:
+            if not 0 <= doc < self.n_docs:
+                raise ValueError(f"document {doc} out of range: the index has documents "
+                                 f"0..{self.n_docs - 1}")
+        out: dict[int, str] = {}
         with self._lock:
-            if doc in self._texts:
-                self._texts.move_to_end(doc)
-                return self._texts[doc]
-            (text,) = self._query("SELECT text FROM documents WHERE doc = ?", [doc]).fetchone()
-            self._texts[doc] = text
-            if len(self._texts) > 256:
-                self._texts.popitem(last=False)
-            return text
+            missing = []
+            for doc in wanted:
+                if doc in self._texts:
+                    self._texts.move_to_end(doc)
+                    out[doc] = self._texts[doc]
+                else:
+                    missing.append(doc)
+            if missing:
+                firsts = np.array([s.doc_start for s in self.segments])
+                where = np.searchsorted(firsts, missing, side="right") - 1
+                for i in np.unique(where).tolist():
+                    docs_here = [d for d, w in zip(missing, where, strict=True) if w == i]
+                    with self._reading():
+                        rows = self._query(
+                            f"SELECT doc, text FROM seg_{self.segments[i].segment}.documents "
+                            "WHERE doc IN (SELECT unnest(?::INTEGER[]))", [docs_here]
+                        ).fetchall()  # the segment number is ours, not a user's
+                    for doc, text in rows:
+                        out[int(doc)] = self._texts[int(doc)] = text
+                while len(self._texts) > 256:
+                    self._texts.popitem(last=False)
+        return out
 
     def tokens(self, start: int, end: int) -> Tokens:
         """The tokens at positions [start, end)."""
@@ -977,7 +1019,7 @@ class Index:
                     parts.append(part)
                     shards.add_shard(part)
                 shards.own_indices = False
-                self._faiss[store.name] = (shards, parts)  # the parts stay referenced
+                self._faiss[store.name] = (one_faiss_index(shards, parts), parts)
             return self._faiss[store.name][0]
 
     # --- queries (see lstmsearch.query, lstmsearch.nearest, lstmsearch.neurons) --------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lstmsearch.limits import MAX_RESULTS
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, check_span, contexts
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def nearest(
     span), nearest first, with ``context`` tokens of text either side."""
     store = index.store(layer, kind)
     start, end, _ = check_span(index.doc_starts, start, end)
-    k = check_count("k", k)
+    k = check_count("k", k, maximum=MAX_RESULTS)
     query = mean_state(store, start, end)
     wanted = OVERSAMPLE * (k + end - start) + SPARE
     if has_faiss(index, store):

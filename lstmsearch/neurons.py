@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lstmsearch.analysis.units import UnitCorrelation, correlate_units
+from lstmsearch.limits import MAX_RESULTS
 from lstmsearch.query import is_on
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, contexts
 
@@ -188,7 +189,7 @@ def scan(
     """(number of positions passing the test, the first ``limit`` of them ascending) in one
     stored float16 column."""
     above, below = check_bound("above", above), check_bound("below", below)
-    limit = check_count("limit", limit, minimum=0)
+    limit = check_count("limit", limit, minimum=0, maximum=MAX_RESULTS)
     mask = on_mask(column, above, below)
     count = int(np.count_nonzero(mask))
     return count, first_positions(mask, limit, count)
@@ -308,7 +309,7 @@ class Neurons:
         ties by position, with text. From the precomputed top-K table when ``k`` fits in it,
         else by a scan of the column (same order; ``source`` says which)."""
         store, unit = self._unit(unit, layer, kind)
-        k = check_count("k", k)
+        k = check_count("k", k, maximum=MAX_RESULTS)
         positions, _ = self._top_table(store, lowest)
         stored_k = positions.shape[1]
         if k <= stored_k or stored_k == store.n_tokens > 0:
@@ -370,7 +371,7 @@ class Neurons:
         ``top`` of them); ``n`` is the number of tokens where the track has a value."""
         store = self.index.store(layer, kind)
         if top is not None:
-            top = check_count("top", top)
+            top = check_count("top", top, maximum=MAX_RESULTS)
         if not isinstance(track, str):
             raise ValueError(f"track must be a track name, got {track!r}")
         values = self.index.track(track)

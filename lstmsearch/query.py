@@ -67,6 +67,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lstmsearch.limits import MAX_CONTEXT, MAX_PADDING, MAX_RESULTS
+
 __all__ = [
     "Match",
     "MatchResult",
@@ -104,6 +106,10 @@ class StateColumns(Protocol):
 
     def block(self, units: Sequence[int] | slice, start: int, end: int) -> np.ndarray:
         """Values of some units over ``[start, end)`` (float16, ``(len(units), end - start)``)."""
+        ...
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Values of all units at sorted ``positions`` (float16, ``(dim, len(positions))``)."""
         ...
 
 
@@ -273,11 +279,13 @@ def _check_span(docs: _Documents, start: object, end: object) -> tuple[int, int,
     return start, end, document
 
 
-def _check_padding(name: str, value: object) -> int:
-    """Return a padding width; reject negative or non-integer values."""
+def _check_padding(name: str, value: object, maximum: int = MAX_PADDING) -> int:
+    """Return a padding (or context) width; reject negative, too large or non-integer values."""
     value = _check_int(name, value)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:,}, got {value:,}")
     return value
 
 
@@ -783,8 +791,8 @@ def _gather(store: StateColumns, positions: np.ndarray) -> np.ndarray:
     """Values of all units at sorted unique ``positions`` (float16, ``(dim, len)``).
 
     Reads each contiguous window with ``block`` (one read per window touches every unit);
-    when there are many more windows than units, one fancy-indexed read per unit column is
-    cheaper.
+    when there are many more windows than units, one fancy-indexed read of the columns
+    (``gather``) is cheaper.
     """
     if positions.size == 0:
         return np.zeros((store.dim, 0), np.float16)
@@ -797,10 +805,7 @@ def _gather(store: StateColumns, positions: np.ndarray) -> np.ndarray:
             for s, e in zip(window_starts, window_ends)
         ]
         return np.concatenate(parts, axis=1)
-    out = np.empty((store.dim, positions.size), np.float16)
-    for unit in range(store.dim):
-        np.take(store.column(unit), positions, out=out[unit])
-    return out
+    return store.gather(positions)
 
 
 def _extras(
@@ -925,7 +930,10 @@ def _check_match_arguments(
     limit = _check_int("limit", limit)
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    _check_padding("context", context)
+    if limit > MAX_RESULTS:
+        raise ValueError(f"limit must be at most {MAX_RESULTS:,} matches, got {limit:,} (the "
+                         "histogram and n_candidates count every candidate)")
+    _check_padding("context", context, MAX_CONTEXT)
     if pattern.state != store.name:
         raise ValueError(f"pattern was selected on {pattern.state!r}, not on {store.name!r}")
     if not pattern.units:
@@ -953,7 +961,7 @@ def match(
     only runs where every unit of the pattern is on. ``text_of(start, end)`` gives the text of
     tokens ``[start, end)``; matches carry ``context`` tokens of it on each side (inside the
     document). Raises ValueError for an empty pattern, a pattern selected on another state, or
-    a ``limit`` below 1.
+    a ``limit`` below 1 or above ``MAX_RESULTS`` (100,000).
     """
     docs = _Documents(doc_starts, store.n_tokens)
     document = _check_match_arguments(store, docs, pattern, limit, context)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lstmsearch.limits import MAX_CONTEXT, MAX_RESULTS
+
 if TYPE_CHECKING:
     from lstmsearch.index import Index
 
@@ -49,12 +51,15 @@ class Context:
     right: str
 
 
-def check_count(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int of at least ``minimum``, or an error naming it."""
+def check_count(name: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int of at least ``minimum`` (and at most ``maximum``), or an error
+    naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:,}, got {value:,}")
     return int(value)
 
 
@@ -106,7 +111,7 @@ def find_phrase(
     Overlapping occurrences are all found.
     """
     phrase = check_phrase(phrase)
-    limit = check_count("limit", limit)
+    limit = check_count("limit", limit, maximum=MAX_RESULTS)
     if document is not None:
         document = check_count("doc", document, minimum=0)
         if document >= index.n_docs:
@@ -153,15 +158,8 @@ def find_span(
 
 
 def document_texts(index: Index, documents: Sequence[int]) -> dict[int, str]:
-    """The texts of some documents: from the index's cache for one or two, else in one query
-    (one database round trip instead of one per document)."""
-    wanted = sorted({int(d) for d in documents})
-    if len(wanted) <= 2:
-        return {d: index.document_text(d) for d in wanted}
-    rows = index.sql(
-        "SELECT doc, text FROM documents WHERE doc IN (SELECT unnest(?::INTEGER[]))", [wanted]
-    ).rows
-    return {int(d): t for d, t in rows}
+    """The texts of some documents (one database round trip per segment they are in)."""
+    return index.document_texts(documents)
 
 
 def contexts(
@@ -169,7 +167,7 @@ def contexts(
 ) -> list[Context]:
     """The text of each span ``[starts[i], ends[i])`` with ``context`` tokens either side,
     clipped to the span's document; whitespace next to the span stays in the context."""
-    context = check_count("context", context, minimum=0)
+    context = check_count("context", context, minimum=0, maximum=MAX_CONTEXT)
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     if len(starts) != len(ends):

@@ -106,7 +106,8 @@ class StateStore:
         if n_tokens == 0:
             return
         data = np.memmap(path, dtype=DTYPE, mode="r", shape=(self.dim, capacity))
-        self._parts.append((self.n_tokens, data[:, :n_tokens]))
+        # a plain ndarray view of the mapping: no memmap bookkeeping on every slice
+        self._parts.append((self.n_tokens, np.asarray(data)[:, :n_tokens]))
         if checksums is not None and len(checksums) != self.dim:
             raise CorruptStoreError(f"{len(checksums)} checksums recorded for the {self.dim} "
                                     f"units of {path}")
@@ -120,8 +121,13 @@ class StateStore:
         if check is None:
             return
         path, expected, done = check
-        todo = np.atleast_1d(np.arange(self.dim)[units])
-        todo = todo[~done[todo]]
+        if isinstance(units, int):
+            if done[units]:
+                return
+            todo = np.array([units])
+        else:
+            todo = np.atleast_1d(np.arange(self.dim)[units])
+            todo = todo[~done[todo]]
         if not todo.size:
             return
         view = self._parts[part][1]
@@ -132,6 +138,8 @@ class StateStore:
                     "recorded when it was written; run `lstmsearch verify` and rebuild the index"
                 )
             done[unit] = True
+        if done.all():
+            self._checks[part] = None  # every column checked: nothing more to do here
 
     def verify_all(self) -> None:
         """Check every column of every segment file now."""
@@ -228,6 +236,21 @@ class StateStore:
             n_units = len(range(self.dim)[units]) if isinstance(units, slice) else len(units)
             return np.zeros((n_units, 0), dtype=DTYPE)
         return np.concatenate(pieces, axis=1)
+
+    def gather(self, positions: Sequence[int]) -> np.ndarray:
+        """All units at sorted token `positions`: float16 (dim, len(positions)), read segment
+        by segment with one fancy-indexed read."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.size and (pos[0] < 0 or pos[-1] >= self.n_tokens):
+            bad = pos[(pos < 0) | (pos >= self.n_tokens)][0]
+            raise ValueError(f"position {bad} out of range: the index has tokens 0..{self.n_tokens - 1}")
+        out = np.empty((self.dim, pos.size), dtype=DTYPE)
+        for i, (first, part) in enumerate(self._parts):
+            a, b = np.searchsorted(pos, [first, first + part.shape[1]])
+            if a < b:
+                self._verify(i, slice(None))
+                out[:, a:b] = part[:, pos[a:b] - first]
+        return out
 
     def vectors(self, positions: Sequence[int]) -> np.ndarray:
         """Full state vectors at token `positions`: float16 (len(positions), dim)."""

@@ -46,6 +46,9 @@ class ArrayStore:
     def block(self, units, start: int, end: int) -> np.ndarray:
         return np.array(self.values[units, start:end])
 
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        return self.values[:, positions]
+
 
 def words(n: int) -> list[str]:
     return [f"w{t}" for t in range(n)]

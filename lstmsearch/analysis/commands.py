@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstmsearch import limits as L
 from lstmsearch.analysis import (
     Tokenized,
     check_doc,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from lstmsearch.models import LoadedModel
 
 DEFAULT_LIMIT = 100
+SEED = L.int_arg(0, 2**32 - 1)
 
 
 @dataclass
@@ -337,7 +339,7 @@ def add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="model checkpoint (.pt) or index directory")
     p.add_argument("--text", help="analyse this text (one document)")
     p.add_argument("--corpus", help="analyse a corpus: bundled name or path")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=L.COUNT, default=None,
                    help=f"use the first N documents (corpus default {DEFAULT_LIMIT}, index: all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -354,17 +356,18 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
 
     s = an.add_parser("surprisal", help="per-token loss: worst tokens, spans, documents, types")
     add_inputs(s)
-    s.add_argument("--top", type=int, default=20, help="entries per list")
-    s.add_argument("--width", type=int, default=8, help="tokens per span")
-    s.add_argument("--min-count", type=int, default=5, help="least occurrences of a type")
+    s.add_argument("--top", type=L.RESULTS, default=20, help="entries per list")
+    s.add_argument("--width", type=L.int_arg(1, 10_000), default=8, help="tokens per span")
+    s.add_argument("--min-count", type=L.COUNT, default=5, help="least occurrences of a type")
     s.set_defaults(run=run_surprisal)
 
     g = an.add_parser("gradients", help="gradient flow through time: ||d loss_t / d h_(t-k)||")
     add_inputs(g)
-    g.add_argument("--max-lag", type=int, default=50)
-    g.add_argument("--positions", type=int, default=64, help="positions t to sample")
+    g.add_argument("--max-lag", type=L.int_arg(1, 10_000), default=50)
+    g.add_argument("--positions", type=L.int_arg(1, 100_000), default=64,
+                   help="positions t to sample")
     g.add_argument("--states", help="comma-separated state names (default: h and c of all layers)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=SEED, default=0)
     g.add_argument(
         "--all-norms", action="store_true", help="include every position's norms in JSON"
     )
@@ -372,55 +375,56 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
 
     a = an.add_parser("saliency", help="input saliency of one prediction")
     add_inputs(a)
-    a.add_argument("--doc", type=int, default=0, help="document (among those read)")
-    a.add_argument("--position", type=int, default=None,
+    a.add_argument("--doc", type=L.INDEX, default=0, help="document (among those read)")
+    a.add_argument("--position", type=L.INDEX, default=None,
                    help="token after which the prediction is made (default: second to last)")
     a.add_argument("--target", help="token to explain (default: the real next token)")
     a.add_argument(
         "--method", choices=["grad_x_input", "integrated_gradients"], default="grad_x_input"
     )
     a.add_argument("--objective", choices=["logprob", "logit"], default="logprob")
-    a.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
-    a.add_argument("--top", type=int, default=15, help="tokens to list")
+    a.add_argument("--steps", type=L.int_arg(1, 10_000), default=32,
+                   help="integrated-gradients steps")
+    a.add_argument("--top", type=L.RESULTS, default=15, help="tokens to list")
     a.set_defaults(run=run_saliency)
 
     t = an.add_parser("trajectory", help="PCA (UMAP/t-SNE if installed) path of states")
     add_inputs(t)
-    t.add_argument("--doc", type=int, default=0)
-    t.add_argument("--start", type=int, default=None, help="first token (in the document)")
-    t.add_argument("--end", type=int, default=None, help="one past the last token")
+    t.add_argument("--doc", type=L.INDEX, default=0)
+    t.add_argument("--start", type=L.INDEX, default=None, help="first token (in the document)")
+    t.add_argument("--end", type=L.INDEX, default=None, help="one past the last token")
     t.add_argument("--state", help="e.g. layers.0.c (default: top layer h)")
     t.add_argument("--track", help="annotation to attach per point, e.g. depth")
     t.add_argument("--method", choices=["pca", "umap", "tsne"], default="pca")
-    t.add_argument("--components", type=int, default=2)
+    t.add_argument("--components", type=L.int_arg(1, 1_000), default=2)
     t.add_argument("--fit", choices=["window", "document", "all"], default="window",
                    help="states the PCA axes are fitted on")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--show", type=int, default=20, help="points to print")
+    t.add_argument("--seed", type=SEED, default=0)
+    t.add_argument("--show", type=L.RESULTS_OR_NONE, default=20, help="points to print")
     t.set_defaults(run=run_trajectory)
 
     e = an.add_parser("gates", help="gate activations over time, saturation per unit")
     add_inputs(e)
-    e.add_argument("--layer", type=int, default=0)
+    e.add_argument("--layer", type=L.INDEX, default=0)
     e.add_argument("--units", help="comma-separated units (default: all)")
     e.add_argument("--gates", help="comma-separated gates (default: i,f,o or r,z)")
-    e.add_argument("--low", type=float, default=0.1)
-    e.add_argument("--high", type=float, default=0.9)
+    e.add_argument("--low", type=L.float_arg(0.0, 1.0), default=0.1)
+    e.add_argument("--high", type=L.float_arg(0.0, 1.0), default=0.9)
     e.set_defaults(run=run_gates)
 
     w = an.add_parser("weights", help="histograms, singular values, spectral radius per block")
     w.add_argument("source", metavar="SOURCE", help="model checkpoint (.pt) or index directory")
-    w.add_argument("--bins", type=int, default=50)
+    w.add_argument("--bins", type=L.int_arg(1, 10_000), default=50)
     w.add_argument("--json", action="store_true", help="print the result as JSON")
     w.set_defaults(run=run_weights)
 
     u = an.add_parser("units", help="per-word expected response, co-clusters, track correlation")
     add_inputs(u)
     u.add_argument("--state", help="e.g. layers.0.h (default: top layer h)")
-    u.add_argument("--words", type=int, default=50, help="most frequent words to use")
-    u.add_argument("--min-count", type=int, default=1)
-    u.add_argument("--clusters", type=int, default=4)
+    u.add_argument("--words", type=L.RESULTS, default=50, help="most frequent words to use")
+    u.add_argument("--min-count", type=L.COUNT, default=1)
+    u.add_argument("--clusters", type=L.int_arg(1, 1_000), default=4)
     u.add_argument("--track", help="rank units by correlation with this track, e.g. depth")
-    u.add_argument("--top", type=int, default=10, help="units to rank")
-    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--top", type=L.RESULTS, default=10, help="units to rank")
+    u.add_argument("--seed", type=SEED, default=0)
     u.set_defaults(run=run_units)
