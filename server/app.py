@@ -13,6 +13,7 @@ update method per result that assigns its sources' data.
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import Executor
 from functools import lru_cache, partial
 from pathlib import Path
@@ -56,6 +57,9 @@ TEMPLATE_DIR = HERE / "templates"
 
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
+MAX_PAD = 50
+WINDOW_RANGE = (8, 200)
+"""Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
@@ -99,6 +103,22 @@ def default_track(names: list[str]) -> str | None:
     """The annotation track a session starts with: the first one other than the model's
     surprisal, which has a strip of its own."""
     return next((n for n in names if n != SURPRISAL_TRACK), None)
+
+
+def finite(value: object) -> float | None:
+    """A widget's number as a float, or None when it is empty, not a number or not finite
+    (a page can send anything, whatever the widget's own bounds say)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def clamped(value: object, low: int, high: int) -> int | None:
+    """A widget's whole number clamped to [low, high], or None when it is not a number."""
+    number = finite(value)
+    return None if number is None else int(min(max(number, low), high))
 
 
 def default_window(char_level: bool) -> int:
@@ -150,10 +170,10 @@ class App:
                                             width=80, name="threshold-input")
         self.sign_select = Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
                                   name="sign-select")
-        self.pad_left = Spinner(title="Pad left", low=0, high=50, step=1, value=1, width=80,
-                                name="pad-left")
-        self.pad_right = Spinner(title="Pad right", low=0, high=50, step=1, value=0, width=80,
-                                 name="pad-right")
+        self.pad_left = Spinner(title="Pad left", low=0, high=MAX_PAD, step=1, value=1,
+                                width=80, name="pad-left")
+        self.pad_right = Spinner(title="Pad right", low=0, high=MAX_PAD, step=1, value=0,
+                                 width=80, name="pad-right")
         self.track_select = Select(
             title="Track", value=self.session.track or NO_TRACK,
             options=[NO_TRACK, *shared.track_names], width=110, name="track-select",
@@ -163,8 +183,8 @@ class App:
         self.pos_input = NumericInput(title="Position", value=0, low=0,
                                       high=max(0, index.n_tokens - 1), width=110,
                                       name="pos-input")
-        self.window_size = Spinner(title="Window", low=8, high=200, step=4, value=self.width,
-                                   width=80, name="window-size")
+        self.window_size = Spinner(title="Window", low=WINDOW_RANGE[0], high=WINDOW_RANGE[1],
+                                   step=4, value=self.width, width=80, name="window-size")
         self.prev_button = Button(label="◀", width=40, name="prev-window", align="end")
         self.next_button = Button(label="▶", width=40, name="next-window", align="end")
         self.phrase_input = TextInput(title="Find a phrase", placeholder="text to find…",
@@ -359,9 +379,13 @@ class App:
 
     def set_threshold(self, value: float | None) -> None:
         """A new threshold from the slider, the number field or a dragged threshold line."""
-        if self._quiet or value is None:
+        if self._quiet:
             return
-        value = round(float(value), 3)
+        value = finite(value)
+        if value is None:
+            self._sync_threshold_widgets()  # back to the threshold in use
+            return
+        value = round(value, 3)
         if value < 0:
             value = -value
         if value == self.session.threshold:
@@ -375,9 +399,10 @@ class App:
 
     def preview_threshold(self, value: float | None) -> None:
         """Move the threshold lines while the slider is being dragged (no query yet)."""
+        value = finite(value)
         if self._quiet or value is None:
             return
-        self.select_view.set_threshold(float(value), self.session.sign)
+        self.select_view.set_threshold(value, self.session.sign)
         if self._neuron_view is not None:
             self._neuron_view.set_threshold(float(value), self.session.sign)
         self._quietly(self.threshold_input, value=float(value))
@@ -406,10 +431,13 @@ class App:
         """Padding tokens that must be off before (left) and after (right) the span."""
         if self._quiet:
             return
+        left, right = clamped(left, 0, MAX_PAD), clamped(right, 0, MAX_PAD)
         if left is not None:
-            self.session.pad_left = max(0, int(left))
+            self.session.pad_left = left
         if right is not None:
-            self.session.pad_right = max(0, int(right))
+            self.session.pad_right = right
+        self._quietly(self.pad_left, value=self.session.pad_left)
+        self._quietly(self.pad_right, value=self.session.pad_right)
         self.run_pattern()
 
     def set_track(self, name: str) -> None:
@@ -436,9 +464,11 @@ class App:
 
     def set_window_size(self, width: int | None) -> None:
         """Tokens per window."""
+        width = clamped(width, *WINDOW_RANGE)
         if self._quiet or width is None:
             return
-        self.width = int(width)
+        self._quietly(self.window_size, value=width)
+        self.width = width
         start = self.session.window[0]
         self._set_window(start)
 
@@ -449,10 +479,11 @@ class App:
 
     def go_to_document(self, doc: int | None) -> None:
         """Show the start of document `doc`."""
-        if self._quiet or doc is None:
+        number = finite(doc)
+        if self._quiet or number is None:
             return
         try:
-            start, _ = fetch.document_window(self.shared, int(doc), self.width)
+            start, _ = fetch.document_window(self.shared, int(number), self.width)
         except ValueError as exc:
             self._show_error(str(exc))
             return
@@ -460,9 +491,10 @@ class App:
 
     def go_to_position(self, pos: int | None) -> None:
         """Show token position `pos` (a third into the window)."""
-        if self._quiet or pos is None:
+        number = finite(pos)
+        if self._quiet or number is None:
             return
-        pos = int(pos)
+        pos = int(number)
         if not 0 <= pos < self.shared.index.n_tokens:
             self._show_error(f"position {pos} out of range 0..{self.shared.index.n_tokens - 1}")
             return

@@ -495,3 +495,24 @@ def test_brushing_the_line_plot_selects_tokens(app: App, tiny_index) -> None:
     assert app.select_view.plot_quads.selected.indices == []
     expected = api_pattern(tiny_index, app.session.state, (start + 4, start + 6), 0.3)
     assert app.session.pattern.units == expected.units
+
+
+def test_widgets_refuse_values_outside_their_bounds(app: App) -> None:
+    """A page can send any value, whatever the widget's bounds: the server clamps it or keeps
+    the setting in use, and the session goes on."""
+    from server.app import MAX_PAD, WINDOW_RANGE
+
+    app.pad_left.value = 10**9
+    app.pad_right.value = -5
+    assert (app.session.pad_left, app.session.pad_right) == (MAX_PAD, 0)
+    assert app.pad_left.value == MAX_PAD
+    before = app.session.threshold
+    for bad in (float("nan"), float("inf")):
+        app.threshold_input.value = bad
+        assert app.session.threshold == before
+    app.window_size.value = 10**6
+    assert app.width == WINDOW_RANGE[1] and app.window_size.value == WINDOW_RANGE[1]
+    app.doc_input.value = float("nan")
+    app.pos_input.value = 10**12
+    assert "out of range" in app.status.text
+    brush_pattern(app)  # still answers
