@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +307,10 @@ class Job:
             docs: list[PlannedDoc] = []
             if planned:
                 rows = writer.planned_documents(planned[0].doc_start, planned[-1].doc_end)
-                docs, _ = tokenize_documents(rows, loaded.tokenizer)
+                docs, _ = tokenize_documents([(n, t, {}) for n, t, _ in rows], loaded.tokenizer)
+                if len(docs) == len(rows):  # the staged tracks are per token already
+                    docs = [replace(d, tracks=tracks) for d, (_, _, tracks) in
+                            zip(docs, rows, strict=True)]
                 if len(docs) != len(rows):
                     raise BuildError(
                         f"the planned documents of {self.out} no longer tokenize; rebuild it"

@@ -473,3 +473,29 @@ def test_large_indexes_get_ivf_with_measured_recall(tmp_path, tiny_corpus, tiny_
         assert faiss_index.ntotal == index.n_tokens
         _, ids = faiss_index.search(index.store(1, "h").vectors([10, 20]).astype(np.float32), 5)
         assert set(ids.ravel()) <= set(range(index.n_tokens))
+
+
+def test_resume_keeps_token_tracks_of_a_word_tokenizer(tmp_path):
+    texts = [f"alpha beta {i} gamma delta epsilon {i % 3}" for i in range(12)]
+    docs = [Document(f"d{i}", t, {"where": np.arange(len(t), dtype=np.float32)})
+            for i, t in enumerate(texts)]
+    corpus = Corpus("words", docs)
+    tokenizer = train_tokenizer("word", texts)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=5,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    small = {"segment_tokens": 10, "segment_docs": 1}
+    build_index(corpus, tmp_path / "m.pt", tmp_path / "whole", **small, progress=False)
+
+    def stop(segment: int) -> None:
+        if segment == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_index(corpus, tmp_path / "m.pt", tmp_path / "index", **small, progress=False,
+                    on_segment=stop)
+    build_index(None, None, tmp_path / "index", resume=True, progress=False)
+    with open_index(tmp_path / "index") as got, open_index(tmp_path / "whole") as want:
+        np.testing.assert_array_equal(got.track("where"), want.track("where"))
+        starts = got.tokens(0, got.n_tokens).char_start
+        np.testing.assert_array_equal(got.track("where"), starts)  # the first character's
