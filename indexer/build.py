@@ -236,24 +236,7 @@ class Job:
         if not docs:
             raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to index")
         self.check_tracks(docs)
-        if self.out.exists() and not self.out.is_dir():
-            raise BuildError(f"{self.out} already exists and is not a directory")
-        self.out.mkdir(parents=True, exist_ok=True)
-        writer = IndexWriter(self.out)  # the write lock, before anything in `out` is touched
-        try:
-            if any(child.name != LOCK_FILE for child in self.out.iterdir()):
-                if is_leftover(self.out) and not has_plan(self.out):
-                    start_over(self.out)  # a build killed before it saved its plan
-                else:
-                    hint = (
-                        "use --resume to finish its build or --append to add documents"
-                        if (self.out / DB_FILE).exists()
-                        else "choose a new directory"
-                    )
-                    raise BuildError(f"{self.out} already exists and is not empty: {hint}")
-        except BaseException:
-            writer.close()
-            raise
+        writer = claim_new(self.out)
         return self.build_into(writer, model, loaded, names, corpus, docs, skipped, sizes)
 
     def build_into(self, writer: IndexWriter, model, loaded: LoadedModel, names: list[str],
@@ -324,18 +307,8 @@ class Job:
         """Add the documents of `corpus` to the complete index at `out` as new segments."""
         if corpus is None:
             raise BuildError("append needs a corpus of documents to add")
-        if not (self.out / DB_FILE).exists():
-            raise BuildError(f"no index to append to at {self.out}; build one first")
-        writer = IndexWriter.connect(self.out)
+        writer, meta = open_complete(self.out)
         try:
-            if not writer.has_schema():
-                raise BuildError(f"the index at {self.out} was never completed; use --resume")
-            meta = writer.meta()
-            if meta.get("status") != STATUS_COMPLETE or writer.segments("planned", "pending"):
-                raise BuildError(
-                    f"the index at {self.out} is incomplete: finish it with "
-                    f"`lstmsearch index --resume {self.out}` before appending"
-                )
             writer.remove_unlisted()
             self.surprisal = meta.get("surprisal") == "true"
             loaded = self.index_model(meta, model)
@@ -344,12 +317,7 @@ class Job:
             if not docs:
                 raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to add")
             self.check_tracks(docs)
-            segment_tokens = sizes[0] or int(meta.get("segment_tokens", SEGMENT_TOKENS))
-            segment_docs = sizes[1] or int(meta.get("segment_docs", SEGMENT_LANES * self.lanes))
-            n_docs, n_tokens = writer.extent()
-            plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs,
-                                  int(meta.get("next_segment", 0)), n_docs, n_tokens)
-            writer.plan(docs, plans, {"corpus": f"{meta.get('corpus', '')} + {corpus.name}"})
+            plans = self.plan_append(writer, meta, docs, sizes, corpus.name)
         except BaseException:
             writer.close()
             raise
@@ -357,6 +325,17 @@ class Job:
                         {"no tokens": skipped} if skipped else {})
 
     # --- shared steps ----------------------------------------------------------------------
+
+    def plan_append(self, writer: IndexWriter, meta: dict[str, str],
+                    docs: Sequence[PlannedDoc], sizes, corpus_name: str) -> list[SegmentPlan]:
+        """Plan and stage the new segments of an append, after the index's last ones."""
+        segment_tokens = sizes[0] or int(meta.get("segment_tokens", SEGMENT_TOKENS))
+        segment_docs = sizes[1] or int(meta.get("segment_docs", SEGMENT_LANES * self.lanes))
+        n_docs, n_tokens = writer.extent()
+        plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs,
+                              int(meta.get("next_segment", 0)), n_docs, n_tokens)
+        writer.plan(docs, plans, {"corpus": f"{meta.get('corpus', '')} + {corpus_name}"})
+        return plans
 
     def index_model(self, meta: dict[str, str], model) -> LoadedModel:
         """The index's own model copy, checked against its recorded sha256 (and `model`)."""
@@ -540,6 +519,45 @@ def write_stats_and_publish(writer: IndexWriter, merged: dict[str, PartialStats]
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def claim_new(out: Path) -> IndexWriter:
+    """The write lock of the directory of a new index, taken before anything in it is
+    touched; what a build killed before saving its plan left there is removed."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} already exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = IndexWriter(out)
+    try:
+        if any(child.name != LOCK_FILE for child in out.iterdir()):
+            if is_leftover(out) and not has_plan(out):
+                start_over(out)
+            else:
+                hint = ("use --resume to finish its build or --append to add documents"
+                        if (out / DB_FILE).exists() else "choose a new directory")
+                raise BuildError(f"{out} already exists and is not empty: {hint}")
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def open_complete(out: Path) -> tuple[IndexWriter, dict[str, str]]:
+    """The write lock and meta of a complete index, to append to it."""
+    if not (out / DB_FILE).exists():
+        raise BuildError(f"no index to append to at {out}; build one first")
+    writer = IndexWriter.connect(out)
+    try:
+        if not writer.has_schema():
+            raise BuildError(f"the index at {out} was never completed; use --resume")
+        meta = writer.meta()
+        if meta.get("status") != STATUS_COMPLETE or writer.segments("planned", "pending"):
+            raise BuildError(f"the index at {out} is incomplete: finish it with "
+                             f"`lstmsearch index --resume {out}` before appending")
+    except BaseException:
+        writer.close()
+        raise
+    return writer, meta
 
 
 class Committer:

@@ -47,13 +47,11 @@ import numpy as np
 import torch
 
 from indexer.build import (
-    SEGMENT_LANES,
-    SEGMENT_TOKENS,
     BuildResult,
     Job,
+    claim_new,
     default_lanes,
-    has_plan,
-    is_leftover,
+    open_complete,
     progress_bar,
     read_corpus,
     start_over,
@@ -66,7 +64,6 @@ from indexer.segment import (
     SegmentPlan,
     SegmentWriter,
     WrittenSegment,
-    plan_segments,
 )
 from indexer.writer import BUILD_DIR, LOCK_FILE, BuildError, IndexWriter
 from lstmsearch.corpus import (
@@ -83,7 +80,7 @@ from lstmsearch.corpus import (
     bundled_names,
 )
 from lstmsearch.extract import iter_states, state_names
-from lstmsearch.index import DB_FILE, MODEL_FILE, STATUS_COMPLETE, SURPRISAL_TRACK
+from lstmsearch.index import MODEL_FILE, SURPRISAL_TRACK
 from lstmsearch.models import LoadedModel, file_sha256, load_model
 from lstmsearch.store import clip
 from lstmsearch.tokenize import Tokenizer
@@ -652,19 +649,8 @@ class RayJob(Job):
         if self.out.exists() and not self.out.is_dir():
             raise BuildError(f"{self.out} already exists and is not a directory")
         created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
-        writer = IndexWriter(self.out)
+        writer = claim_new(self.out)
         try:
-            if any(child.name != LOCK_FILE for child in self.out.iterdir()):
-                if is_leftover(self.out) and not has_plan(self.out):
-                    start_over(self.out)
-                else:
-                    hint = (
-                        "use --resume to finish its build or --append to add documents"
-                        if (self.out / DB_FILE).exists()
-                        else "choose a new directory"
-                    )
-                    raise BuildError(f"{self.out} already exists and is not empty: {hint}")
             self.worker_model = str(Path(model).resolve())
             self.check_workers(file_sha256(model))
             name, docs, skipped = read_documents(self.runtime.ray, corpus, limit, corpus_options,
@@ -689,18 +675,8 @@ class RayJob(Job):
     def append(self, corpus, model, limit, corpus_options, sizes) -> BuildResult:
         if corpus is None:
             raise BuildError("append needs a corpus of documents to add")
-        if not (self.out / DB_FILE).exists():
-            raise BuildError(f"no index to append to at {self.out}; build one first")
-        writer = IndexWriter.connect(self.out)
+        writer, meta = open_complete(self.out)
         try:
-            if not writer.has_schema():
-                raise BuildError(f"the index at {self.out} was never completed; use --resume")
-            meta = writer.meta()
-            if meta.get("status") != STATUS_COMPLETE or writer.segments("planned", "pending"):
-                raise BuildError(
-                    f"the index at {self.out} is incomplete: finish it with "
-                    f"`lstmsearch index --resume {self.out}` before appending"
-                )
             self.surprisal = meta.get("surprisal") == "true"
             loaded = self.index_model(meta, model)
             self.worker_model = str(self.out / MODEL_FILE)
@@ -711,12 +687,7 @@ class RayJob(Job):
                 raise BuildError(f"corpus {name!r} has no documents with tokens to add")
             self.check_tracks(docs)
             writer.remove_unlisted()
-            segment_tokens = sizes[0] or int(meta.get("segment_tokens", SEGMENT_TOKENS))
-            segment_docs = sizes[1] or int(meta.get("segment_docs", SEGMENT_LANES * self.lanes))
-            n_docs, n_tokens = writer.extent()
-            plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs,
-                                  int(meta.get("next_segment", 0)), n_docs, n_tokens)
-            writer.plan(docs, plans, {"corpus": f"{meta.get('corpus', '')} + {name}"})
+            plans = self.plan_append(writer, meta, docs, sizes, name)
         except BaseException:
             writer.close()
             raise
