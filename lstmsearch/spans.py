@@ -144,7 +144,7 @@ def find_span(
 ) -> Span:
     """The tokens of the ``occurrence``-th place (from 0) where ``phrase`` occurs in document
     ``doc`` (or in the whole corpus); an error naming the phrase when there is none."""
-    occurrence = check_count("occurrence", occurrence, minimum=0)
+    occurrence = check_count("occurrence", occurrence, minimum=0, maximum=MAX_RESULTS - 1)
     spans = find_phrase(index, phrase, limit=occurrence + 1, document=doc)
     if len(spans) <= occurrence:
         where = "the index" if doc is None else f"document {doc}"

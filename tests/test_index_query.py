@@ -108,8 +108,10 @@ def test_a_phrase_is_mapped_to_the_tokens_it_touches(word_index) -> None:
         (lambda ix: ix.find("(", limit=0), "limit must be at least 1, got 0"),
         (lambda ix: ix.find("(", doc=10**6), "doc 1000000 out of range"),
         (lambda ix: ix.select_phrase("no such text", 0.3, 1, "c"), "does not occur in the index"),
+        (lambda ix: ix.select_phrase("(", 0.3, 1, "c", doc=0, occurrence=10**5 - 1),
+         "occurrence 99999 of phrase '\\(' asked for"),
         (lambda ix: ix.select_phrase("(", 0.3, 1, "c", doc=0, occurrence=10**5),
-         "occurrence 100000 of phrase '\\(' asked for"),
+         "occurrence must be at most 99,999, got 100,000"),
     ],
 )
 def test_bad_arguments_name_the_value(tiny_index, call, message) -> None:
