@@ -269,8 +269,10 @@ class App:
     # --- tabs built when first shown -----------------------------------------------------------
 
     @staticmethod
-    def _placeholder() -> Div:
-        return Div(text="<span class='hint'>loading…</span>", width=300)
+    def _placeholder() -> Any:
+        """A tab's holder until its view is built: a column whose only child is swapped for
+        the view (a page redraws a changed column; a tab panel's own child is not watched)."""
+        return column(Div(text="<span class='hint'>loading…</span>", width=300))
 
     @property
     def neuron_view(self) -> NeuronView:
@@ -288,7 +290,7 @@ class App:
             nv.set_unit(min(s.unit, dim - 1), dim)
             nv.set_threshold(s.threshold, s.sign)
             self._neuron_view = nv
-            self.tab_panels[NEURON_TAB].child = nv.layout
+            self.tab_panels[NEURON_TAB].child.children = [nv.layout]
         return self._neuron_view
 
     def analysis_view(self, at: int) -> Any:
@@ -300,7 +302,7 @@ class App:
             view.on_span = self.show_span
             view.on_unit = self.open_unit
             self.analysis_views[at] = view
-            self.tab_panels[FIRST_ANALYSIS_TAB + at].child = view.layout
+            self.tab_panels[FIRST_ANALYSIS_TAB + at].child.children = [view.layout]
         return view
 
     # --- wiring ------------------------------------------------------------------------------
