@@ -110,8 +110,12 @@ def find_phrase(
     Searches every document, or only ``document``; returns at most ``limit`` spans.
     Overlapping occurrences are all found.
     """
+    return _find_phrase(index, phrase, check_count("limit", limit, maximum=MAX_RESULTS), document)
+
+
+def _find_phrase(index: Index, phrase: str, limit: int, document: int | None) -> list[Span]:
+    """`find_phrase` without the cap on `limit` (which the corpus itself bounds)."""
     phrase = check_phrase(phrase)
-    limit = check_count("limit", limit, maximum=MAX_RESULTS)
     if document is not None:
         document = check_count("doc", document, minimum=0)
         if document >= index.n_docs:
@@ -145,7 +149,7 @@ def find_span(
     """The tokens of the ``occurrence``-th place (from 0) where ``phrase`` occurs in document
     ``doc`` (or in the whole corpus); an error naming the phrase when there is none."""
     occurrence = check_count("occurrence", occurrence, minimum=0, maximum=MAX_RESULTS - 1)
-    spans = find_phrase(index, phrase, limit=occurrence + 1, document=doc)
+    spans = _find_phrase(index, phrase, occurrence + 1, doc)
     if len(spans) <= occurrence:
         where = "the index" if doc is None else f"document {doc}"
         if not spans:
