@@ -17,7 +17,6 @@ reach the index directory can write a segment (`indexer.ray_engine`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -38,11 +37,11 @@ from lstmsearch.index import (
     segment_file,
     sql_path,
 )
+from lstmsearch.models import file_sha256
 from lstmsearch.store import StateStore, StateWriter, column_checksums
 
 ROWS_FILE = SEGMENT_ROWS
 STATS_FILE = SEGMENT_STATS
-HASH_BLOCK = 1 << 22
 
 SEGMENT_SCHEMA = [
     """CREATE TABLE documents (
@@ -147,15 +146,6 @@ def plan_segments(lengths: Sequence[int], min_tokens: int, min_docs: int, first_
     if doc > start_doc:
         plans.append(SegmentPlan(first_number + len(plans), start_doc, doc, start_tok, tok))
     return plans
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

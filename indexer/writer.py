@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from indexer.segment import PlannedDoc, SegmentPlan, WrittenSegment, file_sha256, plan_segments
+from indexer.segment import PlannedDoc, SegmentPlan, WrittenSegment, plan_segments
 from lstmsearch.index import (
     ANNOTATIONS_DIR,
     DB_FILE,
@@ -45,6 +45,7 @@ from lstmsearch.index import (
     IndexOpenError,
     check_format,
 )
+from lstmsearch.models import file_sha256
 
 __all__ = ["BuildError", "IndexWriter", "PlannedDoc", "SegmentPlan", "plan_segments", "now"]
 
@@ -303,13 +304,7 @@ class IndexWriter:
                                       [plan.number]).fetchall() or [("none",)]
             if state != "planned":
                 raise BuildError(f"segment {plan.name} of {self.path} is {state}, not planned")
-            for f in written.files:
-                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                            [plan.number, f.path, f.kind, f.state, f.bytes, f.sha256])
-            for f in written.faiss:
-                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [plan.number, f.state, f.file, f.description, f.n_tokens,
-                             f.recall_at_10, f.seconds])
+            list_files(con, written)
             con.execute("UPDATE segments SET state = 'pending', seconds = ? WHERE segment = ?",
                         [written.seconds, plan.number])
             set_meta(con, {"updated_at": now(), "build_seconds": f"{build_seconds:.3f}"})
@@ -356,13 +351,7 @@ class IndexWriter:
                 "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, 'live', ?, NULL, ?)",
                 [plan.number, plan.name, plan.doc_start, plan.doc_end, plan.tok_start,
                  plan.tok_end, version, written.seconds])
-            for f in written.files:
-                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                            [plan.number, f.path, f.kind, f.state, f.bytes, f.sha256])
-            for f in written.faiss:
-                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [plan.number, f.state, f.file, f.description, f.n_tokens,
-                             f.recall_at_10, f.seconds])
+            list_files(con, written)
             for number in old:
                 con.execute("UPDATE segments SET state = 'retired', retired_version = ? "
                             "WHERE segment = ?", [version, number])
@@ -410,6 +399,19 @@ class IndexWriter:
                         child.unlink()
                         removed.append(str(child.relative_to(self.path)))
         return removed
+
+
+def list_files(con: duckdb.DuckDBPyConnection, written: WrittenSegment) -> None:
+    """The rows of a written segment's files and FAISS indexes (inside the caller's
+    transaction)."""
+    number = written.plan.number
+    for f in written.files:
+        con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                    [number, f.path, f.kind, f.state, f.bytes, f.sha256])
+    for f in written.faiss:
+        con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [number, f.state, f.file, f.description, f.n_tokens, f.recall_at_10,
+                     f.seconds])
 
 
 def set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:

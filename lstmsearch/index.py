@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
+from lstmsearch.models import file_sha256
 from lstmsearch.store import CorruptStoreError, StateStore
 
 if TYPE_CHECKING:
@@ -140,15 +141,6 @@ SMALL_FILE_BYTES = 1 << 22
 HASH_BLOCK = 1 << 22
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class IndexFile:
     """A file the manifest lists: path relative to the index, recorded size and sha256."""
@@ -175,7 +167,7 @@ class IndexFile:
     def check_sum(self, root: Path) -> None:
         """Refuse a file whose content is not what was committed, naming it."""
         self.check_size(root)
-        if sha256_of(root / self.path) != self.sha256:
+        if file_sha256(root / self.path) != self.sha256:
             raise DamagedFileError(
                 f"index {root} is damaged: {self.path} does not match its recorded sha256 "
                 "(changed on disk); rebuild the index"

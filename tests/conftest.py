@@ -146,7 +146,7 @@ def edit_segment_rows(index_path: Path, sql: str, params: list | None = None) ->
     files' new sizes and checksums, as if the index had been built that way."""
     import duckdb
 
-    from indexer.segment import file_sha256
+    from lstmsearch.models import file_sha256
 
     con = duckdb.connect(str(index_path / "index.duckdb"))
     try:
