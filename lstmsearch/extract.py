@@ -3,10 +3,20 @@
 States are named `layers.{L}.{kind}` everywhere (cache, store, API, UI): kind is `h`, `c`
 (LSTM only) or a gate: `i`, `f`, `g`, `o` for an LSTM, `r`, `z`, `n` for a GRU.
 
-How (SPEC 3.3): `nn.LSTM` never returns per-step cell states, so each layer runs once through
-the fused kernel for `h` (the slow, sequential part), then the gate pre-activations of all
-steps are recomputed in one batched matrix product from the layer's input and `h_{t-1}`, and
-`c_t = f_t * c_{t-1} + i_t * g_t` is an element-wise scan. A GRU's only state is `h`.
+How: `nn.LSTM` never returns per-step cell states, so this module runs each layer itself, in
+one pass that costs what the layer's own forward costs (`fused` kernel, the default):
+
+- the input projection of a stretch of steps is one matrix product for all of them (for the
+  first layer, a row of a precomputed `embedding @ W_ih^T + b` table per token, when the
+  vocabulary is small enough);
+- each step is one matrix product `h_{t-1} @ W_hh^T` (oneDNN with the weights packed once,
+  the input projection added in the same call, where torch offers it) and one fused
+  pointwise update (`lstmsearch.cells`: gates, c, h and the asked gates in one loop), which
+  writes the step's states straight into the block's time-major output arrays.
+
+The `reference` kernel is the plain way, kept as the tests' second opinion: the layer through
+`nn.LSTM` for `h`, then the gate pre-activations of all steps recomputed in one batched
+product and `c_t = f_t * c_{t-1} + i_t * g_t` as an element-wise scan.
 
 Documents are read in lanes: up to `lanes` documents side by side, a stretch of time
 (`chunk` steps) at a time, with each lane's state carried from one stretch to the next, so a
@@ -17,14 +27,16 @@ document ends its lane takes the next document with a zero state.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from lstmsearch.cells import BACKENDS, default_backend, gru_update, lstm_update
 from lstmsearch.models import LanguageModel, ModelConfig
+from lstmsearch.store import FLOAT16_MAX
 
 LSTM_GATES = ("i", "f", "g", "o")
 GRU_GATES = ("r", "z", "n")
@@ -136,6 +148,149 @@ def gru_layer(
     return h_all, out, final
 
 
+# --- the fused pass ----------------------------------------------------------------------
+
+KERNELS = ("fused", "reference")
+PROJECTION_ROWS = 4096
+"""Lanes x steps whose input projection is one matrix product."""
+TABLE_BYTES = 1 << 26
+"""Largest first-layer table `embedding @ W_ih^T + b` (64 MiB) looked up per token."""
+
+
+@dataclass(frozen=True)
+class StepWeights:
+    """One layer's weights arranged for the fused pass.
+
+    The input projection is `x @ w_ih_t + b_in` (an LSTM folds both biases into `b_in`; a GRU
+    keeps `b_hh` apart, inside the reset gate's product). `w_hh` is what `step_product`
+    multiplies `h_{t-1}` with: W_hh packed once for oneDNN when `packed`, else W_hh^T.
+    `table` is the first layer's input projection of every token id, when it is small.
+    """
+
+    arch: str
+    hidden: int
+    w_ih_t: torch.Tensor
+    b_in: torch.Tensor
+    b_hh: torch.Tensor | None
+    w_hh: torch.Tensor
+    packed: bool
+    table: torch.Tensor | None = None
+
+
+def pack_for_steps(w_hh: torch.Tensor, lanes: int) -> torch.Tensor | None:
+    """W_hh in oneDNN's packed layout for products with `lanes` rows, or None where torch
+    offers no packed product (not a CPU, not float32, no oneDNN)."""
+    if w_hh.device.type != "cpu" or w_hh.dtype != torch.float32:
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w_hh, lanes)
+        probe = torch.ones(1, w_hh.shape[1])
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return None
+    if not torch.allclose(got[0], w_hh.sum(1), rtol=1e-4, atol=1e-4):
+        return None
+    return packed
+
+
+def step_weights(rnn: nn.Module, lanes: int, embed: nn.Embedding | None = None,
+                 packed: bool = True) -> StepWeights:
+    """The fused pass's view of one single-layer `nn.LSTM`/`nn.GRU` (see `StepWeights`);
+    `embed` is the model's embedding when this is the first layer."""
+    arch = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
+    w_ih, w_hh = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach()
+    b_ih, b_hh = rnn.bias_ih_l0.detach(), rnn.bias_hh_l0.detach()
+    b_in = b_ih + b_hh if arch == "lstm" else b_ih
+    w_packed = pack_for_steps(w_hh, lanes) if packed else None
+    table = None
+    if embed is not None and embed.num_embeddings * w_ih.shape[0] * 4 <= TABLE_BYTES:
+        table = torch.addmm(b_in, embed.weight.detach(), w_ih.t())
+    return StepWeights(
+        arch=arch, hidden=rnn.hidden_size, w_ih_t=w_ih.t(), b_in=b_in,
+        b_hh=None if arch == "lstm" else b_hh,
+        w_hh=w_hh.t() if w_packed is None else w_packed, packed=w_packed is not None,
+        table=table,
+    )
+
+
+def input_projection(w: StepWeights, inputs: torch.Tensor) -> torch.Tensor:
+    """`x @ W_ih^T + b` for a stretch of steps: inputs are token ids (S, B) when the layer
+    has a table, else x (S, B, in); the result is (S, B, gates x H)."""
+    if w.table is not None:
+        return w.table[inputs]
+    steps, batch, width = inputs.shape
+    return torch.addmm(w.b_in, inputs.reshape(steps * batch, width), w.w_ih_t).view(
+        steps, batch, -1)
+
+
+def step_product(w: StepWeights, h: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
+    """`h @ W_hh^T` (B, gates x H), plus `add` (an LSTM's input projection of the step) or,
+    for a GRU, its hidden bias."""
+    if add is None:
+        if w.packed:
+            return torch.ops.mkldnn._linear_pointwise(h, w.w_hh, w.b_hh, "none", [], "")
+        return torch.addmm(w.b_hh, h, w.w_hh)
+    if w.packed:
+        return torch.ops.mkldnn._linear_pointwise.binary(h, add, w.w_hh, None, "add")
+    return torch.addmm(add, h, w.w_hh)
+
+
+def fused_layer(w: StepWeights, inputs: torch.Tensor, state: tuple[torch.Tensor, ...],
+                kinds: set[str], backend: str
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """One layer over a block, time-major: `inputs` are token ids (T, B) for a layer with a
+    table, else x (T, B, in); `state` is (h, c) or (h,), each (B, H). Returns h (T, B, H),
+    the asked kinds (T, B, H) and the final state."""
+    steps, batch = inputs.shape[:2]
+    hidden = w.hidden
+    lstm = w.arch == "lstm"
+    h_all = torch.empty(steps, batch, hidden, dtype=w.b_in.dtype, device=w.b_in.device)
+    c_all = torch.empty_like(h_all) if lstm and "c" in kinds else None
+    gate_kinds = LSTM_GATES if lstm else GRU_GATES
+    gates = None
+    if kinds & set(gate_kinds):
+        gates = torch.empty(steps, len(gate_kinds), batch, hidden, dtype=h_all.dtype,
+                            device=h_all.device)
+    h = state[0]
+    c = state[1].clone() if lstm else None  # the running cell state, updated in place
+    c_spare = torch.empty_like(h) if lstm and c_all is None else None
+    every = max(1, PROJECTION_ROWS // max(1, batch))
+    for a in range(0, steps, every):
+        projected = input_projection(w, inputs[a : a + every])
+        for t in range(a, min(steps, a + every)):
+            gates_t = None if gates is None else gates[t]
+            if lstm:
+                pre = step_product(w, h, projected[t - a])
+                lstm_update(backend, pre, c, c_spare if c_all is None else c_all[t], h_all[t],
+                            gates_t)
+            else:
+                gru_update(backend, projected[t - a], step_product(w, h, None), h, h_all[t],
+                           gates_t)
+            h = h_all[t]
+    out = {"h": h_all}
+    if c_all is not None:
+        out["c"] = c_all
+    if gates is not None:
+        out.update({k: gates[:, j] for j, k in enumerate(gate_kinds) if k in kinds})
+    return h_all, out, ((h, c) if lstm else (h,))
+
+
+def reference_layer(rnn: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, ...],
+                    kinds: set[str]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`fused_layer`'s contract (x is (T, B, in)) by `lstm_layer` / `gru_layer`."""
+    x = x.transpose(0, 1)
+    if isinstance(rnn, nn.LSTM):
+        h_all, out, (h, c) = lstm_layer(rnn, x, (state[0][None], state[1][None]), kinds)
+        final = (h[0], c[0])
+    else:
+        h_all, out, h = gru_layer(rnn, x, state[0][None], kinds)
+        final = (h[0],)
+    if "c" in out:
+        out["c"] = out["c"].clamp(-FLOAT16_MAX, FLOAT16_MAX)
+    return h_all.transpose(0, 1), {k: v.transpose(0, 1) for k, v in out.items()}, final
+
+
 # --- lanes over many documents -----------------------------------------------------------
 
 
@@ -144,7 +299,8 @@ class StateBlock:
     """States of some documents over one stretch of time, from one direction.
 
     Row j holds document `docs[j]`, positions `starts[j] .. starts[j] + lengths[j]` in document
-    order; `states[name][j, :lengths[j]]` are its valid steps. The units are
+    order; `states[name][j, :lengths[j]]` are its valid steps, float32 within float16's finite
+    range (h and the gates are bounded, c is clipped), ready to store. The units are
     `unit_offset .. unit_offset + H` of the stored state (the backward direction of a
     bidirectional model fills the second half).
     """
@@ -165,8 +321,15 @@ def iter_states(
     chunk: int = 256,
     lanes: int = 64,
     surprisal: bool = False,
+    kernel: str = "fused",
+    backend: str | None = None,
 ) -> Iterator[StateBlock]:
-    """Stream exact states of `docs` (token id arrays) in blocks of lanes x chunk steps."""
+    """Stream exact states of `docs` (token id arrays) in blocks of lanes x chunk steps.
+
+    `kernel` is "fused" (one pass per layer at the cost of its forward) or "reference" (the
+    layer's `nn.LSTM`/`nn.GRU` plus a recomputation of the gates); `backend` chooses the
+    fused pass's pointwise update ("numba" or "torch", default: `cells.default_backend`).
+    """
     config = model.config
     names = list(names) if names is not None else state_names(config)
     wanted: dict[int, set[str]] = {}
@@ -176,23 +339,46 @@ def iter_states(
         wanted.setdefault(layer, set()).add(kind)
     if chunk < 1 or lanes < 1:
         raise ValueError(f"chunk and lanes must be positive, got chunk={chunk}, lanes={lanes}")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
+    parameter = next(model.parameters())
+    backend = backend or default_backend(parameter.device, parameter.dtype)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     # longest first: lanes that run together finish together, so little time is padding
     order = sorted(range(len(docs)), key=lambda d: -len(docs[d]))
     order = [d for d in order if len(docs[d]) > 0]
     for direction, layers in enumerate(model.stacks()):
-        heads = None
-        if surprisal and direction == 0:
-            heads = model.head
+        head = model.head if surprisal and direction == 0 else None
+        top = len(layers) - 1 if head is not None else max(wanted)
+        if kernel == "fused":
+            prepared = [step_weights(layers[i], min(lanes, len(order)) or 1,
+                                     model.embed if i == 0 else None) for i in range(top + 1)]
+
+            def run(i, inputs, state, kinds, prepared=prepared):
+                return fused_layer(prepared[i], inputs, state, kinds, backend)
+        else:
+            def run(i, inputs, state, kinds, layers=layers):
+                return reference_layer(layers[i], inputs, state, kinds)
+
+        first_table = kernel == "fused" and prepared[0].table is not None
         yield from run_lanes(
-            model, layers, docs, order, wanted, chunk, lanes,
-            backward=direction == 1, unit_offset=direction * config.hidden, head=heads,
+            model, run, top + 1, first_table, docs, order, wanted, chunk, lanes,
+            backward=direction == 1, unit_offset=direction * config.hidden, head=head,
         )
+
+
+LayerRun = Callable[[int, torch.Tensor, tuple[torch.Tensor, ...], set[str]],
+                    tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]
+"""`run(layer, inputs, state, kinds)`: one layer over a block, time-major (`fused_layer`)."""
 
 
 @torch.inference_mode()
 def run_lanes(
     model: LanguageModel,
-    layers: nn.ModuleList,
+    run: LayerRun,
+    n_layers: int,
+    ids_in: bool,
     docs: Sequence[np.ndarray],
     order: list[int],
     wanted: dict[int, set[str]],
@@ -202,27 +388,30 @@ def run_lanes(
     unit_offset: int,
     head: nn.Module | None,
 ) -> Iterator[StateBlock]:
-    """One direction's stack over all documents, lane by lane (see module docstring)."""
-    device = next(model.parameters()).device
-    hidden, n_layers = model.config.hidden, len(layers)
-    is_lstm = model.config.arch == "lstm"
-    top_needed = max(wanted) if head is None else n_layers - 1
+    """One direction's first `n_layers` layers over all documents, lane by lane (see the
+    module docstring); `ids_in`: the first layer takes token ids, not embeddings."""
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    hidden = model.config.hidden
+    parts = 2 if model.config.arch == "lstm" else 1  # (h, c) or (h,)
     queue = deque(order)
     lane_doc: list[int] = []
     lane_pos: list[int] = []
-    lane_state: list[list] = []  # per lane, per layer: state tensors (1, 1, H)
     lane_logp: list[torch.Tensor | None] = []
-
-    def zero_state():
-        z = torch.zeros(1, 1, hidden, device=device)
-        return (z, z.clone()) if is_lstm else z
+    # per layer, the carried state of every lane: (h, c) or (h,), each (lanes, H)
+    state = [tuple(torch.zeros(0, hidden, device=device, dtype=dtype) for _ in range(parts))
+             for _ in range(n_layers)]
 
     while queue or lane_doc:
+        joined = 0
         while queue and len(lane_doc) < lanes:
             lane_doc.append(queue.popleft())
             lane_pos.append(0)
-            lane_state.append([zero_state() for _ in range(n_layers)])
             lane_logp.append(None)
+            joined += 1
+        if joined:  # new documents start from a zero state
+            zeros = torch.zeros(joined, hidden, device=device, dtype=dtype)
+            state = [tuple(torch.cat([part, zeros]) for part in layer) for layer in state]
         remaining = [len(docs[d]) - p for d, p in zip(lane_doc, lane_pos)]
         steps = min(chunk, max(remaining))
         lengths = np.minimum(remaining, steps)
@@ -230,26 +419,21 @@ def run_lanes(
         for j, (d, p) in enumerate(zip(lane_doc, lane_pos)):
             seq = docs[d][::-1] if backward else docs[d]
             ids[j, : lengths[j]] = seq[p : p + lengths[j]]
-        x = model.embed(torch.from_numpy(ids).to(device))
-        states: dict[str, np.ndarray] = {}
-        new_states = []
-        for layer in range(top_needed + 1):
+        x = torch.from_numpy(ids.T.copy()).to(device)  # time-major (T, B)
+        if not ids_in:
+            x = model.embed(x)
+        states: dict[str, torch.Tensor] = {}
+        for layer in range(n_layers):
             kinds = wanted.get(layer, set())
-            if is_lstm:
-                h0 = torch.cat([s[layer][0] for s in lane_state], dim=1)
-                c0 = torch.cat([s[layer][1] for s in lane_state], dim=1)
-                x, out, final = lstm_layer(layers[layer], x, (h0, c0), kinds)
-            else:
-                h0 = torch.cat([s[layer] for s in lane_state], dim=1)
-                x, out, final = gru_layer(layers[layer], x, h0, kinds)
-            # a row shorter than the block ends its document here, so the kernel's final
-            # state is exact for every row that goes on
-            new_states.append(final)
+            # a row shorter than the block ends its document here, so the final state is
+            # exact for every row that goes on
+            x, out, state[layer] = run(layer, x, state[layer], kinds)
             for kind in kinds:
-                states[state_name(layer, kind)] = out[kind]
+                states[state_name(layer, kind)] = out[kind].transpose(0, 1)
         block_surprisal = None
         if head is not None:
-            block_surprisal = next_token_surprisal(head, x, ids, lengths, lane_logp)
+            block_surprisal = next_token_surprisal(head, x.transpose(0, 1), ids, lengths,
+                                                   lane_logp)
         if backward:
             states = {k: flip_rows(v, lengths) for k, v in states.items()}
         starts = np.array(
@@ -264,23 +448,15 @@ def run_lanes(
             surprisal=block_surprisal,
         )
         # carry each lane's state to its next stretch; finished lanes make room
-        keep = []
         for j in range(len(lane_doc)):
             lane_pos[j] += int(lengths[j])
-            for layer in range(top_needed + 1):
-                if is_lstm:
-                    lane_state[j][layer] = (
-                        new_states[layer][0][:, j : j + 1],
-                        new_states[layer][1][:, j : j + 1],
-                    )
-                else:
-                    lane_state[j][layer] = new_states[layer][:, j : j + 1]
-            if lane_pos[j] < len(docs[lane_doc[j]]):
-                keep.append(j)
-        lane_doc = [lane_doc[j] for j in keep]
-        lane_pos = [lane_pos[j] for j in keep]
-        lane_state = [lane_state[j] for j in keep]
-        lane_logp = [lane_logp[j] for j in keep]
+        keep = [j for j in range(len(lane_doc)) if lane_pos[j] < len(docs[lane_doc[j]])]
+        if len(keep) < len(lane_doc):
+            rows = torch.tensor(keep, dtype=torch.long, device=device)
+            state = [tuple(part.index_select(0, rows) for part in layer) for layer in state]
+            lane_doc = [lane_doc[j] for j in keep]
+            lane_pos = [lane_pos[j] for j in keep]
+            lane_logp = [lane_logp[j] for j in keep]
 
 
 def flip_rows(x: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
@@ -339,10 +515,13 @@ def extract(
     chunk: int = 256,
     lanes: int = 64,
     surprisal: bool = False,
+    kernel: str = "fused",
+    backend: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Exact states of each document: one dict per doc, name -> float32 (len(doc), units).
 
     With `surprisal=True` each dict also has "surprisal" (len(doc),), NaN at position 0.
+    `kernel` and `backend` choose how the states are computed (see `iter_states`).
     """
     config = model.config
     names = list(names) if names is not None else state_names(config)
@@ -353,7 +532,8 @@ def extract(
     if surprisal:
         for r, d in zip(result, docs):
             r["surprisal"] = np.full(len(d), np.nan, dtype=np.float32)
-    for block in iter_states(model, docs, names, chunk=chunk, lanes=lanes, surprisal=surprisal):
+    for block in iter_states(model, docs, names, chunk=chunk, lanes=lanes, surprisal=surprisal,
+                             kernel=kernel, backend=backend):
         lo, hi = block.unit_offset, block.unit_offset + config.hidden
         for j, d in enumerate(block.docs):
             s, n = int(block.starts[j]), int(block.lengths[j])

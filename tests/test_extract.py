@@ -86,17 +86,38 @@ def reference(model: LanguageModel, ids: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v, axis=1) for k, v in out.items()}
 
 
+PASSES = {
+    # the default: fused pass, numba update, oneDNN-packed step product, first-layer table
+    "fused": {},
+    "fused-torch-update": {"backend": "torch"},
+    "fused-plain-products": {"packed": False, "table_bytes": 0},
+    "reference": {"kernel": "reference"},
+}
+
+
+def use_pass(monkeypatch, name: str) -> dict:
+    """Extract keyword arguments for one way of computing the states (see PASSES)."""
+    options = dict(PASSES[name])
+    if not options.pop("packed", True):
+        monkeypatch.setattr(extract_module, "pack_for_steps", lambda w, lanes: None)
+    if "table_bytes" in options:
+        monkeypatch.setattr(extract_module, "TABLE_BYTES", options.pop("table_bytes"))
+    return options
+
+
+@pytest.mark.parametrize("way", list(PASSES))
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("chunk", [1, 4, 64])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_extract_equals_cell_reference(arch, layers, chunk, bidirectional):
+def test_extract_equals_cell_reference(monkeypatch, way, arch, layers, chunk, bidirectional):
+    options = use_pass(monkeypatch, way)
     model = random_model(arch, layers=layers, bidirectional=bidirectional, seed=layers * 10 + chunk)
     rng = np.random.default_rng(chunk)
     lengths = [1, 2, 5, 17, 70, 3, 9]  # includes one token and longer than several chunks
     docs = [rng.integers(0, 11, size=n) for n in lengths]
     names = state_names(model.config, gates=True)
-    got = extract(model, docs, names, chunk=chunk, lanes=3)
+    got = extract(model, docs, names, chunk=chunk, lanes=3, **options)
     for doc, states in zip(docs, got):
         want = reference(model, doc)
         for name in names:
