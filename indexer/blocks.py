@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import progress_bar as indexer_bar
 from lstmsearch.index import Index, open_index
 
 BLOCK_BYTES = 1 << 25
@@ -107,11 +106,6 @@ def state_block(index: Index, name: str, start: int, end: int, dtype: str) -> np
     """Stored values of tokens [start, end), all units: a C-ordered tokens x units array."""
     block = index.store(name).block(slice(None), start, end)
     return np.ascontiguousarray(block.T, dtype=np.dtype(dtype))
-
-
-def progress_bar(total: int, enabled: bool | None, desc: str):
-    """The indexer's progress bar (stderr, only on a terminal unless asked)."""
-    return indexer_bar(total, enabled, desc)
 
 
 def track_columns(index: Index, name: str, n_tokens: int) -> tuple[np.ndarray, list[str] | None]:

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from indexer.nearest import EXACT_LIMIT
+from indexer.nearest import CODEBOOK_TOKENS, load_codebooks, train_codebooks
 from indexer.segment import PlannedDoc, SegmentPlan, SegmentWriter, plan_segments
 from indexer.stats import PartialStats, load_partials, merge_partials, save_partials, stats_of
 from indexer.writer import (
@@ -48,17 +47,20 @@ from indexer.writer import (
     meta_for_model,
 )
 from lstmsearch.corpus import Corpus, load_corpus
-from lstmsearch.extract import iter_states, state_names
+from lstmsearch.extract import extract, iter_states, state_names
 from lstmsearch.index import (
+    CODEBOOKS_DIR,
     DB_FILE,
     MODEL_FILE,
     SEGMENTS_DIR,
     STATS_DIR,
     STATUS_COMPLETE,
     SURPRISAL_TRACK,
+    human_bytes,
 )
 from lstmsearch.models import LoadedModel, file_sha256, load_model
-from lstmsearch.store import clip
+from lstmsearch.progress import progress_bar
+from lstmsearch.store import to_stored
 from lstmsearch.tokenize import Tokenizer
 
 SEGMENT_TOKENS = 65_536
@@ -136,14 +138,6 @@ def tokenize_documents(
     return docs, skipped
 
 
-def progress_bar(total: int, enabled: bool | None, desc: str, unit: str = "tok") -> tqdm:
-    """A tqdm bar on stderr; by default only when stderr is a terminal."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-                file=sys.stderr, disable=not enabled, smoothing=0.1)
-
-
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -164,7 +158,8 @@ def build_index(
     lanes: int | None = None,
     chunk: int = 256,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
+    space_check: bool = True,
     progress: bool | None = None,
     on_segment: Callable[[int], None] | None = None,
     surprisal: bool = True,
@@ -183,7 +178,11 @@ def build_index(
     `segment_docs` documents (default 4 per lane); `on_segment(number)` is called after each
     segment is written and listed. With `surprisal` (the default) each token's surprisal
     under the model, -ln p(token | the tokens before it) in nats, is stored as the track
-    "surprisal" (a resume or an append keeps what the build chose).
+    "surprisal" (a resume or an append keeps what the build chose). `faiss` builds the
+    nearest-state indexes: compressed codes re-ranked on the stored states, or with
+    `exact_nearest` exact ones that hold a second copy of the states. Before anything is
+    written the estimated size is printed, and the build refused when the output file system
+    has less free space (`space_check=False` tries anyway).
     """
     out = Path(out)
     if resume and append:
@@ -195,8 +194,8 @@ def build_index(
             raise BuildError(f"{name} must be a positive integer, got {value!r}")
     device = choose_device(device)
     lanes = lanes or default_lanes(device)
-    job = Job(out, device, lanes, chunk, faiss, exact_faiss_limit, progress, on_segment,
-              surprisal)
+    job = Job(out, device, lanes, chunk, faiss, exact_nearest, progress, on_segment,
+              surprisal, space_check)
     sizes = (segment_tokens, segment_docs)
     if resume:
         return job.resume(corpus, model, layers, kinds, limit, corpus_options, sizes)
@@ -214,10 +213,11 @@ class Job:
     lanes: int
     chunk: int
     faiss: bool
-    exact_faiss_limit: int
+    exact_nearest: bool  # exact FAISS indexes (a second copy of the states), no codebooks
     progress: bool | None
     on_segment: Callable[[int], None] | None
     surprisal: bool = True  # store each token's surprisal as the track SURPRISAL_TRACK
+    space_check: bool = True  # refuse to start without the free space the estimate needs
     started: float = field(default_factory=time.perf_counter)
     extract_seconds: float = 0.0
     store_seconds: float = 0.0
@@ -236,6 +236,8 @@ class Job:
         if not docs:
             raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to index")
         self.check_tracks(docs)
+        self.check_space(sum(len(d) for d in docs), [loaded.config.state_dim] * len(names),
+                         compressed=self.faiss and not self.exact_nearest)
         writer = claim_new(self.out)
         return self.build_into(writer, model, loaded, names, corpus, docs, skipped, sizes)
 
@@ -257,8 +259,9 @@ class Job:
             segment_tokens = sizes[0] or SEGMENT_TOKENS
             segment_docs = sizes[1] or SEGMENT_LANES * self.lanes
             plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs, 0, 0, 0)
+            codebooks = self.codebooks_for(loaded, names, docs)
             writer.plan(docs, plans, {"segment_tokens": str(segment_tokens),
-                                      "segment_docs": str(segment_docs)})
+                                      "segment_docs": str(segment_docs)}, codebooks)
         except BaseException:
             writer.close()
             raise
@@ -317,6 +320,7 @@ class Job:
             if not docs:
                 raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to add")
             self.check_tracks(docs)
+            self.check_append_space(writer, docs)
             plans = self.plan_append(writer, meta, docs, sizes, corpus.name)
         except BaseException:
             writer.close()
@@ -325,6 +329,32 @@ class Job:
                         {"no tokens": skipped} if skipped else {})
 
     # --- shared steps ----------------------------------------------------------------------
+
+    def check_space(self, n_tokens: int, dims: Sequence[int], compressed: bool) -> None:
+        """Say how large the new states will be on disk, and refuse to start when the output
+        file system has less free space than that (unless `space_check` is off)."""
+        need = estimate_bytes(n_tokens, dims, self.faiss, compressed, self.surprisal)
+        free = free_bytes(self.out)
+        units = sum(dims)
+        line = (f"estimate: {n_tokens:,} tokens x {units:,} units ({len(dims)} states) x 2 "
+                f"bytes = {human_bytes(n_tokens * units * 2)} of states, about "
+                f"{human_bytes(need)} on disk in all; {human_bytes(free)} free at {self.out}")
+        if self.progress is not False:
+            print(line, file=sys.stderr, flush=True)
+        if self.space_check and free < need:
+            raise BuildError(
+                f"not enough free space for the index at {self.out}: it needs about "
+                f"{human_bytes(need)} ({n_tokens:,} tokens x {units:,} units x 2 bytes of states, "
+                f"plus FAISS, rows and statistics) but {human_bytes(free)} is free; free some space, "
+                "choose another --out, or pass --no-space-check to try anyway"
+            )
+
+    def check_append_space(self, writer: IndexWriter, docs: Sequence[PlannedDoc]) -> None:
+        """`check_space` for the documents an append adds, with the index's own states."""
+        dims = [dim for *_, dim in writer.states()]
+        compressed = bool(writer.live_files("codebook"))
+        self.faiss = bool(writer.read("SELECT count(*) FROM faiss_indexes")[0][0]) or compressed
+        self.check_space(sum(len(d) for d in docs), dims, compressed)
 
     def plan_append(self, writer: IndexWriter, meta: dict[str, str],
                     docs: Sequence[PlannedDoc], sizes, corpus_name: str) -> list[SegmentPlan]:
@@ -359,6 +389,25 @@ class Job:
                 f"the corpus has a track named {SURPRISAL_TRACK!r}, the name of the model's "
                 "stored surprisal: rename the corpus track or build without surprisal"
             )
+
+    def codebooks_for(self, loaded: LoadedModel, names: Sequence[str],
+                      docs: Sequence[PlannedDoc]) -> dict[str, Path]:
+        """Train the FAISS codebook of each state on the states of the first documents and
+        save them in the index directory (none with `exact_nearest` or without FAISS)."""
+        if not self.faiss or self.exact_nearest:
+            return {}
+        t0 = time.perf_counter()
+        sample = codebook_sample(loaded.model, [d.ids for d in docs], names)
+        t1 = time.perf_counter()
+        files = train_codebooks(sample, self.out)
+        self.finalize_seconds += time.perf_counter() - t0
+        n_sample = len(next(iter(sample.values()))) if sample else 0
+        total = sum(len(d) for d in docs)
+        if n_sample and self.progress is not False:
+            rate = n_sample / max(t1 - t0, 1e-9)
+            print(f"estimate: {rate:,.0f} tokens/s on the first {n_sample:,} tokens, so about "
+                  f"{total / rate:,.0f} s for {total:,} tokens", file=sys.stderr, flush=True)
+        return files
 
     def nothing_to_do(self) -> BuildResult:
         """Result for a resume of a complete index."""
@@ -409,6 +458,7 @@ class Job:
             return
         states = writer.states()
         names = [name for name, *_ in states]
+        codebooks = load_codebooks(writer.path, writer.live_files("codebook"))
         first_doc = plans[0].doc_start
         bar = progress_bar(sum(p.n_tokens for p in plans), self.progress, "indexing")
         open_segments: dict[int, SegmentWriter] = {}
@@ -417,7 +467,7 @@ class Job:
         def store(step: str, plan: SegmentPlan, *item) -> None:
             t0 = time.perf_counter()
             if plan.number not in open_segments:
-                open_segments[plan.number] = SegmentWriter(self.out, plan, states)
+                open_segments[plan.number] = SegmentWriter(self.out, plan, states, codebooks)
             segment = open_segments[plan.number]
             if step == "block":
                 doc_starts, block = item
@@ -428,7 +478,6 @@ class Job:
                         at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start
                         values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
                 for name, values in block.states.items():
-                    clip(values)
                     for j, doc in enumerate(block.docs):
                         n = int(block.lengths[j])
                         segment.write_block(name, int(doc_starts[doc] + block.starts[j]),
@@ -439,8 +488,7 @@ class Job:
                 if self.surprisal:
                     tracks[SURPRISAL_TRACK] = surprisal.pop(
                         plan.number, np.full(plan.n_tokens, np.nan, dtype=np.float32))
-                written = segment.finish(segment_docs, tracks, faiss=self.faiss,
-                                         exact_faiss_limit=self.exact_faiss_limit)
+                written = segment.finish(segment_docs, tracks, faiss=self.faiss)
                 del open_segments[plan.number]
                 writer.add_segment(written, base_seconds + time.perf_counter() - self.started)
             self.store_seconds += time.perf_counter() - t0
@@ -480,11 +528,12 @@ class Job:
 def merge_pending_stats(writer: IndexWriter, progress: bool | None = None
                         ) -> dict[str, PartialStats]:
     """The index-wide partial statistics after adding the pending segments: the previous
-    merged file plus each pending segment's `stats.npz` (histograms add, top-K merge)."""
+    merged file plus each pending segment's `partial.npz` (histograms add, top-K merge; a
+    segment written by an older version keeps them in its `stats.npz`)."""
     root = writer.path
     previous = [p for seg, p, *_ in writer.live_files("stats") if seg is None]
     pending = {p.number for p, _ in writer.segments("pending")}
-    parts_files = [root / p for seg, p, kind, *_ in writer.live_files("stats")
+    parts_files = [root / p for seg, p, *_ in writer.live_files("partial") + writer.live_files("stats")
                    if seg is not None and seg in pending]
     loaded = [load_partials(root / previous[0])] if previous else []
     merged: dict[str, PartialStats] = {}
@@ -614,6 +663,47 @@ class Committer:
             self.raise_error()
 
 
+ROW_BYTES = 24
+"""About what a token's row (position, document, offsets, id, text) takes in rows.duckdb."""
+TRACK_BYTES = 16
+"""About what one track value (the surprisal) takes per token."""
+
+
+def estimate_bytes(n_tokens: int, dims: Sequence[int], faiss: bool, compressed: bool,
+                   surprisal: bool) -> int:
+    """About how many bytes `n_tokens` new tokens take on disk: float16 states, FAISS codes
+    (dim / 8 bytes each compressed, 2 x dim exact), rows and the surprisal track. The
+    statistics, model and database add a few percent more."""
+    per_token = sum(2 * d for d in dims) + ROW_BYTES + (TRACK_BYTES if surprisal else 0)
+    if faiss:
+        per_token += sum(max(1, d // 8) if compressed else 2 * d for d in dims)
+    return n_tokens * per_token
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def codebook_sample(model: torch.nn.Module, docs: Sequence[np.ndarray], names: Sequence[str],
+                    tokens: int = CODEBOOK_TOKENS) -> dict[str, np.ndarray]:
+    """The stored values (clipped, rounded to float16) of every state at the first `tokens`
+    tokens of `docs`, as float32 (tokens, dim): what the codebooks are trained on. The
+    first documents make the sample the same for every engine and every resume."""
+    prefix, total = [], 0
+    for ids in docs:
+        if total >= tokens:
+            break
+        prefix.append(np.asarray(ids[: tokens - total]))
+        total += len(prefix[-1])
+    states = extract(model, prefix, names)
+    return {name: to_stored(np.concatenate([s[name] for s in states])).T.float().numpy()
+            for name in names}
+
+
 def split_name(name: str) -> tuple[int, str]:
     """`layers.1.c` -> (1, 'c')."""
     _, layer, kind = name.split(".")
@@ -633,7 +723,7 @@ def corpus_docs(corpus: Corpus) -> list[tuple[str, str, dict[str, np.ndarray]]]:
 
 
 LEFTOVERS = {DB_FILE, DB_FILE + ".wal", MODEL_FILE, MODEL_FILE + ".tmp", SEGMENTS_DIR,
-             STATS_DIR, BUILD_DIR, LOCK_FILE}
+             STATS_DIR, BUILD_DIR, LOCK_FILE, CODEBOOKS_DIR}
 
 
 def is_leftover(out: Path) -> bool:

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import progress_bar
-from indexer.nearest import EXACT_LIMIT
-from indexer.segment import ROWS_FILE, STATS_FILE, SegmentPlan, SegmentWriter
-from indexer.stats import load_partials, merge_partials
+from indexer.nearest import load_codebooks
+from indexer.segment import ROWS_FILE, SegmentPlan, SegmentWriter
 from indexer.writer import BuildError, IndexWriter
 from lstmsearch.index import SEGMENTS_DIR, STATUS_COMPLETE, segment_file
+from lstmsearch.progress import progress_bar
 from lstmsearch.store import StateStore
 
 DEFAULT_SEGMENT_TOKENS = 1 << 20
@@ -65,7 +64,7 @@ def group_segments(sizes: list[int], max_segments: int) -> list[list[int]]:
 
 
 def compact_index(path: str | os.PathLike, max_segments: int | None = None, *,
-                  faiss_limit: int = EXACT_LIMIT, progress: bool | None = None) -> CompactResult:
+                  progress: bool | None = None) -> CompactResult:
     """Merge the live segments of the index at `path` into at most `max_segments`."""
     path = Path(path)
     started = time.perf_counter()
@@ -86,6 +85,7 @@ def compact_index(path: str | os.PathLike, max_segments: int | None = None, *,
                   if len(g) > 1]
         states = writer.states()
         faiss = bool(writer.read("SELECT count(*) FROM faiss_indexes")[0][0])
+        codebooks = load_codebooks(path, writer.live_files("codebook"))
         version = int(meta.get("manifest_version", 0))
         number = int(meta.get("next_segment", 0))
         removed: list[str] = []
@@ -96,7 +96,7 @@ def compact_index(path: str | os.PathLike, max_segments: int | None = None, *,
                 old = [live[i] for i in group]
                 plan = SegmentPlan(number, old[0].doc_start, old[-1].doc_end, old[0].tok_start,
                                    old[-1].tok_end)
-                written = merge_segments(path, plan, old, states, faiss, faiss_limit)
+                written = merge_segments(path, plan, old, states, faiss, codebooks)
                 version = writer.replace_segments([p.number for p in old], written)
                 removed += writer.remove_unlisted()
                 number += 1
@@ -108,9 +108,10 @@ def compact_index(path: str | os.PathLike, max_segments: int | None = None, *,
 
 def merge_segments(root: Path, plan: SegmentPlan, old: list[SegmentPlan],
                    states: list[tuple[str, int, str, int]], faiss: bool,
-                   faiss_limit: int) -> object:
-    """Write one new segment holding exactly the tokens, states and rows of `old`."""
-    segment = SegmentWriter(root, plan, states)
+                   codebooks: dict) -> object:
+    """Write one new segment holding exactly the tokens, states and rows of `old` (no
+    partial statistics: the index's do not change)."""
+    segment = SegmentWriter(root, plan, states, codebooks)
     try:
         for name, layer, kind, dim in states:
             for p in old:
@@ -120,10 +121,8 @@ def merge_segments(root: Path, plan: SegmentPlan, old: list[SegmentPlan],
                     b = min(p.n_tokens, a + COPY_BLOCK)
                     segment.write_columns(name, p.tok_start + a,
                                           np.ascontiguousarray(store.block(slice(None), a, b)))
-        parts = [load_partials(root / SEGMENTS_DIR / p.name / STATS_FILE) for p in old]
-        partials = {name: merge_partials([q[name] for q in parts]) for name, *_ in states}
         return segment.finish_copied([root / SEGMENTS_DIR / p.name / ROWS_FILE for p in old],
-                                     partials, faiss=faiss, exact_faiss_limit=faiss_limit)
+                                     faiss=faiss)
     except BaseException:
         segment.abort()
         raise

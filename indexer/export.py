@@ -39,7 +39,6 @@ from indexer.blocks import (
     chosen_states,
     files_below,
     opened,
-    progress_bar,
     staged_directory,
     state_block,
     token_blocks,
@@ -47,6 +46,7 @@ from indexer.blocks import (
 )
 from indexer.lstmvis import export_lstmvis
 from lstmsearch.index import Index
+from lstmsearch.progress import progress_bar
 
 FORMATS = ("lstmvis", "npz", "parquet")
 

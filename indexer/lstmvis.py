@@ -60,14 +60,12 @@ from indexer.annotate import Track
 from indexer.blocks import (
     ExportResult,
     files_below,
-    progress_bar,
     staged_directory,
     state_block,
     token_blocks,
     track_columns,
 )
 from indexer.build import BuildResult
-from indexer.nearest import EXACT_LIMIT
 from indexer.states import (
     ArraySource,
     TokenTable,
@@ -80,6 +78,7 @@ from indexer.states import (
 from indexer.writer import BuildError
 from lstmsearch.extract import GRU_GATES, LSTM_GATES, parse_state_name
 from lstmsearch.index import Index
+from lstmsearch.progress import progress_bar
 
 CONFIG_FILE = "lstm.yml"
 KIND_OF_TYPE = {"state": "c", "output": "h", **{g: g for g in (*LSTM_GATES, *GRU_GATES)}}
@@ -417,7 +416,7 @@ def import_lstmvis(
     *,
     doc_boundary: str | None = None,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
     progress: bool | None = None,
 ) -> BuildResult:
     """Import the LSTMVis project in `project_dir` as a new index at `out`.
@@ -464,7 +463,7 @@ def import_lstmvis(
         }
         result = write_index(out, table, vocab, [(s.name, s.dim) for s in sources],
                              copy_sources(sources), meta=meta, tracks=tracks, faiss=faiss,
-                             exact_faiss_limit=exact_faiss_limit, progress=progress,
+                             exact_nearest=exact_nearest, progress=progress,
                              mode="import")
     if project.skipped:
         result = replace(result, skipped={f"meta {k}": 1 for k in project.skipped})

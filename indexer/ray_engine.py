@@ -52,11 +52,10 @@ from indexer.build import (
     claim_new,
     default_lanes,
     open_complete,
-    progress_bar,
     read_corpus,
     start_over,
 )
-from indexer.nearest import EXACT_LIMIT
+from indexer.nearest import load_codebooks
 from indexer.segment import (
     FaissInfo,
     PlannedDoc,
@@ -82,7 +81,7 @@ from lstmsearch.corpus import (
 from lstmsearch.extract import iter_states, state_names
 from lstmsearch.index import MODEL_FILE, SURPRISAL_TRACK
 from lstmsearch.models import LoadedModel, file_sha256, load_model
-from lstmsearch.store import clip
+from lstmsearch.progress import progress_bar
 from lstmsearch.tokenize import Tokenizer
 
 INSTALL = "pip install 'lstmsearch[ray]'"
@@ -472,14 +471,14 @@ def read_documents(ray: Any, corpus: Any, limit: int | None, options: dict | Non
 
 def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[PlannedDoc],
                   states: Sequence[tuple[str, int, str, int]], *, chunk: int, lanes: int,
-                  surprisal: bool, faiss: bool, exact_faiss_limit: int,
+                  surprisal: bool, faiss: bool, codebooks: dict | None = None,
                   after_block: Callable[[], None] | None = None) -> WrittenSegment:
     """Extract the exact states of one planned segment and write its directory: the work
     `Job.write_segments` does per segment, in one thread."""
     names = [name for name, *_ in states]
     lengths = np.array([len(d) for d in docs], dtype=np.int64)
     doc_starts = plan.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    segment = SegmentWriter(out, plan, states)
+    segment = SegmentWriter(out, plan, states, codebooks)
     try:
         values = np.full(plan.n_tokens, np.nan, dtype=np.float32)
         for block in iter_states(model, [d.ids for d in docs], names, chunk=chunk, lanes=lanes,
@@ -489,7 +488,6 @@ def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[Plann
                     at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start
                     values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
             for name, state in block.states.items():
-                clip(state)
                 for j, doc in enumerate(block.docs):
                     n = int(block.lengths[j])
                     segment.write_block(name, int(doc_starts[doc] + block.starts[j]),
@@ -497,7 +495,7 @@ def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[Plann
             if after_block is not None:
                 after_block()
         tracks = {SURPRISAL_TRACK: values} if surprisal else {}
-        return segment.finish(docs, tracks, faiss=faiss, exact_faiss_limit=exact_faiss_limit)
+        return segment.finish(docs, tracks, faiss=faiss)
     except BaseException:
         segment.abort()
         raise
@@ -526,7 +524,7 @@ class SegmentWorker:
 
     def __init__(self, out: str, model: str, model_sha256: str, states: list, device: str,
                  threads: int, chunk: int, lanes: int, surprisal: bool, faiss: bool,
-                 exact_faiss_limit: int):
+                 codebooks: list):
         torch.set_num_threads(max(1, threads))
         self.out = Path(out)
         self.model_error = check_model(model, model_sha256)
@@ -535,7 +533,7 @@ class SegmentWorker:
             self.loaded = load_model(model, device=device)
         self.states = [tuple(s) for s in states]
         self.options = {"chunk": chunk, "lanes": lanes, "surprisal": surprisal, "faiss": faiss,
-                        "exact_faiss_limit": exact_faiss_limit}
+                        "codebooks": load_codebooks(self.out, [tuple(c) for c in codebooks])}
 
     def __call__(self, batch: Any) -> Any:
         numbers, written, errors = [], [], []
@@ -658,6 +656,8 @@ class RayJob(Job):
             if not docs:
                 raise BuildError(f"corpus {name!r} has no documents with tokens to index")
             self.check_tracks(docs)
+            self.check_space(sum(len(d) for d in docs), [loaded.config.state_dim] * len(names),
+                             compressed=self.faiss and not self.exact_nearest)
         except BaseException:
             writer.close()
             if created:  # leave nothing behind: the directory is ours, holding only the lock
@@ -687,6 +687,7 @@ class RayJob(Job):
                 raise BuildError(f"corpus {name!r} has no documents with tokens to add")
             self.check_tracks(docs)
             writer.remove_unlisted()
+            self.check_append_space(writer, docs)
             plans = self.plan_append(writer, meta, docs, sizes, name)
         except BaseException:
             writer.close()
@@ -738,7 +739,7 @@ class RayJob(Job):
                     "states": [list(s) for s in states], "device": device,
                     "threads": max(1, int(self.cpus_per_worker)), "chunk": self.chunk,
                     "lanes": self.lanes, "surprisal": self.surprisal, "faiss": self.faiss,
-                    "exact_faiss_limit": self.exact_faiss_limit,
+                    "codebooks": [list(c) for c in writer.live_files("codebook")],
                 },
                 max_restarts=RETRIES, max_task_retries=RETRIES, **options,
             )
@@ -789,7 +790,8 @@ def build_with_ray(
     lanes: int | None = None,
     chunk: int = 256,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
+    space_check: bool = True,
     progress: bool | None = None,
     on_segment: Callable[[int], None] | None = None,
     surprisal: bool = True,
@@ -838,7 +840,8 @@ def build_with_ray(
         # the driver reads the model on its CPU; the actors run it on theirs or their GPU
         actors = torch.device("cuda" if gpus_per_worker else "cpu")
         job = RayJob(out, torch.device("cpu"), lanes or default_lanes(actors), chunk, faiss,
-                     exact_faiss_limit, progress, on_segment, surprisal, runtime=runtime,
+                     exact_nearest, progress, on_segment, surprisal, space_check,
+                     runtime=runtime,
                      workers=workers, gpus_per_worker=float(gpus_per_worker),
                      cpus_per_worker=float(cpus_per_worker))
         sizes = (segment_tokens, segment_docs)

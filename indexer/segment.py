@@ -6,8 +6,13 @@ A segment holds whole documents [doc_start, doc_end) and their tokens [tok_start
     rows.duckdb        documents, tokens and tracks of the segment (global positions)
     layers.1.c.f16     unit-major float16 columns of each state (dim x tokens), see store.py
     layers.1.c.faiss   FAISS index over the segment's states (ids: positions in the segment)
-    stats.npz          partial unit statistics of every state (histograms, top-k; stats.py)
+    checksums.npz      CRC-32 of every unit's column of every state (checked when first read)
+    partial.npz        partial unit statistics of every state (histograms, top-k; stats.py),
+                       until the build publishes them: merged into the index's statistics,
+                       then removed (they would cost as much disk as a tenth of the states)
 
+Everything but the rows comes from one pass over each state's columns right after its last
+block was written, while they are in the page cache: statistics, checksums, FAISS codes.
 It is written in `seg-NNNNNN.tmp/` and renamed when complete; only the index's manifest,
 updated afterwards by the driver (`indexer.writer.IndexWriter.add_segment`), makes it part of
 the index. A segment directory that no manifest lists is a leftover of a killed build and is
@@ -28,11 +33,12 @@ import duckdb
 import numpy as np
 import torch
 
-from indexer.nearest import EXACT_LIMIT, build_faiss
-from indexer.stats import partial_stats, save_partials
+from indexer.nearest import build_faiss
+from indexer.stats import save_checksums, save_partials, segment_partials
 from lstmsearch.index import (
+    SEGMENT_CHECKSUMS,
+    SEGMENT_PARTIAL,
     SEGMENT_ROWS,
-    SEGMENT_STATS,
     SEGMENTS_DIR,
     segment_file,
     sql_path,
@@ -41,7 +47,8 @@ from lstmsearch.models import file_sha256
 from lstmsearch.store import StateStore, StateWriter, column_checksums
 
 ROWS_FILE = SEGMENT_ROWS
-STATS_FILE = SEGMENT_STATS
+CHECKSUMS_FILE = SEGMENT_CHECKSUMS
+PARTIAL_FILE = SEGMENT_PARTIAL
 
 SEGMENT_SCHEMA = [
     """CREATE TABLE documents (
@@ -97,7 +104,7 @@ class SegmentFile:
     """One file of a committed segment: path relative to the index, size and sha256."""
 
     path: str
-    kind: str  # "rows", "states", "faiss" or "stats"
+    kind: str  # "rows", "states", "faiss", "checksums" or "partial"
     state: str | None
     bytes: int
     sha256: str
@@ -162,12 +169,16 @@ class SegmentWriter:
 
     `write_block` takes token-major values at global positions, as the extraction yields them;
     they are rounded to float16 once, straight into the segment's mapped state files.
+    `codebooks` (state name -> trained codebook, see indexer.nearest) make the FAISS indexes
+    compressed; a state without one gets the exact index.
     """
 
-    def __init__(self, out: Path, plan: SegmentPlan, states: Sequence[tuple[str, int, str, int]]):
+    def __init__(self, out: Path, plan: SegmentPlan, states: Sequence[tuple[str, int, str, int]],
+                 codebooks: Mapping[str, object] | None = None):
         self.out = Path(out)
         self.plan = plan
         self.states = list(states)
+        self.codebooks = dict(codebooks or {})
         self.final = self.out / SEGMENTS_DIR / plan.name
         self.tmp = self.final.with_name(plan.name + ".tmp")
         if self.tmp.exists():
@@ -203,7 +214,7 @@ class SegmentWriter:
 
     def finish(self, docs: Sequence[PlannedDoc], tracks: Mapping[str, np.ndarray] | None = None,
                labelled: Sequence[tuple[str, np.ndarray, np.ndarray | None, list | None]] = (),
-               *, faiss: bool = True, exact_faiss_limit: int = EXACT_LIMIT) -> WrittenSegment:
+               *, faiss: bool = True) -> WrittenSegment:
         """Write rows, statistics and FAISS, hash every file and rename the directory.
 
         `tracks` are computed per token of the segment (NaN for none, e.g. the surprisal);
@@ -219,40 +230,41 @@ class SegmentWriter:
             )
         self.close_states()
         write_rows(self.tmp / ROWS_FILE, plan, docs, tracks or {}, labelled)
-        return self.seal(faiss, exact_faiss_limit)
+        return self.seal(faiss, partials=True)
 
-    def finish_copied(self, sources: Sequence[Path], partials: Mapping | None = None, *,
-                      faiss: bool = True, exact_faiss_limit: int = EXACT_LIMIT) -> WrittenSegment:
+    def finish_copied(self, sources: Sequence[Path], *, partials: bool = False,
+                      faiss: bool = True) -> WrittenSegment:
         """Complete a segment whose rows are copied from other row databases (a compaction,
         an upgrade): their documents, tokens and tracks inside this segment's ranges.
-        `partials` are its partial statistics when already known (merged exactly)."""
+        `partials`: write its partial statistics too (an upgrade publishes them; a
+        compaction changes no statistic of the index)."""
         self.close_states()
         copy_rows(self.tmp / ROWS_FILE, self.plan, sources)
-        return self.seal(faiss, exact_faiss_limit, partials)
+        return self.seal(faiss, partials)
 
     def close_states(self) -> None:
         """Flush and unmap the state files."""
         for w in self.writers.values():
             w.close()
 
-    def seal(self, faiss: bool, exact_faiss_limit: int,
-             partials: Mapping | None = None) -> WrittenSegment:
-        """Statistics, FAISS, checksums; then rename the directory into place."""
+    def seal(self, faiss: bool, partials: bool) -> WrittenSegment:
+        """Statistics, checksums, FAISS, file hashes; then rename the directory into place."""
         plan = self.plan
         stores = {
             name: StateStore(self.tmp / segment_file(name, "states"), name, layer, kind, dim,
                              plan.n_tokens)
             for name, layer, kind, dim in self.states
         }
-        if partials is None:
-            partials = {name: partial_stats(s.columns, plan.tok_start) for name, s in stores.items()}
-        save_partials(self.tmp / STATS_FILE, dict(partials),
-                      {name: column_checksums(s.columns) for name, s in stores.items()})
+        if partials:
+            save_partials(self.tmp / PARTIAL_FILE, {
+                name: segment_partials(s.columns, plan.tok_start) for name, s in stores.items()})
+        save_checksums(self.tmp / CHECKSUMS_FILE,
+                       {name: column_checksums(s.columns) for name, s in stores.items()})
         faiss_rows = []
         if faiss:
             for name, store in stores.items():
                 file = segment_file(name, "faiss")
-                built = build_faiss(store, self.tmp / file, exact_limit=exact_faiss_limit)
+                built = build_faiss(store, self.tmp / file, self.codebooks.get(name))
                 faiss_rows.append(FaissInfo(name, f"{SEGMENTS_DIR}/{plan.name}/{file}",
                                             built.description, plan.n_tokens,
                                             built.recall_at_10, built.seconds))
@@ -277,7 +289,8 @@ class SegmentWriter:
 def describe_files(directory: Path, prefix: str,
                    states: Sequence[tuple[str, int, str, int]]) -> tuple[SegmentFile, ...]:
     """Size and sha256 of every file of a segment directory."""
-    kinds = {ROWS_FILE: ("rows", None), STATS_FILE: ("stats", None)}
+    kinds = {ROWS_FILE: ("rows", None), CHECKSUMS_FILE: ("checksums", None),
+             PARTIAL_FILE: ("partial", None)}
     for name, *_ in states:
         kinds[segment_file(name, "states")] = ("states", name)
         kinds[segment_file(name, "faiss")] = ("faiss", name)

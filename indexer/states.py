@@ -44,15 +44,15 @@ from indexer.annotate import Track, read_track_file
 from indexer.build import (
     BuildResult,
     merge_pending_stats,
-    progress_bar,
     read_corpus,
     write_stats_and_publish,
 )
-from indexer.nearest import EXACT_LIMIT
+from indexer.nearest import CODEBOOK_TOKENS, load_codebooks, train_codebooks
 from indexer.segment import PlannedDoc, SegmentWriter, plan_segments
 from indexer.writer import BuildError, IndexWriter, now
 from lstmsearch.extract import parse_state_name
-from lstmsearch.index import DB_FILE, FORMAT_VERSION
+from lstmsearch.index import DB_FILE, FORMAT_VERSION, segment_file
+from lstmsearch.progress import progress_bar
 from lstmsearch.store import clip
 
 SEGMENT_TOKENS = 262_144
@@ -323,7 +323,7 @@ def write_index(
     meta: Mapping[str, str],
     tracks: Mapping[str, Track] | None = None,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
     progress: bool | None = None,
     mode: str = "build",
     skipped: Mapping[str, int] | None = None,
@@ -346,7 +346,7 @@ def write_index(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         seconds = fill_index(tmp, tokens, vocab, states, fill, meta, tracks or {}, faiss,
-                             exact_faiss_limit, progress, started)
+                             exact_nearest, progress, started)
         tmp.chmod(0o755)
         os.replace(tmp, out)
     except BaseException:
@@ -365,7 +365,7 @@ def write_index(
 def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
                states: Sequence[tuple[str, int]], fill: Callable[[Writer, tqdm], None],
                meta: Mapping[str, str], tracks: Mapping[str, Track], faiss: bool,
-               exact_faiss_limit: int, progress: bool | None, started: float) -> dict[str, Any]:
+               exact_nearest: bool, progress: bool | None, started: float) -> dict[str, Any]:
     """Create, fill, commit and finalize the index in directory `tmp`; seconds per step."""
     full_meta = {"format_version": str(FORMAT_VERSION), "model_sha256": "", "model_source": "",
                  "model_config": "{}", "tokenizer_kind": "", "corpus": "", "created_at": now(),
@@ -402,10 +402,19 @@ def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
         with bar:
             fill(write, bar)
         t1 = time.perf_counter()
+        if faiss and not exact_nearest:
+            for segment in segments:
+                segment.close_states()
+            sample = {name: stored_sample(segments, name, dim) for name, dim in dims.items()}
+            codebooks = train_codebooks(sample, tmp)
+            writer.add_codebooks(codebooks)
+            loaded = load_codebooks(tmp, writer.live_files("codebook"))
+            for segment in segments:
+                segment.codebooks = loaded
         labelled = [(name, t.pos, t.values, t.labels) for name, t in tracks.items()]
         for plan, segment in zip(plans, segments, strict=True):
             written = segment.finish(docs[plan.doc_start : plan.doc_end], labelled=labelled,
-                                     faiss=faiss, exact_faiss_limit=exact_faiss_limit)
+                                     faiss=faiss)
             writer.add_segment(written, time.perf_counter() - started)
         segments = []
         t2 = time.perf_counter()
@@ -435,6 +444,22 @@ def parse_assignments(items: Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
+def stored_sample(segments: Sequence[SegmentWriter], name: str, dim: int,
+                  tokens: int = CODEBOOK_TOKENS) -> np.ndarray:
+    """The stored values of state `name` at the first `tokens` positions, float32
+    (tokens, dim): what its codebook is trained on."""
+    parts, total = [], 0
+    for segment in segments:
+        if total >= tokens:
+            break
+        take = min(segment.plan.n_tokens, tokens - total)
+        columns = np.memmap(segment.tmp / segment_file(name, "states"), dtype="<f2", mode="r",
+                            shape=(dim, segment.plan.n_tokens))
+        parts.append(np.array(columns[:, :take]).T.astype(np.float32))
+        total += take
+    return np.concatenate(parts)
+
+
 def index_states(
     tokens_file: str | os.PathLike,
     states: Mapping[str, str | os.PathLike],
@@ -442,7 +467,7 @@ def index_states(
     *,
     tracks: Mapping[str, str | os.PathLike] | None = None,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
     progress: bool | None = None,
 ) -> BuildResult:
     """Index states computed elsewhere: `states` maps names like `layers.0.h` to `.npy`
@@ -475,7 +500,7 @@ def index_states(
     }
     return write_index(out, table, vocab, [(s.name, s.dim) for s in sources],
                        copy_sources(sources), meta=meta, tracks=parsed, faiss=faiss,
-                       exact_faiss_limit=exact_faiss_limit, progress=progress)
+                       exact_nearest=exact_nearest, progress=progress)
 
 
 # --- a user's own model ------------------------------------------------------------------
@@ -491,7 +516,7 @@ def index_with_model(
     limit: int | None = None,
     corpus_options: dict | None = None,
     faiss: bool = True,
-    exact_faiss_limit: int = EXACT_LIMIT,
+    exact_nearest: bool = False,
     progress: bool | None = None,
 ) -> BuildResult:
     """Index `corpus` with the states of a user model (`lstmsearch.adapters.ModelAdapter`).
@@ -552,7 +577,7 @@ def index_with_model(
         "corpus": corpus.name,
     }
     return write_index(out, table, vocab, [(n, dims[n]) for n in names], fill, meta=meta,
-                       tracks=tracks, faiss=faiss, exact_faiss_limit=exact_faiss_limit,
+                       tracks=tracks, faiss=faiss, exact_nearest=exact_nearest,
                        progress=progress, skipped={"no tokens": skipped} if skipped else {})
 
 

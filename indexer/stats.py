@@ -10,13 +10,17 @@ bit patterns against those K-th values. Ties at the K-th value are broken by the
 position, so the result depends only on the stored values, not on how the build was split
 into shards.
 
-Everything is numpy on the raw bits: no float conversion of the columns, no thread pools.
+Everything works on the raw bits: no float conversion of the columns, no thread pools. A
+segment's partial statistics are computed by `segment_partials`, one compiled (numba) pass per
+unit column while the column is still in the page cache; `partial_stats` is the same in plain
+numpy, kept as the tests' reference.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from lstmsearch.index import ON_THRESHOLDS, QUANTILES, TOP_K
@@ -207,7 +211,7 @@ class PartialStats:
 
 
 CHECKSUM_FIELD = "column_crc32"
-"""Entry of a segment's stats.npz holding the CRC-32 of each unit's column of a state."""
+"""Entry of a segment's checksums.npz holding the CRC-32 of each unit's column of a state."""
 PARTIAL_FIELDS = ("ptr", "keys", "counts", "top_pos", "top_value", "bottom_pos", "bottom_value")
 
 
@@ -254,6 +258,128 @@ def partial_stats(columns: np.ndarray, first_position: int, k: int = TOP_K) -> P
                 tops["top_pos"][unit], tops["top_value"][unit] = pos + first_position, val
                 pos, val = top_positions(bits[j], s["kth_low"][j], k, lowest=True)
                 tops["bottom_pos"][unit], tops["bottom_value"][unit] = pos + first_position, val
+    return from_blocks(dim, lengths, keys, counts, tops)
+
+
+KEY_OF_BITS = np.where(_BITS == SIGN, SIGN, _KEY_OF_BITS).astype(np.uint16)
+"""Key of each float16 bit pattern, -0.0 merged into +0.0 (the key of 0x0000)."""
+
+
+@numba.njit(cache=True, nogil=True)
+def unit_partial(bits, key_of_bits, k, first_key, end_key):
+    """One unit's sparse key histogram and its top/bottom-k over finite keys
+    [first_key, end_key), ties by lowest position: `partial_stats` for one column.
+
+    The histogram is counted into a dense array whose touched keys are marked in a bitmap,
+    so reading it back in key order costs the distinct keys, not 65,536 bins.
+    """
+    n = bits.shape[0]
+    counts = np.zeros(65536, np.int64)
+    touched = np.zeros(1024, np.uint64)
+    distinct = 0
+    for t in range(n):
+        key = key_of_bits[bits[t]]
+        if counts[key] == 0:
+            touched[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
+            distinct += 1
+        counts[key] += 1
+    keys = np.empty(distinct, np.uint16)
+    out_counts = np.empty(distinct, np.int64)
+    m = 0
+    for word in range(1024):
+        w = touched[word]
+        while w:
+            low = w & (~w + np.uint64(1))  # the lowest set bit
+            bit = 0
+            while (low >> np.uint64(bit)) != np.uint64(1):
+                bit += 1
+            key = word * 64 + bit
+            keys[m] = key
+            out_counts[m] = counts[key]
+            m += 1
+            w ^= low
+    kk = min(k, n)
+    top = np.empty(kk, np.int64)
+    bottom = np.empty(kk, np.int64)
+    # the k-th highest and lowest finite keys
+    high, seen = end_key - 1, 0
+    for j in range(distinct - 1, -1, -1):
+        if first_key <= keys[j] < end_key:
+            seen += out_counts[j]
+            high = keys[j]
+            if seen >= kk:
+                break
+    low_key, seen = first_key, 0
+    for j in range(distinct):
+        if first_key <= keys[j] < end_key:
+            seen += out_counts[j]
+            low_key = keys[j]
+            if seen >= kk:
+                break
+    fill_extreme(bits, key_of_bits, high, kk, top, end_key, True, first_key)
+    fill_extreme(bits, key_of_bits, low_key, kk, bottom, end_key, False, first_key)
+    return keys, out_counts, top, bottom
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_extreme(bits, key_of_bits, kth, k, out, end_key, highest, first_key):
+    """The k positions beyond the k-th key `kth` (then ties at it, lowest positions first),
+    sorted highest (or lowest) key first, ties by position."""
+    m = 0
+    for t in range(bits.shape[0]):
+        key = key_of_bits[bits[t]]
+        if first_key <= key < end_key and ((key > kth) if highest else (key < kth)):
+            out[m] = t
+            m += 1
+    for t in range(bits.shape[0]):
+        if m >= k:
+            break
+        if key_of_bits[bits[t]] == kth:
+            out[m] = t
+            m += 1
+    for t in range(bits.shape[0]):  # fewer finite values than k: the others (NaN) last
+        if m >= k:
+            break
+        key = key_of_bits[bits[t]]
+        if key < first_key or key >= end_key:
+            out[m] = t
+            m += 1
+    # insertion sort by (key, position): k is small
+    for i in range(1, m):
+        t = out[i]
+        key = key_of_bits[bits[t]]
+        j = i - 1
+        while j >= 0:
+            other = key_of_bits[bits[out[j]]]
+            before = (other > key) if highest else (other < key)
+            if before or (other == key and out[j] < t):
+                break
+            out[j + 1] = out[j]
+            j -= 1
+        out[j + 1] = t
+
+
+def segment_partials(columns: np.ndarray, first_position: int, k: int = TOP_K) -> PartialStats:
+    """`partial_stats` of one segment's float16 columns (dim, tokens), one compiled pass
+    per unit (what a segment writer runs; `partial_stats` is the reference)."""
+    dim, n = columns.shape
+    k = min(k, n)
+    bits = columns.view(np.uint16)
+    lengths, keys, counts = [], [], []
+    tops = {"top_pos": np.empty((dim, k), np.int64), "top_value": np.empty((dim, k), np.float32),
+            "bottom_pos": np.empty((dim, k), np.int64),
+            "bottom_value": np.empty((dim, k), np.float32)}
+    for unit in range(dim):
+        row = np.ascontiguousarray(bits[unit])
+        unit_keys, unit_counts, top, bottom = unit_partial(
+            row, KEY_OF_BITS, k, FINITE_KEYS.start, FINITE_KEYS.stop)
+        lengths.append(np.array([len(unit_keys)]))
+        keys.append(unit_keys)
+        counts.append(unit_counts)
+        for pos, pos_name, value_name in ((top, "top_pos", "top_value"),
+                                          (bottom, "bottom_pos", "bottom_value")):
+            tops[pos_name][unit] = pos + first_position
+            tops[value_name][unit] = row[pos].view(np.float16)
     return from_blocks(dim, lengths, keys, counts, tops)
 
 
@@ -309,29 +435,32 @@ def stats_of(part: PartialStats, k: int = TOP_K) -> UnitStats:
                      bottom_pos=part.bottom_pos[:, :kk], bottom_value=part.bottom_value[:, :kk])
 
 
-def save_partials(path, parts: dict[str, PartialStats],
-                  checksums: dict[str, np.ndarray] | None = None) -> None:
-    """Write the partial statistics of every state of a segment to one `.npz` file.
+def save_partials(path, parts: dict[str, PartialStats]) -> None:
+    """Write the partial statistics of every state to one `.npz` file.
 
     Written entry by entry with a fixed timestamp, so equal statistics give equal bytes
     (and equal checksums) whenever and wherever they are written.
     """
+    save_arrays(path, {f"{name}/{field}": compact_dtype(field, getattr(p, field))
+                       for name, p in sorted(parts.items()) for field in PARTIAL_FIELDS})
+
+
+def save_checksums(path, checksums: dict[str, np.ndarray]) -> None:
+    """Write each state's per-unit column CRC-32s (see `store.column_checksums`)."""
+    save_arrays(path, {f"{name}/{CHECKSUM_FIELD}": np.asarray(values, np.uint32)
+                       for name, values in sorted(checksums.items())})
+
+
+def save_arrays(path, arrays: dict[str, np.ndarray]) -> None:
+    """A deflated `.npz` of plain arrays, in the given order, with fixed timestamps."""
     import zipfile
 
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, p in sorted(parts.items()):
-            for field in PARTIAL_FIELDS:
-                info = zipfile.ZipInfo(f"{name}/{field}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with archive.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, compact_dtype(field, getattr(p, field)),
-                                              allow_pickle=False)
-        for name, values in sorted((checksums or {}).items()):
-            info = zipfile.ZipInfo(f"{name}/{CHECKSUM_FIELD}.npy",
-                                   date_time=(1980, 1, 1, 0, 0, 0))
+        for key, values in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(values, np.uint32), allow_pickle=False)
+                np.lib.format.write_array(f, np.ascontiguousarray(values), allow_pickle=False)
 
 
 def compact_dtype(field: str, values: np.ndarray) -> np.ndarray:

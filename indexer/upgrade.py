@@ -21,7 +21,6 @@ import duckdb
 import numpy as np
 
 from indexer.build import merge_pending_stats, write_stats_and_publish
-from indexer.nearest import EXACT_LIMIT
 from indexer.segment import SegmentPlan, SegmentWriter
 from indexer.writer import BuildError, IndexWriter, copy_atomic
 from lstmsearch.index import DB_FILE, FORMAT_VERSION, MODEL_FILE
@@ -31,8 +30,7 @@ COPY_BLOCK = 1 << 16
 MANIFEST_META = {"status", "n_tokens", "format_version", "shard_tokens", "shard_docs"}
 
 
-def upgrade_index(path: str | os.PathLike, *, exact_faiss_limit: int = EXACT_LIMIT,
-                  progress: bool | None = None) -> Path:
+def upgrade_index(path: str | os.PathLike, *, progress: bool | None = None) -> Path:
     """Rewrite the version 1 index at `path` in the current format; returns `path`."""
     path = Path(path)
     db = path / DB_FILE
@@ -95,8 +93,7 @@ def upgrade_index(path: str | os.PathLike, *, exact_faiss_limit: int = EXACT_LIM
                         b = min(n_tokens, a + COPY_BLOCK)
                         segment.write_columns(name, a, np.ascontiguousarray(columns[:, a:b]))
                     del columns
-                written = segment.finish_copied([db], faiss=faiss,
-                                                exact_faiss_limit=exact_faiss_limit)
+                written = segment.finish_copied([db], partials=True, faiss=faiss)
             except BaseException:
                 segment.abort()
                 raise

@@ -32,6 +32,7 @@ import numpy as np
 from indexer.segment import PlannedDoc, SegmentPlan, WrittenSegment, plan_segments
 from lstmsearch.index import (
     ANNOTATIONS_DIR,
+    CODEBOOKS_DIR,
     DB_FILE,
     FORMAT_VERSION,
     MODEL_FILE,
@@ -245,8 +246,9 @@ class IndexWriter:
     # --- planning --------------------------------------------------------------------------
 
     def plan(self, docs: Sequence[PlannedDoc], plans: Sequence[SegmentPlan],
-             meta: dict[str, str]) -> None:
-        """Stage the documents and their tracks, list the planned segments, mark building."""
+             meta: dict[str, str], codebooks: dict[str, Path] | None = None) -> None:
+        """Stage the documents and their tracks, list the planned segments (and the new
+        index's FAISS codebooks, state -> file), mark building."""
         build = self.path / BUILD_DIR
         if build.exists():
             shutil.rmtree(build)
@@ -261,8 +263,14 @@ class IndexWriter:
             ((live,),) = con.execute(
                 "SELECT count(*) FROM segments WHERE state = 'live'").fetchall()
             status = {} if live else {"status": STATUS_BUILDING}  # an append stays complete
+            list_codebooks(con, self.path, codebooks or {})
             set_meta(con, {**meta, **status, "updated_at": now(),
                            "next_segment": str(plans[-1].number + 1)})
+
+    def add_codebooks(self, codebooks: dict[str, Path]) -> None:
+        """List FAISS codebooks (state -> file) in a transaction of their own."""
+        with self.transaction() as con:
+            list_codebooks(con, self.path, codebooks)
 
     def planned_documents(self, doc_start: int, doc_end: int
                           ) -> list[tuple[str, str, dict[str, np.ndarray]]]:
@@ -312,8 +320,10 @@ class IndexWriter:
     def publish(self, stats_file: Path | None, stats: dict[str, tuple[int, str, object]],
                 build_seconds: float) -> int:
         """Make the pending segments live with the merged statistics; returns the new
-        manifest version. The previous statistics file is removed after the commit."""
+        manifest version. The previous statistics file and the pending segments' partial
+        statistics (merged into the new file) are removed after the commit."""
         old = [path for seg, path, *_ in self.live_files("stats") if seg is None]
+        old += [path for _, path, *_ in self.live_files("partial")]
         with self.transaction() as con:
             ((version,),) = con.execute(
                 "SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'manifest_version'"
@@ -323,6 +333,7 @@ class IndexWriter:
             for layer, kind, s in stats.values():
                 insert_unit_stats(con, layer, kind, s)
             con.execute("DELETE FROM files WHERE segment IS NULL AND kind = 'stats'")
+            con.execute("DELETE FROM files WHERE kind = 'partial'")
             if stats_file is not None:
                 add_file(con, None, str(stats_file.relative_to(self.path)), "stats", None,
                          stats_file)
@@ -375,8 +386,9 @@ class IndexWriter:
         return version
 
     def remove_unlisted(self) -> list[str]:
-        """Delete segment directories and statistics files that no manifest row lists (left
-        by a killed writer, or retired by a compaction); returns what was removed."""
+        """Delete segment directories and files that no manifest row lists (left by a killed
+        writer, retired by a compaction, or merged partial statistics whose removal a kill
+        interrupted); returns what was removed."""
         listed = {name for (name,) in self.read(
             "SELECT name FROM segments WHERE state IN ('planned', 'pending', 'live')")}
         listed_files = {p for _, p, *_ in self.live_files()}
@@ -384,20 +396,26 @@ class IndexWriter:
         segments = self.path / SEGMENTS_DIR
         if segments.is_dir():
             for child in sorted(segments.iterdir()):
+                prefix = f"{SEGMENTS_DIR}/{child.name}/"
                 if child.name not in listed or child.name.endswith(".tmp"):
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(str(child.relative_to(self.path)))
-                elif child.name in listed and not any(
-                        p.startswith(f"{SEGMENTS_DIR}/{child.name}/") for p in listed_files):
+                elif not any(p.startswith(prefix) for p in listed_files):
                     shutil.rmtree(child, ignore_errors=True)  # written, never listed
                     removed.append(str(child.relative_to(self.path)))
-        for directory in (self.path / STATS_DIR, self.path / ANNOTATIONS_DIR):
+                else:
+                    for file in sorted(child.iterdir()):
+                        if prefix + file.name not in listed_files:
+                            file.unlink()
+                            removed.append(prefix + file.name)
+        for directory in (self.path / STATS_DIR, self.path / ANNOTATIONS_DIR,
+                          self.path / CODEBOOKS_DIR):
             if not directory.is_dir():
                 continue
             for child in sorted(directory.iterdir()):
-                    if str(child.relative_to(self.path)) not in listed_files:
-                        child.unlink()
-                        removed.append(str(child.relative_to(self.path)))
+                if str(child.relative_to(self.path)) not in listed_files:
+                    child.unlink()
+                    removed.append(str(child.relative_to(self.path)))
         return removed
 
 
@@ -412,6 +430,12 @@ def list_files(con: duckdb.DuckDBPyConnection, written: WrittenSegment) -> None:
         con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [number, f.state, f.file, f.description, f.n_tokens, f.recall_at_10,
                      f.seconds])
+
+
+def list_codebooks(con: duckdb.DuckDBPyConnection, root: Path, codebooks: dict[str, Path]) -> None:
+    """List FAISS codebooks, state -> file (inside the caller's transaction)."""
+    for state, file in sorted(codebooks.items()):
+        add_file(con, None, str(Path(file).relative_to(root)), "codebook", state, Path(file))
 
 
 def set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:

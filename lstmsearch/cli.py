@@ -112,6 +112,12 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                    help="least documents per segment (default: 4 per lane of the model)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
+    p.add_argument("--exact-nearest", action="store_true",
+                   help="exact FAISS indexes (a second copy of the states on disk) instead of "
+                   "compressed codes re-ranked on the stored states")
+    p.add_argument("--no-space-check", action="store_true",
+                   help="start even when the output file system has less free space than the "
+                   "estimated index size")
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -151,7 +157,8 @@ def run_index(args: argparse.Namespace) -> None:
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
-            faiss=not args.no_faiss,
+            faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
+            space_check=not args.no_space_check,
             surprisal=not args.no_surprisal, address=args.address, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker,
         )
@@ -162,8 +169,8 @@ def run_index(args: argparse.Namespace) -> None:
             args.corpus, args.model, args.out, resume=args.resume, append=args.append,
             layers=args.layers, kinds=args.kinds, limit=args.limit,
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
-            device=args.device, faiss=not args.no_faiss,
-            surprisal=not args.no_surprisal,
+            device=args.device, faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
+            space_check=not args.no_space_check, surprisal=not args.no_surprisal,
         )
     if args.json:
         print(json.dumps({
@@ -248,8 +255,8 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from indexer.build import progress_bar
     from lstmsearch.index import open_index
+    from lstmsearch.progress import progress_bar
 
     with open_index(args.index, allow_partial=True, check_files=False) as index:
         total = sum(f.bytes for f in index.files)
@@ -631,6 +638,8 @@ def add_nearest(sub: argparse._SubParsersAction) -> None:
     add_state_options(p)
     p.add_argument("--k", type=L.RESULTS, default=20,
                    help=f"neighbours to show (default 20, at most {L.MAX_RESULTS:,})")
+    p.add_argument("--exact", action="store_true",
+                   help="scan every stored state (brute force) instead of asking FAISS")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(run=run_nearest)
 
@@ -641,11 +650,13 @@ def run_nearest(args: argparse.Namespace) -> None:
     from lstmsearch.index import open_index
 
     with open_index(args.index) as index:
-        neighbors = index.nearest(args.start, args.end, args.layer, args.kind, args.k)
+        neighbors = index.nearest(args.start, args.end, args.layer, args.kind, args.k,
+                                  exact=args.exact)
         span_text = index.text(args.start, args.end) if args.end > args.start else ""
     if args.json:
         print(json.dumps({"query": {"span": [args.start, args.end], "text": span_text,
-                                    "layer": args.layer, "kind": args.kind},
+                                    "layer": args.layer, "kind": args.kind,
+                                    "exact": args.exact},
                           "neighbors": [asdict(n) for n in neighbors]},
                          indent=2, ensure_ascii=False))
         return

@@ -7,9 +7,12 @@ Layout of an index directory (format version 2):
     segments/seg-000003/    one immutable segment: whole documents and their tokens
         rows.duckdb         documents, tokens and tracks (global positions)
         layers.1.c.f16      unit-major float16 columns of one (layer, kind), see store.py
-        layers.1.c.faiss    FAISS index over the segment's states of one (layer, kind)
-        stats.npz           the segment's partial unit statistics (histograms, top-K)
+        layers.1.c.faiss    FAISS index over the segment's states of one (layer, kind):
+                            compressed codes (re-ranked on the states) or exact fp16
+        checksums.npz       CRC-32 of every unit's column (stats.npz in older indexes)
+        partial.npz         the segment's partial unit statistics, until they are merged
     stats/stats-v7.npz      the index-wide statistics merged from the segments' partials
+    codebooks/layers.1.c.faiss  the trained product quantiser every segment's codes use
     annotations/track-000009.duckdb   a track added after the build (`lstmsearch annotate`)
     model.pt                copy of the model checkpoint the states came from
     write.lock              held by the one writer (build, append, annotate, compact)
@@ -37,6 +40,7 @@ import re
 import threading
 import time
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,7 +67,11 @@ STATS_DIR = "stats"
 ANNOTATIONS_DIR = "annotations"
 MODEL_FILE = "model.pt"
 SEGMENT_ROWS = "rows.duckdb"
+SEGMENT_CHECKSUMS = "checksums.npz"
+SEGMENT_PARTIAL = "partial.npz"
 SEGMENT_STATS = "stats.npz"
+"""What older format-2 segments hold instead of checksums.npz and partial.npz."""
+CODEBOOKS_DIR = "codebooks"
 CHECKSUM_SUFFIX = "/column_crc32"
 SURPRISAL_TRACK = "surprisal"
 """The track in which an index stores each token's surprisal under its model (nats)."""
@@ -135,7 +143,7 @@ EMPTY_ROWS = {
               "''::VARCHAR AS label",
 }
 """Typed empty rows, for the views of an index without segments."""
-SMALL_FILE_KINDS = ("stats", "model")
+SMALL_FILE_KINDS = ("stats", "checksums", "codebook", "model")
 SMALL_FILE_BYTES = 1 << 22
 """Files checked against their sha256 at every open: these kinds, and any file this small."""
 HASH_BLOCK = 1 << 22
@@ -174,24 +182,43 @@ class IndexFile:
             )
 
 
-def one_faiss_index(shards: Any, parts: list[Any]) -> Any:
-    """The segments' FAISS indexes as one: exhaustive fp16 ones joined into a single index
-    (their codes concatenated in position order, so a search costs what one segment's does),
-    anything else searched shard by shard with results merged by distance."""
+@dataclass(frozen=True)
+class FaissIndexes:
+    """The FAISS indexes of one state, loaded and checked: one per segment, in position
+    order, each with the global position of its segment's first token. When every part is
+    exact (fp16 codes, an exhaustive search) they are also `joined` into one index whose ids
+    are global positions, so a search costs what one segment's does."""
+
+    starts: tuple[int, ...]
+    parts: tuple[Any, ...]
+    joined: Any | None
+
+    @property
+    def compressed(self) -> tuple[bool, ...]:
+        """Per part: compressed codes (to be re-ranked on the stored states) or exact."""
+        import faiss
+
+        return tuple(isinstance(p, faiss.IndexPQFastScan) for p in self.parts)
+
+
+def join_exact(parts: Sequence[Any]) -> Any | None:
+    """Exhaustive fp16 indexes joined into one (their codes concatenated in position order),
+    or None when any part is of another kind."""
     import faiss
 
-    exact = [faiss.downcast_index(p) for p in parts]
-    if len(parts) > 1 and all(
+    if not parts or not all(
             isinstance(p, faiss.IndexScalarQuantizer)
             and p.sq.qtype == faiss.ScalarQuantizer.QT_fp16
-            and p.metric_type == faiss.METRIC_L2 for p in exact):
-        joined = faiss.IndexScalarQuantizer(parts[0].d, faiss.ScalarQuantizer.QT_fp16,
-                                            faiss.METRIC_L2)
-        codes = np.concatenate([faiss.vector_to_array(p.codes) for p in exact])
-        faiss.copy_array_to_vector(codes, joined.codes)
-        joined.ntotal = sum(p.ntotal for p in exact)
-        return joined
-    return shards if len(parts) > 1 else parts[0]
+            and p.metric_type == faiss.METRIC_L2 for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    joined = faiss.IndexScalarQuantizer(parts[0].d, faiss.ScalarQuantizer.QT_fp16,
+                                        faiss.METRIC_L2)
+    codes = np.concatenate([faiss.vector_to_array(p.codes) for p in parts])
+    faiss.copy_array_to_vector(codes, joined.codes)
+    joined.ntotal = sum(p.ntotal for p in parts)
+    return joined
 
 
 def sql_path(path: Path) -> str:
@@ -538,7 +565,7 @@ class Index:
         self._load(allow_partial, check_files)
         self._offsets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._texts: OrderedDict[int, str] = OrderedDict()
-        self._faiss: dict[str, Any] = {}
+        self._faiss: dict[str, FaissIndexes] = {}
         self._register_functions()
 
     # --- opening ---------------------------------------------------------------------------
@@ -635,9 +662,12 @@ class Index:
         self.doc_starts.setflags(write=False)
 
     def _column_checksums(self, segment: SegmentInfo) -> dict[str, np.ndarray]:
-        """The per-unit column checksums a segment recorded in its stats.npz (plain arrays,
-        no pickle), by state name."""
-        rel = f"{SEGMENTS_DIR}/{segment.name}/{SEGMENT_STATS}"
+        """The per-unit column checksums a segment recorded in its checksums.npz (or, in
+        older indexes, its stats.npz): plain arrays, no pickle, by state name."""
+        listed = {f.path for f in self.files if f.segment == segment.segment}
+        rel = f"{SEGMENTS_DIR}/{segment.name}/{SEGMENT_CHECKSUMS}"
+        if rel not in listed and f"{SEGMENTS_DIR}/{segment.name}/{SEGMENT_STATS}" in listed:
+            rel = f"{SEGMENTS_DIR}/{segment.name}/{SEGMENT_STATS}"
         path = self.path / rel
         if not path.is_file():
             raise DamagedFileError(f"index {self.path} is damaged: {rel} is missing")
@@ -645,7 +675,7 @@ class Index:
             with np.load(path, allow_pickle=False) as data:
                 return {key[: -len(CHECKSUM_SUFFIX)]: data[key].astype(np.uint32)
                         for key in data.files if key.endswith(CHECKSUM_SUFFIX)}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise DamagedFileError(f"index {self.path} is damaged: {rel} cannot be read "
                                    f"({exc})") from exc
 
@@ -971,10 +1001,9 @@ class Index:
         )
         return np.asarray(cols["pos"], dtype=np.int64), np.asarray(cols["value"], dtype=np.float32)
 
-    def faiss(self, layer: int | str, kind: str | None = None) -> Any:
-        """The FAISS index over the token states of one state, ids global token positions:
-        the segments' indexes searched as one (`IndexShards`, results merged by distance).
-        Each file is checked against its recorded sha256 when first read."""
+    def faiss(self, layer: int | str, kind: str | None = None) -> FaissIndexes:
+        """The FAISS indexes of one state's segments (`FaissIndexes`), loaded on first use
+        and kept. Each file is checked against its recorded sha256 when first read."""
         import faiss
 
         store = self.store(layer, kind)
@@ -990,7 +1019,6 @@ class Index:
                     raise IndexOpenError(f"index {self.path} is damaged: FAISS indexes of "
                                          f"{store.name} are missing for some segments")
                 files = {f.path: f for f in self.files}
-                shards = faiss.IndexShards(store.dim, False, True)  # successive ids
                 parts = []
                 for s in self.segments:
                     rel = by_segment[s.segment]
@@ -1009,10 +1037,9 @@ class Index:
                             f"index {self.path} is damaged: {rel} holds {part.ntotal} vectors "
                             f"of {part.d} units, the segment {s.n_tokens} of {store.dim}")
                     parts.append(part)
-                    shards.add_shard(part)
-                shards.own_indices = False
-                self._faiss[store.name] = (one_faiss_index(shards, parts), parts)
-            return self._faiss[store.name][0]
+                self._faiss[store.name] = FaissIndexes(
+                    tuple(s.tok_start for s in self.segments), tuple(parts), join_exact(parts))
+            return self._faiss[store.name]
 
     # --- queries (see lstmsearch.query, lstmsearch.nearest, lstmsearch.neurons) --------------
 
@@ -1076,12 +1103,13 @@ class Index:
 
     def nearest(
         self, start: int, end: int, layer: int | str, kind: str | None = None, k: int = 20,
-        *, context: int = 5,
+        *, context: int = 5, exact: bool = False,
     ) -> list[Neighbor]:
-        """The k stored states nearest to the span's mean state (outside the span)."""
+        """The k stored states nearest to the span's mean state (outside the span); `exact`
+        scans every stored state (brute force) instead of asking FAISS."""
         from lstmsearch.nearest import nearest
 
-        return nearest(self, start, end, layer, kind, k, context)
+        return nearest(self, start, end, layer, kind, k, context, exact)
 
     @property
     def neurons(self) -> Neurons:

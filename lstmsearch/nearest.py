@@ -1,12 +1,16 @@
 """Nearest stored states to a span: ``Index.nearest(start, end, layer, kind, k)``.
 
 The query is the mean of the span's stored states (one token: its own state). FAISS
-(the index's per-state index, ids = token positions) proposes candidates; they are re-ranked
-by their exact Euclidean distance to the query on the stored float16 values, ties by
-position, and the span's own positions are left out. With the exact (exhaustive) FAISS index
-the result equals a brute-force search on the stored values; with an IVF index, recall is
-that index's (its recall@10 is recorded in `lstmsearch info`). An index built without FAISS
-is searched by an exact scan of the stored states.
+proposes candidates; they are re-ranked by their exact Euclidean distance to the query on the
+stored float16 values, ties by position, and the span's own positions are left out.
+
+- Compressed FAISS indexes (the default, see indexer.nearest): each segment's `shortlist`
+  nearest codes are re-ranked. The recall@10 of exactly this search against brute force is
+  measured on every segment at build time and shown by `lstmsearch info`; a neighbour found
+  is always at its exact distance, only a miss is possible.
+- Exact FAISS indexes (`--exact-nearest`): an exhaustive search of the stored values, equal
+  to brute force.
+- `exact=True`, or an index built without FAISS: a scan of every stored state (brute force).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = ["Neighbor", "exact_distances", "nearest", "neighbor_key"]
 OVERSAMPLE = 2
 """FAISS candidates fetched per neighbour wanted (plus `SPARE`), re-ranked exactly."""
 SPARE = 32
+SHORTLIST = 512
+"""Least codes taken from each segment's compressed index to be re-ranked exactly."""
 SCAN_BLOCK = 1 << 15
 """Tokens per block of the exact scan used when there is no FAISS index."""
 
@@ -61,6 +67,12 @@ def exact_distances(store: StateStore, query: np.ndarray, positions: np.ndarray)
     return np.sqrt(((vectors - query[None, :]) ** 2).sum(axis=1))
 
 
+def shortlist(wanted: int) -> int:
+    """Codes re-ranked per segment of a compressed index when `wanted` candidates are
+    wanted (the build measures recall@10 with `shortlist(10)`)."""
+    return max(SHORTLIST, 16 * wanted)
+
+
 def has_faiss(index: Index, store: StateStore) -> bool:
     """Whether the index holds a FAISS index for this state."""
     found = index.sql("SELECT count(*) AS n FROM faiss_indexes WHERE name = ?", [store.name])
@@ -68,14 +80,26 @@ def has_faiss(index: Index, store: StateStore) -> bool:
 
 
 def faiss_candidates(index: Index, store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
-    """Up to ``n`` positions FAISS finds nearest to ``query``."""
+    """Positions FAISS proposes for `query`: the `n` nearest of exact indexes, the
+    `shortlist(n)` nearest codes of each segment's compressed one."""
     found = index.faiss(store.layer, store.kind)
-    n = min(n, int(found.ntotal))
-    if n == 0:
+    q = query[None, :].astype(np.float32)
+    if found.joined is not None:
+        searches = [(0, found.joined, min(n, int(found.joined.ntotal)))]
+    else:
+        searches = [(start, part, min(shortlist(n) if compressed else n, int(part.ntotal)))
+                    for start, part, compressed in
+                    zip(found.starts, found.parts, found.compressed, strict=True)]
+    out = []
+    for start, part, wanted in searches:
+        if wanted > 0:
+            _, ids = part.search(q, wanted)
+            ids = ids[0]
+            out.append(ids[ids >= 0].astype(np.int64) + start)
+    if not out:
         return np.zeros(0, dtype=np.int64)
-    _, ids = found.search(query[None, :].astype(np.float32), n)
-    ids = ids[0]
-    return ids[(ids >= 0) & (ids < store.n_tokens)].astype(np.int64)
+    ids = np.concatenate(out)
+    return ids[ids < store.n_tokens]
 
 
 def scan_candidates(store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
@@ -102,15 +126,17 @@ def nearest(
     kind: str | None = None,
     k: int = 20,
     context: int = DEFAULT_CONTEXT,
+    exact: bool = False,
 ) -> list[Neighbor]:
     """The ``k`` stored states nearest to the mean state of ``[start, end)`` (outside the
-    span), nearest first, with ``context`` tokens of text either side."""
+    span), nearest first, with ``context`` tokens of text either side; ``exact`` scans every
+    stored state instead of asking FAISS (brute force)."""
     store = index.store(layer, kind)
     start, end, _ = check_span(index.doc_starts, start, end)
     k = check_count("k", k, maximum=MAX_RESULTS)
     query = mean_state(store, start, end)
     wanted = OVERSAMPLE * (k + end - start) + SPARE
-    if has_faiss(index, store):
+    if not exact and has_faiss(index, store):
         candidates = faiss_candidates(index, store, query, wanted)
     else:
         candidates = scan_candidates(store, query, wanted)

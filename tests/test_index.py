@@ -192,13 +192,23 @@ def test_unit_value_function_answers_threshold_questions(tiny_index):
 
 
 def test_faiss_finds_stored_states(tiny_index):
-    index = tiny_index.faiss("layers.1.h")
-    assert index.ntotal == tiny_index.n_tokens
-    queries = tiny_index.store(1, "h").vectors([0, 17, 250]).astype(np.float32)
-    distances, ids = index.search(queries, 1)
-    np.testing.assert_allclose(distances[:, 0], 0, atol=1e-6)
-    stored = tiny_index.states(1, "h")
-    np.testing.assert_array_equal(stored[ids[:, 0]], stored[[0, 17, 250]])
+    """One compressed index per segment; each token's own state is in its segment's
+    shortlist (the codes are approximate, the re-rank is not)."""
+    import faiss
+
+    from lstmsearch.nearest import shortlist
+
+    found = tiny_index.faiss("layers.1.h")
+    assert found.starts == tuple(s.tok_start for s in tiny_index.segments)
+    assert sum(p.ntotal for p in found.parts) == tiny_index.n_tokens
+    assert all(found.compressed) and found.joined is None
+    assert all(isinstance(p, faiss.IndexPQFastScan) for p in found.parts)
+    store = tiny_index.store(1, "h")
+    for start, part in zip(found.starts, found.parts, strict=True):
+        positions = start + np.array([0, part.ntotal // 2, part.ntotal - 1])
+        _, ids = part.search(store.vectors(positions).astype(np.float32), shortlist(10))
+        for position, row in zip(positions, ids, strict=True):
+            assert position - start in row
 
 
 # --- SQL is read-only ----------------------------------------------------------------------

@@ -461,18 +461,56 @@ def test_stats_with_ties_and_negative_zeros(tmp_path):
         assert s.on_fraction[unit, 9] == pytest.approx(np.mean(x >= 0.0))  # threshold 0.0
 
 
-def test_large_indexes_get_ivf_with_measured_recall(tmp_path, tiny_corpus, tiny_model_path):
+def test_segments_share_one_codebook_and_record_their_recall(tmp_path, tiny_corpus,
+                                                            tiny_model_path):
+    import faiss
+
     out = tmp_path / "index"
     build_index(tiny_corpus, tiny_model_path, out, kinds=["h"], layers=[1],
-                exact_faiss_limit=1000, progress=False)
+                segment_tokens=500, segment_docs=1, progress=False)
+    with open_index(out) as index:
+        rows = index.sql("SELECT description, recall_at_10 FROM faiss_indexes").rows
+        assert len(rows) == len(index.segments) > 2
+        assert all(d.startswith("PQ") and 0.5 <= r <= 1.0 for d, r in rows)
+        (codebook,) = [f for f in index.files if f.kind == "codebook"]
+        trained = faiss.read_index(str(out / codebook.path))
+        for part in index.faiss(1, "h").parts:  # every segment encodes with the codebook
+            np.testing.assert_array_equal(faiss.vector_to_array(part.pq.centroids),
+                                          faiss.vector_to_array(trained.pq.centroids))
+        # the partial statistics were merged into the index's, then removed
+        assert not [f for f in index.files if f.kind == "partial"]
+        assert not list(out.glob("segments/*/partial.npz"))
+        assert "PQ" in index.info().summary() and "recall@10" in index.info().summary()
+
+
+def test_exact_nearest_keeps_exact_indexes(tmp_path, tiny_corpus, tiny_model_path):
+    out = tmp_path / "index"
+    build_index(tiny_corpus, tiny_model_path, out, kinds=["h"], layers=[1],
+                exact_nearest=True, progress=False)
     with open_index(out) as index:
         (description, recall), = index.sql(
             "SELECT description, recall_at_10 FROM faiss_indexes").rows
-        assert description.startswith("IVF64,SQ8") and 0.5 <= recall <= 1.0
-        faiss_index = index.faiss(1, "h")
-        assert faiss_index.ntotal == index.n_tokens
-        _, ids = faiss_index.search(index.store(1, "h").vectors([10, 20]).astype(np.float32), 5)
-        assert set(ids.ravel()) <= set(range(index.n_tokens))
+        assert description.startswith("exact") and recall == 1.0
+        assert not [f for f in index.files if f.kind == "codebook"]
+        assert index.faiss(1, "h").joined is not None
+
+
+def test_a_build_says_its_size_and_refuses_without_the_space(tmp_path, tiny_corpus,
+                                                            tiny_model_path, monkeypatch, capsys):
+    import indexer.build as build
+
+    monkeypatch.setattr(build, "free_bytes", lambda path: 1000)
+    build_index(tiny_corpus, tiny_model_path, tmp_path / "tried", space_check=False,
+                progress=None)
+    err = capsys.readouterr().err
+    with open_index(tmp_path / "tried") as index:
+        n = index.n_tokens
+    assert f"estimate: {n:,} tokens x 48 units (4 states) x 2 bytes = " in err
+    assert "1000 B free at" in err and "tokens/s on the first" in err
+    out = tmp_path / "index"
+    with pytest.raises(BuildError, match="not enough free space .* --no-space-check"):
+        build_index(tiny_corpus, tiny_model_path, out, progress=None)
+    assert not out.exists()  # refused before anything was written
 
 
 def test_resume_keeps_token_tracks_of_a_word_tokenizer(tmp_path):

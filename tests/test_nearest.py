@@ -63,6 +63,85 @@ def brute_force(index, start: int, end: int, k: int) -> list[tuple[int, float]]:
     return [(int(positions[i]), float(distances[positions[i]])) for i in order]
 
 
+def compressed_build(tmp: Path, name: str, lengths, dim: int, segment_tokens: int,
+                     seed: int = 3) -> Path:
+    """An index of clustered random states (wide enough to compress) in small segments."""
+    import indexer.states
+
+    rng = np.random.default_rng(seed)
+    words = [[f"w{rng.integers(50)}" for _ in range(n)] for n in lengths]
+    tokens = tmp / f"{name}.txt"
+    tokens.write_text("\n\n".join("\n".join(d) for d in words) + "\n", encoding="utf-8")
+    n = sum(lengths)
+    centres = rng.standard_normal((20, dim)) * 3
+    states = (centres[rng.integers(0, 20, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+    states[rng.integers(0, n, 40)] = states[rng.integers(0, n, 40)]  # exact ties
+    np.save(tmp / f"{name}.npy", states)
+    out = tmp / name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indexer.states, "SEGMENT_TOKENS", segment_tokens)
+        index_states(tokens, {"layers.0.h": tmp / f"{name}.npy"}, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def compressed_index(tmp_path_factory: pytest.TempPathFactory):
+    """Compressed FAISS indexes over segments no larger than the shortlist."""
+    tmp = tmp_path_factory.mktemp("nearest-compressed")
+    lengths = (300, 1, 250, 400, 4, 160, 350, 500, 90, 200)
+    index = open_index(compressed_build(tmp, "small-segments", lengths, 16, 300))
+    yield index
+    index.close()
+
+
+def test_compressed_index_is_used_and_listed(compressed_index) -> None:
+    rows = compressed_index.sql("SELECT description, recall_at_10 FROM faiss_indexes").rows
+    assert len(rows) == len(compressed_index.segments) > 3
+    assert all(d.startswith("PQ4x4fs (2 bytes a token)") for d, _ in rows)
+    assert all(r == 1.0 for _, r in rows)  # every segment is within one shortlist
+    (codebook,) = [f for f in compressed_index.files if f.kind == "codebook"]
+    assert codebook.path == "codebooks/layers.0.h.faiss" and codebook.segment is None
+    assert compressed_index.verify() == []
+
+
+def test_compressed_nearest_equals_brute_force_when_the_shortlist_covers_it(
+        compressed_index) -> None:
+    rng = np.random.default_rng(6)
+    starts = compressed_index.doc_starts
+    for _ in range(25):
+        doc = int(rng.integers(len(starts) - 1))
+        first, stop = int(starts[doc]), int(starts[doc + 1])
+        start = int(rng.integers(first, stop))
+        end = int(rng.integers(start + 1, min(stop, start + 4) + 1))
+        k = int(rng.choice([1, 5, 20, 60]))
+        expected = brute_force(compressed_index, start, end, k)
+        for exact in (False, True):
+            found = compressed_index.nearest(start, end, 0, "h", k=k, exact=exact)
+            assert [(n.start, n.end) for n in found] == [(p, p + 1) for p, _ in expected]
+            np.testing.assert_allclose([n.distance for n in found], [d for _, d in expected])
+
+
+def test_compressed_nearest_in_a_large_segment_is_exact_where_it_finds(tmp_path) -> None:
+    """A segment larger than the shortlist: every neighbour found is at its exact distance
+    and in order; the recall measured at build time is what a query gets."""
+    out = compressed_build(tmp_path, "large", (3000, 2500), 32, 10_000, seed=4)
+    with open_index(out) as index:
+        ((recall,),) = index.sql("SELECT min(recall_at_10) FROM faiss_indexes").rows
+        assert 0.8 <= recall <= 1.0
+        stored = np.asarray(index.states(0, "h"), dtype=np.float64)
+        hits = []
+        for start in np.random.default_rng(7).choice(index.n_tokens, 40, replace=False):
+            start = int(start)
+            found = index.nearest(start, start + 1, 0, "h", k=10)
+            want = brute_force(index, start, start + 1, 10)
+            got = np.sqrt(((stored[[n.start for n in found]] - stored[start]) ** 2).sum(1))
+            np.testing.assert_allclose([n.distance for n in found], got)
+            assert found == sorted(found, key=neighbor_key)
+            kth = want[-1][1]
+            hits.append(np.mean(np.array([n.distance for n in found]) <= kth + 1e-9))
+        assert np.mean(hits) >= recall - 0.1
+
+
 def test_exact_faiss_index_is_used(exact_index) -> None:
     (row,) = exact_index.sql("SELECT description FROM faiss_indexes").rows
     assert "exact" in row[0]

@@ -1,0 +1,50 @@
+"""The compiled partial statistics of a segment equal the plain numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.stats import PARTIAL_FIELDS, partial_stats, segment_partials
+from lstmsearch.store import to_stored
+
+
+def columns_of(values: np.ndarray) -> np.ndarray:
+    """Stored float16 columns (dim, tokens) of token-major float32 values."""
+    return to_stored(values.astype(np.float32)).numpy()
+
+
+def assert_same(got, want):
+    for field in PARTIAL_FIELDS:
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [1, 7, 99, 100, 101, 2500])
+def test_segment_partials_equal_the_reference(seed, n):
+    rng = np.random.default_rng(seed)
+    values = np.stack([
+        rng.choice([-1.0, -0.0, 0.0, 0.5, 1.0], size=n),  # heavy ties
+        rng.standard_normal(n) * 3,
+        np.where(rng.random(n) < 0.5, -0.0, 0.0),  # only signed zeros
+        rng.standard_normal(n) * 1e5,  # clipped to +-65504
+        np.linspace(-2, 2, n),
+        np.full(n, 0.25),  # constant
+        rng.standard_normal(n) * 1e-6,  # subnormal float16 values
+    ], axis=1)
+    columns = columns_of(values)
+    first = int(rng.integers(0, 10**6))
+    assert_same(segment_partials(columns, first), partial_stats(columns, first))
+    assert_same(segment_partials(columns, first, k=3), partial_stats(columns, first, k=3))
+
+
+def test_many_distinct_values_and_a_long_column():
+    """Every finite float16 value at least once: the histogram's key order is the value order."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    every = every[np.isfinite(every)].astype(np.float32)
+    rng = np.random.default_rng(5)
+    values = np.stack([rng.permutation(every), np.sort(every)[::-1]], axis=1)
+    columns = columns_of(values)
+    got, want = segment_partials(columns, 0), partial_stats(columns, 0)
+    assert_same(got, want)
+    assert got.ptr[1] == len(np.unique(every.astype(np.float16) + 0.0))  # -0 merged into +0
