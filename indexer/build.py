@@ -22,6 +22,7 @@ file is rewritten, and its cost grows with what is added, not with the index.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import shutil
@@ -114,9 +115,13 @@ def choose_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_lanes(device: torch.device) -> int:
-    """Documents run side by side: 64 keeps CPU matrix products efficient; a GPU needs more."""
-    return 512 if device.type == "cuda" else 64
+def default_lanes(device: torch.device, hidden: int = 512) -> int:
+    """Documents run side by side. On a CPU about 32k lanes x units per step, 64 to 512
+    lanes: a step's product must be large enough that the per-step call around it is small
+    (a 64-unit model takes 512 lanes, a 512-unit one 64); a GPU takes 512."""
+    if device.type == "cuda":
+        return 512
+    return int(min(512, max(64, 2 ** round(math.log2(32768 / max(1, hidden))))))
 
 
 def tokenize_documents(
@@ -193,7 +198,6 @@ def build_index(
                                   or value < 1):
             raise BuildError(f"{name} must be a positive integer, got {value!r}")
     device = choose_device(device)
-    lanes = lanes or default_lanes(device)
     job = Job(out, device, lanes, chunk, faiss, exact_nearest, progress, on_segment,
               surprisal, space_check)
     sizes = (segment_tokens, segment_docs)
@@ -210,7 +214,7 @@ class Job:
 
     out: Path
     device: torch.device
-    lanes: int
+    lanes: int | None  # None: `default_lanes` for the model, once it is loaded
     chunk: int
     faiss: bool
     exact_nearest: bool  # exact FAISS indexes (a second copy of the states), no codebooks
@@ -244,6 +248,7 @@ class Job:
     def build_into(self, writer: IndexWriter, model, loaded: LoadedModel, names: list[str],
                    corpus: Corpus, docs: list[PlannedDoc], skipped: int, sizes) -> BuildResult:
         """The new index in the empty directory whose write lock `writer` holds."""
+        self.pick_lanes(loaded)
         copy_atomic(Path(model), self.out / MODEL_FILE)
         sha = file_sha256(self.out / MODEL_FILE)
         meta = {
@@ -286,6 +291,7 @@ class Job:
             writer.remove_unlisted()
             planned = [p for p, _ in writer.segments("planned")]
             if meta.get("status") == STATUS_COMPLETE and not writer.segments("planned", "pending"):
+                shutil.rmtree(self.out / BUILD_DIR, ignore_errors=True)  # a kill after publishing
                 writer.close()
                 return self.nothing_to_do()
             self.surprisal = meta.get("surprisal") == "true"
@@ -367,6 +373,16 @@ class Job:
         writer.plan(docs, plans, {"corpus": f"{meta.get('corpus', '')} + {corpus_name}"})
         return plans
 
+    def pick_lanes(self, loaded: LoadedModel) -> None:
+        """The lanes of the model's runs, when not given: `default_lanes` on the device
+        that runs the model."""
+        if self.lanes is None:
+            self.lanes = default_lanes(self.model_device(), loaded.config.hidden)
+
+    def model_device(self) -> torch.device:
+        """The device the model runs on while segments are written."""
+        return self.device
+
     def index_model(self, meta: dict[str, str], model) -> LoadedModel:
         """The index's own model copy, checked against its recorded sha256 (and `model`)."""
         path = self.out / MODEL_FILE
@@ -380,7 +396,9 @@ class Job:
                 f"model {model} is not the model of index {self.out}: an index holds the states "
                 "of one model; build a new index for a different model"
             )
-        return load_model(path, device=self.device)
+        loaded = load_model(path, device=self.device)
+        self.pick_lanes(loaded)
+        return loaded
 
     def check_tracks(self, docs: Sequence[PlannedDoc]) -> None:
         """A corpus track may not take the name of the stored surprisal."""

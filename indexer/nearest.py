@@ -7,13 +7,13 @@ Vectors are the stored float16 states; ids are positions in the segment. Two kin
   dim / 8 bytes, a sixteenth of its float16 state, and the index never duplicates the states.
   A query (`lstmsearch.nearest`) takes each segment's `shortlist(k)` nearest codes and
   re-ranks them by their exact distance on the stored states; the recall@10 of exactly that
-  procedure against brute force is measured on every segment at build time (100 sample
+  procedure against brute force is measured on every segment at build time (50 sample
   queries) and recorded. The codebook of each state is trained once per index, before its
   first segment, on the states of the first documents (`train_codebooks`, a fixed sample and
   seed), and saved in `codebooks/`: every segment, engine and append encodes with it, so an
   index does not depend on how its build was split. Encoding reads the segment's unit-major
-  columns directly (a 4-unit slice against 16 centroids is one small product), no transposed
-  copy of the states is made.
+  columns directly (`nearest_centroids`, a compiled loop over tokens per centroid): no
+  transposed copy of the states is made.
 - Exact (`--exact-nearest`, and states too few or too narrow to train a codebook on): an
   `IndexScalarQuantizer` with fp16 codes and L2, whose codes are the stored values
   themselves: an exhaustive search that is exact on them, at the price of a second copy.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+import numba
 import numpy as np
 import torch
 
@@ -37,8 +38,13 @@ from lstmsearch.nearest import shortlist
 from lstmsearch.store import StateStore
 
 ADD_BLOCK = 65_536
-"""Tokens encoded (or copied) at once."""
-RECALL_QUERIES = 100
+"""Tokens copied (or scanned) at once."""
+ENCODE_BLOCK = 4_096
+"""Tokens encoded at once (their float32 columns stay in the cache)."""
+RECALL_QUERIES = 50
+"""Sample queries per segment and state whose recall@10 the build measures."""
+RECALL_SPARE = 16
+"""Candidates beyond the 10th that the float32 ranking keeps for the exact comparison."""
 CODEBOOK_TOKENS = 16_384
 """Tokens of the first documents whose states train the codebooks."""
 CODEBOOK_MIN_TOKENS = 1_024
@@ -47,6 +53,8 @@ CODEBOOK_ITERATIONS = 10
 CODEBOOK_SEED = 1234
 BITS = 4
 """Bits per sub-quantiser code: 16 centroids, what FAISS's fast-scan kernels read."""
+SUB_UNITS = 4
+"""Units per sub-quantiser: a token's code is dim / 8 bytes (`nearest_centroids` knows 4)."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,9 @@ def one_faiss_thread() -> Iterator[None]:
 
 
 def subquantizers(dim: int) -> int | None:
-    """Number of sub-quantisers of a `dim`-unit codebook (4 units each), or None when `dim`
-    is too small or not a multiple of 4 for a useful one."""
-    return dim // 4 if dim >= 8 and dim % 4 == 0 else None
+    """Number of sub-quantisers of a `dim`-unit codebook (`SUB_UNITS` units each), or None
+    when `dim` is too small or not a multiple of 4 for a useful one."""
+    return dim // SUB_UNITS if dim >= 2 * SUB_UNITS and dim % SUB_UNITS == 0 else None
 
 
 def can_compress(dim: int, n_sample: int) -> bool:
@@ -139,21 +147,41 @@ def centroids_of(codebook: faiss.IndexPQFastScan) -> torch.Tensor:
     return torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub))
 
 
+@numba.njit(fastmath=True, error_model="numpy", nogil=True, cache=True)
+def nearest_centroids(x, centroids, codes):
+    """For every token (column of `x`, float32 (dim, tokens)) and sub-quantiser m, the index
+    of the centroid (M, 16, 4) nearest to its units 4m .. 4m + 3 into `codes` (M, tokens):
+    a loop over tokens per centroid, which vectorises (ties: the first centroid)."""
+    m_count, k_count, _ = centroids.shape
+    n = x.shape[1]
+    best = np.empty(n, np.float32)
+    for m in range(m_count):
+        x0, x1, x2, x3 = x[4 * m], x[4 * m + 1], x[4 * m + 2], x[4 * m + 3]
+        code = codes[m]
+        for t in range(n):
+            best[t] = np.inf
+        for k in range(k_count):
+            c0, c1, c2, c3 = (centroids[m, k, 0], centroids[m, k, 1], centroids[m, k, 2],
+                              centroids[m, k, 3])
+            for t in range(n):
+                d0, d1, d2, d3 = x0[t] - c0, x1[t] - c1, x2[t] - c2, x3[t] - c3
+                d = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
+                if d < best[t]:
+                    best[t] = d
+                    code[t] = k
+
+
 def encode_columns(codebook: faiss.IndexPQFastScan, columns: np.ndarray) -> np.ndarray:
     """PQ codes (tokens, M) uint8 of unit-major float16 columns (dim, tokens): for each
     sub-quantiser, the centroid nearest to each token's slice of units (ties: the first)."""
-    centroids = centroids_of(codebook)
-    m, ksub, dsub = centroids.shape
-    norms = (centroids**2).sum(-1, keepdim=True)  # (M, 16, 1)
+    centroids = centroids_of(codebook).numpy()
     n = columns.shape[1]
-    codes = np.empty((n, m), dtype=np.uint8)
-    for start in range(0, n, ADD_BLOCK):
-        end = min(n, start + ADD_BLOCK)
-        x = torch.from_numpy(np.array(columns[:, start:end])).float().view(m, dsub, end - start)
-        # |x - c|^2 = |x|^2 - 2 c.x + |c|^2, and |x|^2 is the same for every centroid
-        scores = torch.baddbmm(norms, centroids, x, alpha=-2.0)  # (M, 16, tokens)
-        codes[start:end] = scores.argmin(dim=1).T.to(torch.uint8).numpy()
-    return codes
+    codes = np.empty((centroids.shape[0], n), dtype=np.uint8)
+    for start in range(0, n, ENCODE_BLOCK):
+        end = min(n, start + ENCODE_BLOCK)
+        x = np.asarray(columns[:, start:end], dtype=np.float32)
+        nearest_centroids(x, centroids, codes[:, start:end])
+    return np.ascontiguousarray(codes.T)
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
@@ -204,33 +232,41 @@ def recall_at_10(index: faiss.Index, store: StateStore, seed: int = 1) -> float:
     """recall@10 of the search a query runs (the index's shortlist, re-ranked exactly on the
     stored values) against brute force, on sample queries from the segment's own tokens.
 
-    A hit is counted by distance, not by id: ties make the exact top 10 ambiguous.
+    One float32 pass over the columns ranks every token for every query (|x|^2 - 2 q.x); the
+    few nearest of all and of the shortlisted are then measured exactly (float64). A hit is
+    counted by distance, not by id: ties make the exact top 10 ambiguous.
     """
     n = store.n_tokens
     if n == 0:
         return float("nan")
     queries = store.vectors(sample_positions(n, RECALL_QUERIES, seed)).astype(np.float32)
     k = min(10, n)
-    # brute force on the unit-major columns (|x|^2 - 2 q.x in float32 to shortlist, then
-    # the exact float64 distance of the shortlisted), block by block
-    q = torch.from_numpy(queries)
-    spare = min(n, k + 16)
-    best_d = torch.full((len(queries), 0), float("inf"))
-    best_i = torch.zeros((len(queries), 0), dtype=torch.long)
-    for start in range(0, n, ADD_BLOCK):
-        x = torch.from_numpy(np.array(store.columns[:, start : start + ADD_BLOCK])).float()
-        d = (x * x).sum(0)[None, :] - 2 * (q @ x)
-        top = torch.cat([best_d, d], dim=1).topk(min(spare, best_d.shape[1] + d.shape[1]),
-                                                 dim=1, largest=False)
-        ids = torch.cat([best_i, torch.arange(start, start + d.shape[1]).expand(len(q), -1)],
-                        dim=1)
-        best_d, best_i = top.values, ids.gather(1, top.indices)
     wanted = min(n, shortlist(k)) if isinstance(index, faiss.IndexPQFastScan) else k
     with one_faiss_thread():
         _, found = index.search(queries, wanted)
+    q = torch.from_numpy(queries)
+    keep = min(n, k + RECALL_SPARE)
+    rows = torch.arange(len(q))[:, None].expand(-1, found.shape[1])
+    found = torch.from_numpy(found)
+    found_d = torch.full(found.shape, float("inf"))
+    best_d = torch.zeros((len(q), 0))
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    for start in range(0, n, ADD_BLOCK):
+        x = torch.from_numpy(np.array(store.columns[:, start : start + ADD_BLOCK])).float()
+        d = (x * x).sum(0)[None, :] - 2 * (q @ x)  # the query's own |q|^2 is left out
+        inside = (found >= start) & (found < start + x.shape[1])
+        found_d[inside] = d[rows[inside], found[inside] - start]
+        top = torch.cat([best_d, d], dim=1).topk(min(keep, best_d.shape[1] + d.shape[1]),
+                                                 dim=1, largest=False)
+        ids = torch.cat([best_i, torch.arange(start, start + x.shape[1]).expand(len(q), -1)],
+                        dim=1)
+        best_d, best_i = top.values, ids.gather(1, top.indices)
+    near_found = found.gather(1, found_d.topk(min(keep, found.shape[1]), dim=1,
+                                              largest=False).indices)
     hits = []
-    for row, ids in enumerate(found):
+    for row in range(len(q)):
         kth = np.sort(exact_squared(store, queries[row], best_i[row].numpy()))[k - 1]
+        ids = near_found[row].numpy()
         got = np.sort(exact_squared(store, queries[row], ids[ids >= 0]))[:k]
         hits.append(np.mean(got <= kth * (1 + 1e-9) + 1e-12))
     return float(np.mean(hits))

@@ -50,7 +50,6 @@ from indexer.build import (
     BuildResult,
     Job,
     claim_new,
-    default_lanes,
     open_complete,
     read_corpus,
     start_over,
@@ -695,6 +694,10 @@ class RayJob(Job):
         return self.run(writer, loaded, plans, docs, "append",
                         {"no tokens": skipped} if skipped else {})
 
+    def model_device(self) -> torch.device:
+        """The actors run the model, on their GPU when they have one."""
+        return torch.device("cuda" if self.gpus_per_worker > 0 else "cpu")
+
     # --- stage 4 and 5: the actor pool, then the driver's commits ------------------------
 
     def check_workers(self, model_sha256: str | None) -> None:
@@ -838,8 +841,7 @@ def build_with_ray(
             cpus_per_worker = (max(1, (os.cpu_count() or 1) // workers)
                                if address is None and runtime.started else 1)
         # the driver reads the model on its CPU; the actors run it on theirs or their GPU
-        actors = torch.device("cuda" if gpus_per_worker else "cpu")
-        job = RayJob(out, torch.device("cpu"), lanes or default_lanes(actors), chunk, faiss,
+        job = RayJob(out, torch.device("cpu"), lanes, chunk, faiss,
                      exact_nearest, progress, on_segment, surprisal, space_check,
                      runtime=runtime,
                      workers=workers, gpus_per_worker=float(gpus_per_worker),

@@ -257,7 +257,8 @@ class SegmentWriter:
         }
         if partials:
             save_partials(self.tmp / PARTIAL_FILE, {
-                name: segment_partials(s.columns, plan.tok_start) for name, s in stores.items()})
+                name: segment_partials(s.columns, plan.tok_start) for name, s in stores.items()
+            }, compress=False)  # read once, when the build publishes, then removed
         save_checksums(self.tmp / CHECKSUMS_FILE,
                        {name: column_checksums(s.columns) for name, s in stores.items()})
         faiss_rows = []

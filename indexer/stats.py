@@ -435,14 +435,16 @@ def stats_of(part: PartialStats, k: int = TOP_K) -> UnitStats:
                      bottom_pos=part.bottom_pos[:, :kk], bottom_value=part.bottom_value[:, :kk])
 
 
-def save_partials(path, parts: dict[str, PartialStats]) -> None:
-    """Write the partial statistics of every state to one `.npz` file.
+def save_partials(path, parts: dict[str, PartialStats], compress: bool = True) -> None:
+    """Write the partial statistics of every state to one `.npz` file (deflated at the
+    fastest level, or stored as they are for a file that lives only until it is merged).
 
     Written entry by entry with a fixed timestamp, so equal statistics give equal bytes
     (and equal checksums) whenever and wherever they are written.
     """
     save_arrays(path, {f"{name}/{field}": compact_dtype(field, getattr(p, field))
-                       for name, p in sorted(parts.items()) for field in PARTIAL_FIELDS})
+                       for name, p in sorted(parts.items()) for field in PARTIAL_FIELDS},
+                compress)
 
 
 def save_checksums(path, checksums: dict[str, np.ndarray]) -> None:
@@ -451,14 +453,16 @@ def save_checksums(path, checksums: dict[str, np.ndarray]) -> None:
                        for name, values in sorted(checksums.items())})
 
 
-def save_arrays(path, arrays: dict[str, np.ndarray]) -> None:
-    """A deflated `.npz` of plain arrays, in the given order, with fixed timestamps."""
+def save_arrays(path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """An `.npz` of plain arrays (deflated at level 1 or stored), in the given order, with
+    fixed timestamps."""
     import zipfile
 
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method, compresslevel=1) as archive:
         for key, values in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = method
             with archive.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(values), allow_pickle=False)
 

@@ -351,14 +351,22 @@ class IndexInfo:
 
     @property
     def bytes_per_token_unit(self) -> float:
-        """State-file bytes per token per unit per stored kind (target <= 2)."""
+        """State-file bytes per token per unit per stored kind (2: float16)."""
         units = sum(s.dim for s in self.states)
         return self.sizes["states"] / max(1, units * self.n_tokens)
+
+    @property
+    def total_bytes_per_token_unit(self) -> float:
+        """Bytes of every file of the index per token per unit per stored kind (target
+        <= 2.25: the float16 states and everything else)."""
+        units = sum(s.dim for s in self.states)
+        return self.sizes["total"] / max(1, units * self.n_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         data = asdict(self)
         data["bytes_per_token_unit"] = self.bytes_per_token_unit
+        data["total_bytes_per_token_unit"] = self.total_bytes_per_token_unit
         return data
 
     def summary(self) -> str:
@@ -394,7 +402,8 @@ class IndexInfo:
         lines.append(
             "disk         "
             + ", ".join(f"{k} {human_bytes(v)}" for k, v in self.sizes.items() if k != "total")
-            + f"; total {human_bytes(self.sizes['total'])}"
+            + f"; total {human_bytes(self.sizes['total'])}, "
+            f"{self.total_bytes_per_token_unit:.2f} bytes/token/unit with every file"
         )
         lines.append(
             f"built        {self.created_at} (last change {self.updated_at}), "
@@ -1149,8 +1158,9 @@ class Index:
                                 "FROM tracks GROUP BY name ORDER BY name")
         sizes = {"database": dir_size(self.path / DB_FILE) + dir_size(self.path / (DB_FILE + ".wal")),
                  "states": 0, "faiss": 0, "rows": 0, "statistics": 0, "model": 0}
-        key = {"states": "states", "faiss": "faiss", "rows": "rows", "stats": "statistics",
-               "model": "model"}
+        key = {"states": "states", "faiss": "faiss", "codebook": "faiss", "rows": "rows",
+               "annotations": "rows", "stats": "statistics", "checksums": "statistics",
+               "partial": "statistics", "model": "model"}
         for f in self.files:
             sizes[key.get(f.kind, "rows")] += f.bytes
         sizes["total"] = sum(sizes.values())

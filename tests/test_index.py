@@ -61,6 +61,20 @@ def test_info_describes_the_index(tiny_index, tiny_corpus):
     assert perplexity in text
 
 
+def test_info_accounts_for_every_byte_on_disk(tiny_index):
+    """The sizes `info` reports add up to what the index directory holds, file by file."""
+    info = tiny_index.info()
+    on_disk = sum(p.stat().st_size for p in tiny_index.path.rglob("*") if p.is_file())
+    assert info.sizes["total"] == on_disk
+    assert info.sizes["states"] == sum(p.stat().st_size for p in
+                                       tiny_index.path.glob("segments/*/*.f16"))
+    assert info.sizes["faiss"] == sum(p.stat().st_size for p in tiny_index.path.rglob("*.faiss"))
+    units = sum(s.dim for s in info.states)
+    assert info.total_bytes_per_token_unit == pytest.approx(on_disk / (units * info.n_tokens))
+    assert f"{info.total_bytes_per_token_unit:.2f} bytes/token/unit with every file" in (
+        info.summary())
+
+
 def test_stored_states_equal_fresh_extraction(tiny_index, tiny_model_path, tiny_corpus):
     loaded = load_model(tiny_model_path)
     ids = [loaded.tokenizer.encode(d.text).ids for d in tiny_corpus.documents]

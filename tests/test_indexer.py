@@ -186,12 +186,27 @@ elif where == "plan":         # schema committed, plan not
     def plan(self, *a, **k):
         kill_on(1)
     build.IndexWriter.plan = plan
+elif where == "codebooks":    # FAISS codebooks trained and saved, plan not committed
+    real_train = build.train_codebooks
+    def train(*a, **k):
+        result = real_train(*a, **k)
+        kill_on(1)
+        return result
+    build.train_codebooks = train
+elif where == "partials":     # published, the merged partial statistics not yet removed
+    real_unlink = Path.unlink
+    def unlink(self, *a, **k):
+        if self.name == "partial.npz":
+            kill_on(1)
+        return real_unlink(self, *a, **k)
+    Path.unlink = unlink
 build.build_index(tiny_parens(), {model!r}, {out!r}, segment_tokens={shard_tokens},
                   segment_docs=1, progress=False)
 """
 
 
-@pytest.mark.parametrize("where", ["mid-segment", "renamed", "finalize", "plan"])
+@pytest.mark.parametrize("where", ["mid-segment", "renamed", "finalize", "plan", "codebooks",
+                                   "partials"])
 def test_killed_build_resumes_to_the_same_index(tmp_path, tiny_model_path, reference, where):
     out = tmp_path / "index"
     root = str(Path(__file__).resolve().parents[1])
@@ -200,9 +215,14 @@ def test_killed_build_resumes_to_the_same_index(tmp_path, tiny_model_path, refer
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
-    with pytest.raises(IncompleteIndexError if where != "plan" else Exception):
-        open_index(out)
-    if where == "plan":
+    if where == "partials":  # complete: it answers, with merged statistics left to remove
+        open_index(out).close()
+        assert list(out.glob("segments/*/partial.npz"))
+    else:
+        with pytest.raises(IncompleteIndexError if where not in ("plan", "codebooks")
+                           else Exception):
+            open_index(out)
+    if where in ("plan", "codebooks"):
         with pytest.raises(BuildError, match="before it saved its plan"):
             build_index(None, None, out, resume=True, progress=False)
     build_index(tiny_parens(), tiny_model_path, out, resume=True, **TINY_SHARD,
@@ -285,6 +305,9 @@ def test_append_refuses_another_model_and_incomplete_index(tmp_path, tiny_corpus
     other = make_tiny_model(tmp_path / "other.pt", tiny_corpus, seed=7)
     with pytest.raises(BuildError, match="not the model of index"):
         build_index(tiny_corpus, other, annotated, append=True, progress=False)
+    wider = make_tiny_model(tmp_path / "wider.pt", tiny_corpus, hidden=16)  # other state sizes
+    with pytest.raises(BuildError, match=f"model {wider} is not the model of index"):
+        build_index(tiny_corpus, wider, annotated, append=True, progress=False)
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
         build_index(tiny_corpus, tiny_model_path, out, **TINY_SHARD, progress=False,
