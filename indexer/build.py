@@ -524,7 +524,7 @@ class Job:
                     doc_starts = plan.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
                     blocks = iter_states(loaded.model, [d.ids for d in segment_docs], names,
                                          chunk=self.chunk, lanes=self.lanes,
-                                         surprisal=self.surprisal)
+                                         surprisal=self.surprisal, stored=True)
                     for block in blocks:
                         committer.submit("block", plan, doc_starts, block)
                     committer.submit("commit", plan, segment_docs)

@@ -481,7 +481,7 @@ def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[Plann
     try:
         values = np.full(plan.n_tokens, np.nan, dtype=np.float32)
         for block in iter_states(model, [d.ids for d in docs], names, chunk=chunk, lanes=lanes,
-                                 surprisal=surprisal):
+                                 surprisal=surprisal, stored=True):
             if block.surprisal is not None:
                 for j, doc in enumerate(block.docs):
                     at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start

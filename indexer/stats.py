@@ -266,12 +266,14 @@ KEY_OF_BITS = np.where(_BITS == SIGN, SIGN, _KEY_OF_BITS).astype(np.uint16)
 
 
 @numba.njit(cache=True, nogil=True)
-def unit_partial(bits, key_of_bits, k, first_key, end_key):
+def unit_partial(bits, key_of_bits, k, first_key, end_key, keys_of_tokens):
     """One unit's sparse key histogram and its top/bottom-k over finite keys
     [first_key, end_key), ties by lowest position: `partial_stats` for one column.
 
-    The histogram is counted into a dense array whose touched keys are marked in a bitmap,
-    so reading it back in key order costs the distinct keys, not 65,536 bins.
+    One pass counts (into a dense array whose touched blocks of 64 keys are marked in a
+    bitmap, so it is read back in key order without visiting all 65,536 bins) and keeps each
+    token's key in `keys_of_tokens`; a second pass takes the positions beyond the k-th
+    highest and lowest keys, and ties at them are taken from the start until k are found.
     """
     n = bits.shape[0]
     counts = np.zeros(65536, np.int64)
@@ -279,6 +281,7 @@ def unit_partial(bits, key_of_bits, k, first_key, end_key):
     distinct = 0
     for t in range(n):
         key = key_of_bits[bits[t]]
+        keys_of_tokens[t] = key
         if counts[key] == 0:
             touched[key >> 6] |= np.uint64(1) << np.uint64(key & 63)
             distinct += 1
@@ -287,20 +290,13 @@ def unit_partial(bits, key_of_bits, k, first_key, end_key):
     out_counts = np.empty(distinct, np.int64)
     m = 0
     for word in range(1024):
-        w = touched[word]
-        while w:
-            low = w & (~w + np.uint64(1))  # the lowest set bit
-            bit = 0
-            while (low >> np.uint64(bit)) != np.uint64(1):
-                bit += 1
-            key = word * 64 + bit
-            keys[m] = key
-            out_counts[m] = counts[key]
-            m += 1
-            w ^= low
+        if touched[word]:
+            for key in range(word * 64, word * 64 + 64):
+                if counts[key]:
+                    keys[m] = key
+                    out_counts[m] = counts[key]
+                    m += 1
     kk = min(k, n)
-    top = np.empty(kk, np.int64)
-    bottom = np.empty(kk, np.int64)
     # the k-th highest and lowest finite keys
     high, seen = end_key - 1, 0
     for j in range(distinct - 1, -1, -1):
@@ -316,41 +312,53 @@ def unit_partial(bits, key_of_bits, k, first_key, end_key):
             low_key = keys[j]
             if seen >= kk:
                 break
-    fill_extreme(bits, key_of_bits, high, kk, top, end_key, True, first_key)
-    fill_extreme(bits, key_of_bits, low_key, kk, bottom, end_key, False, first_key)
+    top = np.empty(kk, np.int64)
+    bottom = np.empty(kk, np.int64)
+    n_top = n_bottom = 0
+    for t in range(n):  # fewer than k tokens lie beyond each k-th key
+        key = keys_of_tokens[t]
+        if key > high and key < end_key:
+            top[n_top] = t
+            n_top += 1
+        if key < low_key and key >= first_key:
+            bottom[n_bottom] = t
+            n_bottom += 1
+    fill_ties(keys_of_tokens, high, top, n_top, first_key, end_key)
+    fill_ties(keys_of_tokens, low_key, bottom, n_bottom, first_key, end_key)
+    sort_extremes(keys_of_tokens, top, True)
+    sort_extremes(keys_of_tokens, bottom, False)
     return keys, out_counts, top, bottom
 
 
 @numba.njit(cache=True, nogil=True)
-def fill_extreme(bits, key_of_bits, kth, k, out, end_key, highest, first_key):
-    """The k positions beyond the k-th key `kth` (then ties at it, lowest positions first),
-    sorted highest (or lowest) key first, ties by position."""
-    m = 0
-    for t in range(bits.shape[0]):
-        key = key_of_bits[bits[t]]
-        if first_key <= key < end_key and ((key > kth) if highest else (key < kth)):
+def fill_ties(keys_of_tokens, kth, out, m, first_key, end_key):
+    """Fill `out` from index m with the first positions whose key is `kth`; when the column
+    has fewer finite values than that, with its non-finite ones (NaN), first first."""
+    k = out.shape[0]
+    for t in range(keys_of_tokens.shape[0]):
+        if m >= k:
+            return
+        if keys_of_tokens[t] == kth:
             out[m] = t
             m += 1
-    for t in range(bits.shape[0]):
+    for t in range(keys_of_tokens.shape[0]):
         if m >= k:
-            break
-        if key_of_bits[bits[t]] == kth:
-            out[m] = t
-            m += 1
-    for t in range(bits.shape[0]):  # fewer finite values than k: the others (NaN) last
-        if m >= k:
-            break
-        key = key_of_bits[bits[t]]
+            return
+        key = keys_of_tokens[t]
         if key < first_key or key >= end_key:
             out[m] = t
             m += 1
-    # insertion sort by (key, position): k is small
-    for i in range(1, m):
+
+
+@numba.njit(cache=True, nogil=True)
+def sort_extremes(keys_of_tokens, out, highest):
+    """Order positions highest (or lowest) key first, ties by position (k is small)."""
+    for i in range(1, out.shape[0]):
         t = out[i]
-        key = key_of_bits[bits[t]]
+        key = keys_of_tokens[t]
         j = i - 1
         while j >= 0:
-            other = key_of_bits[bits[out[j]]]
+            other = keys_of_tokens[out[j]]
             before = (other > key) if highest else (other < key)
             if before or (other == key and out[j] < t):
                 break
@@ -369,10 +377,11 @@ def segment_partials(columns: np.ndarray, first_position: int, k: int = TOP_K) -
     tops = {"top_pos": np.empty((dim, k), np.int64), "top_value": np.empty((dim, k), np.float32),
             "bottom_pos": np.empty((dim, k), np.int64),
             "bottom_value": np.empty((dim, k), np.float32)}
+    keys_of_tokens = np.empty(n, np.uint16)
     for unit in range(dim):
         row = np.ascontiguousarray(bits[unit])
         unit_keys, unit_counts, top, bottom = unit_partial(
-            row, KEY_OF_BITS, k, FINITE_KEYS.start, FINITE_KEYS.stop)
+            row, KEY_OF_BITS, k, FINITE_KEYS.start, FINITE_KEYS.stop, keys_of_tokens)
         lengths.append(np.array([len(unit_keys)]))
         keys.append(unit_keys)
         counts.append(unit_counts)

@@ -299,8 +299,8 @@ class StateBlock:
     """States of some documents over one stretch of time, from one direction.
 
     Row j holds document `docs[j]`, positions `starts[j] .. starts[j] + lengths[j]` in document
-    order; `states[name][j, :lengths[j]]` are its valid steps, float32 within float16's finite
-    range (h and the gates are bounded, c is clipped), ready to store. The units are
+    order; `states[name][j, :lengths[j]]` are its valid steps, float32 (or the stored float16)
+    within float16's finite range (h and the gates are bounded, c is clipped). The units are
     `unit_offset .. unit_offset + H` of the stored state (the backward direction of a
     bidirectional model fills the second half).
     """
@@ -323,12 +323,15 @@ def iter_states(
     surprisal: bool = False,
     kernel: str = "fused",
     backend: str | None = None,
+    stored: bool = False,
 ) -> Iterator[StateBlock]:
     """Stream exact states of `docs` (token id arrays) in blocks of lanes x chunk steps.
 
     `kernel` is "fused" (one pass per layer at the cost of its forward) or "reference" (the
     layer's `nn.LSTM`/`nn.GRU` plus a recomputation of the gates); `backend` chooses the
     fused pass's pointwise update ("numba" or "torch", default: `cells.default_backend`).
+    With `stored` the blocks hold float16 values, rounded once where the model runs (what an
+    index stores; half the bytes to move); else float32.
     """
     config = model.config
     names = list(names) if names is not None else state_names(config)
@@ -365,6 +368,7 @@ def iter_states(
         yield from run_lanes(
             model, run, top + 1, first_table, docs, order, wanted, chunk, lanes,
             backward=direction == 1, unit_offset=direction * config.hidden, head=head,
+            dtype=torch.float16 if stored else torch.float32,
         )
 
 
@@ -387,9 +391,11 @@ def run_lanes(
     backward: bool,
     unit_offset: int,
     head: nn.Module | None,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[StateBlock]:
     """One direction's first `n_layers` layers over all documents, lane by lane (see the
-    module docstring); `ids_in`: the first layer takes token ids, not embeddings."""
+    module docstring); `ids_in`: the first layer takes token ids, not embeddings; the
+    blocks' states come in `dtype`."""
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     hidden = model.config.hidden
@@ -444,7 +450,7 @@ def run_lanes(
             starts=starts,
             lengths=lengths.copy(),
             unit_offset=unit_offset,
-            states={k: v.float().cpu().numpy() for k, v in states.items()},
+            states={k: v.to(dtype).cpu().numpy() for k, v in states.items()},
             surprisal=block_surprisal,
         )
         # carry each lane's state to its next stretch; finished lanes make room

@@ -369,11 +369,11 @@ class StateWriter:
 
     def write_block(self, start: int, values: np.ndarray | torch.Tensor, unit_offset: int = 0) -> None:
         """Store token-major values (T, units) at positions [start, start + T), units from
-        `unit_offset`: rounded to float16 and transposed straight into the mapped file.
+        `unit_offset`, transposed straight into the mapped file: float16 values as they are
+        (a numpy copy, on the calling thread alone), others rounded to float16 on the way.
 
         Values beyond float16's range must have been clipped (see `clip`), as `to_stored` does.
         """
-        values = torch.as_tensor(values)
         length, units = values.shape
         end = start + length
         if start < 0 or end > self.capacity or unit_offset < 0 or unit_offset + units > self.dim:
@@ -381,9 +381,14 @@ class StateWriter:
                 f"cannot write {tuple(values.shape)} states at tokens [{start}, {end}), units "
                 f"from {unit_offset}, into {self.path} of {self.dim} units x {self.capacity} tokens"
             )
-        if length:
+        if not length:
+            return
+        if isinstance(values, np.ndarray) and values.dtype == DTYPE:
+            self._data[unit_offset : unit_offset + units, start:end] = values.T
+        else:
             target = torch.from_numpy(self._data)
-            target[unit_offset : unit_offset + units, start:end].copy_(values.to(torch.float16).T)
+            target[unit_offset : unit_offset + units, start:end].copy_(
+                torch.as_tensor(values).to(torch.float16).T)
 
     def flush(self) -> None:
         """Make written blocks durable before the database commits them."""
