@@ -146,7 +146,8 @@ def main() -> None:
         kinds = {"database": "index.duckdb", "rows": "segments/seg-000001/rows.duckdb",
                  "states": "segments/seg-000001/layers.0.c.f16",
                  "faiss": "segments/seg-000001/layers.0.h.faiss",
-                 "segment statistics": "segments/seg-000001/stats.npz",
+                 "segment checksums": "segments/seg-000001/checksums.npz",
+                 "codebook": "codebooks/layers.0.h.faiss",
                  "model": "model.pt"}
         for kind, rel in kinds.items():
             for how in ("truncate", "flip", "delete"):

@@ -112,6 +112,7 @@ def merge_segments(root: Path, plan: SegmentPlan, old: list[SegmentPlan],
     """Write one new segment holding exactly the tokens, states and rows of `old` (no
     partial statistics: the index's do not change)."""
     segment = SegmentWriter(root, plan, states, codebooks)
+    segment.measure_recall = True  # a merged segment is larger: its recall is measured
     try:
         for name, layer, kind, dim in states:
             for p in old:

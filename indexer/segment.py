@@ -33,7 +33,7 @@ import duckdb
 import numpy as np
 import torch
 
-from indexer.nearest import build_faiss
+from indexer.nearest import RECALL_EVERY, build_faiss
 from indexer.stats import save_checksums, save_partials, segment_partials
 from lstmsearch.index import (
     SEGMENT_CHECKSUMS,
@@ -118,7 +118,7 @@ class FaissInfo:
     file: str
     description: str
     n_tokens: int
-    recall_at_10: float
+    recall_at_10: float | None  # None: not measured on this segment
     seconds: float
 
 
@@ -179,6 +179,7 @@ class SegmentWriter:
         self.plan = plan
         self.states = list(states)
         self.codebooks = dict(codebooks or {})
+        self.measure_recall = plan.number % RECALL_EVERY == 0  # see indexer.nearest
         self.final = self.out / SEGMENTS_DIR / plan.name
         self.tmp = self.final.with_name(plan.name + ".tmp")
         if self.tmp.exists():
@@ -265,7 +266,8 @@ class SegmentWriter:
         if faiss:
             for name, store in stores.items():
                 file = segment_file(name, "faiss")
-                built = build_faiss(store, self.tmp / file, self.codebooks.get(name))
+                built = build_faiss(store, self.tmp / file, self.codebooks.get(name),
+                                    measure=self.measure_recall)
                 faiss_rows.append(FaissInfo(name, f"{SEGMENTS_DIR}/{plan.name}/{file}",
                                             built.description, plan.n_tokens,
                                             built.recall_at_10, built.seconds))

@@ -394,9 +394,10 @@ class IndexInfo:
             + f"; float16, {self.bytes_per_token_unit:.2f} bytes/token/unit",
         ]
         for f in self.faiss:
-            lines.append(
-                f"faiss        {f['name']}: {f['description']}, recall@10 {f['recall_at_10']:.3f}"
-            )
+            measured = (f" (lowest of the {f['measured']} segments measured)"
+                        if f["segments"] > 1 and f["measured"] else "")
+            lines.append(f"faiss        {f['name']}: {f['description']}, recall@10 "
+                         f"{f['recall_at_10']:.3f}{measured}")
         for t in self.tracks:
             lines.append(f"track        {track_summary(t)}")
         lines.append(
@@ -1152,7 +1153,8 @@ class Index:
     def info(self) -> IndexInfo:
         """Documents, tokens, segments, states, sizes on disk, model and build time."""
         faiss_rows = self._fetchall(
-            "SELECT name, any_value(description), min(recall_at_10), sum(seconds), count(*) "
+            "SELECT name, any_value(description), min(recall_at_10), count(recall_at_10), "
+            "sum(seconds), count(*) "
             "FROM faiss_indexes GROUP BY name ORDER BY name")
         tracks = self._fetchall("SELECT name, count(value), count(label), avg(value) "
                                 "FROM tracks GROUP BY name ORDER BY name")
@@ -1186,8 +1188,9 @@ class Index:
             build_seconds=float(meta.get("build_seconds", 0.0)),
             faiss=tuple(
                 {"name": n, "description": d + (f", {c} segments" if c > 1 else ""),
-                 "recall_at_10": r if r is not None else float("nan"), "seconds": sec}
-                for n, d, r, sec, c in faiss_rows
+                 "recall_at_10": r if r is not None else float("nan"), "measured": int(m),
+                 "segments": int(c), "seconds": sec}
+                for n, d, r, m, sec, c in faiss_rows
             ),
             tracks=tuple(
                 {"name": n, "values": int(v), "labels": int(lab),
