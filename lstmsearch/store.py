@@ -197,6 +197,18 @@ class StateStore:
             self._verify(part, unit)
         return [(start, part[unit]) for start, part in self._parts]
 
+    def parts(self, units: Sequence[int] | slice = slice(None)) -> list[tuple[int, np.ndarray]]:
+        """(first position, float16 (dim, n) view) of every segment, zero-copy, in order; the
+        columns `units` of each are checked first. Compiled scans read them in place."""
+        if not isinstance(units, slice):
+            units = np.asarray(units, dtype=np.int64).reshape(-1)
+            if units.size and (units.min() < 0 or units.max() >= self.dim):
+                bad = units[(units < 0) | (units >= self.dim)][0]
+                raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
+        for part in range(len(self._parts)):
+            self._verify(part, units)
+        return list(self._parts)
+
     def column(self, unit: int) -> np.ndarray:
         """Unit `unit` at every token: float16 (n_tokens,), a memory-mapped view when the
         index has one segment, else a copy."""
