@@ -104,7 +104,6 @@ _POS_INF_BITS = 0x7C00  # float16 +inf; larger positive bit patterns are NaN
 _NEG_ZERO_BITS = 0x8000  # float16 -0.0; negative values grow in magnitude with the bits
 _NEG_INF_BITS = 0xFC00  # float16 -inf; larger bit patterns are NaN
 _SELECT_CHUNK = 8192  # positions per block read by select
-_BATCH_POSITIONS = 1 << 14  # positions of all units read at once when evaluating candidates
 _DEFAULT_CONTEXT = 5  # tokens of context on each side of a match
 
 BitRanges = tuple[tuple[int, int], ...]  # inclusive ranges of uint16 float16 bit patterns
@@ -131,9 +130,11 @@ class StateColumns(Protocol):
         """Values of all units at sorted ``positions`` (float16, ``(dim, len(positions))``)."""
         ...
 
-    def parts(self, units: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+    def parts(self, units: Sequence[int] | slice, positions: np.ndarray | None = None
+              ) -> list[tuple[int, np.ndarray]]:
         """``(first position, float16 (dim, n) array)`` of each segment, in order, each
-        holding whole documents; read in place by the compiled scans."""
+        holding whole documents; read in place by the compiled scans (``units``, in the
+        segments holding ``positions`` or in all, are checked first)."""
         ...
 
 
@@ -534,6 +535,7 @@ class _PatternScan:
                  ranges: BitRanges) -> None:
         self.docs, self.pattern = docs, pattern
         self.units = np.array(pattern.units, np.int64)
+        self.bit_ranges = ranges
         self.ranges = _ranges_array(ranges)
         self.zero_on = zero_is_on(ranges)
         self.parts = _parts(store, docs, self.units)
@@ -556,17 +558,8 @@ class _PatternScan:
 
     def overlaps(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """``|A ∩ S|`` of each span: pattern units on throughout and off on the padding."""
-        out = np.zeros(starts.size, np.int64)
-        documents = self.docs.of(starts)
-        firsts, stops = self.docs.starts[documents], self.docs.starts[documents + 1]
-        p = self.pattern
-        for first, bits in self.parts:
-            inside = np.flatnonzero((starts >= first) & (starts < first + bits.shape[1]))
-            if inside.size:
-                out[inside] = exact_overlaps(
-                    bits, first, self.units, starts[inside], ends[inside], firsts[inside],
-                    stops[inside], self.ranges, p.pad_left, p.pad_right, self.zero_on)
-        return out
+        return _overlaps(self.parts, self.docs, self.pattern, self.bit_ranges, self.units,
+                         starts, ends)
 
 
 def _document_groups(docs: _Documents, n_groups: int) -> list[np.ndarray]:
@@ -680,28 +673,6 @@ class _Candidates:
 # ---------------------------------------------------------------------------------------
 
 
-def _concatenated_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of all ranges ``[starts[i], ends[i])`` back to back, and each range's offset."""
-    lengths = ends - starts
-    offsets = np.zeros(lengths.size, np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    total = int(lengths.sum())
-    positions = np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
-    return positions, offsets
-
-
-def _batches(sizes: np.ndarray, budget: int) -> list[slice]:
-    """Consecutive slices of items whose sizes add up to at most ``budget`` (or one item)."""
-    totals = np.cumsum(sizes)
-    batches, start = [], 0
-    while start < sizes.size:
-        before = int(totals[start - 1]) if start else 0
-        stop = max(start + 1, int(np.searchsorted(totals, before + budget, side="right")))
-        batches.append(slice(start, stop))
-        start = stop
-    return batches
-
-
 def _padding_leaves_document(
     docs: _Documents, pattern: Pattern, starts: np.ndarray, ends: np.ndarray
 ) -> np.ndarray:
@@ -711,86 +682,32 @@ def _padding_leaves_document(
             | (ends + pattern.pad_right > docs.starts[documents + 1]))
 
 
-def _gather(store: StateColumns, positions: np.ndarray) -> np.ndarray:
-    """Values of all units at sorted unique ``positions`` (float16, ``(dim, len)``).
-
-    Reads each contiguous window with ``block`` (one read per window touches every unit);
-    when there are many more windows than units, one fancy-indexed read of the columns
-    (``gather``) is cheaper.
-    """
-    if positions.size == 0:
-        return np.zeros((store.dim, 0), np.float16)
-    breaks = np.flatnonzero(np.diff(positions) > 1) + 1
-    window_starts = np.concatenate([[0], breaks])
-    window_ends = np.concatenate([breaks, [positions.size]])
-    if window_starts.size <= 2 * store.dim:
-        parts = [
-            store.block(slice(None), int(positions[s]), int(positions[e - 1]) + 1)
-            for s, e in zip(window_starts, window_ends)
-        ]
-        return np.concatenate(parts, axis=1)
-    return store.gather(positions)
-
-
-def _extras(
-    store: StateColumns,
-    docs: _Documents,
-    pattern: Pattern,
-    ranges: BitRanges,
-    starts: np.ndarray,
-    ends: np.ndarray,
-) -> np.ndarray:
-    """``|A \\ S|`` of each span: non-pattern units on throughout and off on the padding."""
-    extras = np.zeros(starts.size, np.int64)
-    if zero_is_on(ranges):  # every unit is on in the zero state outside the document
-        live = np.flatnonzero(~_padding_leaves_document(docs, pattern, starts, ends))
-    else:
-        live = np.arange(starts.size)
-    starts, ends = starts[live], ends[live]
-    documents = docs.of(starts)
-    lefts = np.maximum(docs.starts[documents], starts - pattern.pad_left)
-    rights = np.minimum(docs.starts[documents + 1], ends + pattern.pad_right)
+def _extras(store: StateColumns, docs: _Documents, pattern: Pattern, ranges: BitRanges,
+            starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``|A \\ S|`` of each span: the other units on throughout it and off on its padding,
+    read at the spans' own positions (the segments they are in are checked first)."""
     others = np.ones(store.dim, bool)
     others[list(pattern.units)] = False
-    for batch in _batches(rights - lefts, _BATCH_POSITIONS):
-        extras[live[batch]] = _extras_of_batch(
-            store, ranges, others, lefts[batch], starts[batch], ends[batch], rights[batch]
-        )
-    return extras
+    return _overlaps(store.parts(slice(None), starts), docs, pattern, ranges,
+                     np.flatnonzero(others), starts, ends)
 
 
-def _extras_of_batch(
-    store: StateColumns,
-    ranges: BitRanges,
-    others: np.ndarray,
-    lefts: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    rights: np.ndarray,
-) -> np.ndarray:
-    """``extra`` of a few spans whose padded windows are ``[lefts, rights)``."""
-    needed = np.unique(_concatenated_ranges(lefts, rights)[0])
-    values = _gather(store, needed)
-    on = _on_into(
-        values.view(np.uint16),
-        ranges,
-        np.empty(values.shape, bool),
-        np.empty(values.shape, np.uint16),
-    )[others]
-
-    def columns(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions, offsets = _concatenated_ranges(a, b)
-        return np.searchsorted(needed, positions), offsets
-
-    span_columns, span_offsets = columns(starts, ends)
-    in_a = np.logical_and.reduceat(on[:, span_columns], span_offsets, axis=1)
-    for pad_start, pad_end in ((lefts, starts), (ends, rights)):
-        has_pad = pad_end > pad_start
-        if has_pad.any():
-            pad_columns, pad_offsets = columns(pad_start[has_pad], pad_end[has_pad])
-            any_on = np.logical_or.reduceat(on[:, pad_columns], pad_offsets, axis=1)
-            in_a[:, has_pad] &= ~any_on
-    return in_a.sum(axis=0)
+def _overlaps(parts: list[tuple[int, np.ndarray]], docs: _Documents, pattern: Pattern,
+              ranges: BitRanges, units: np.ndarray, starts: np.ndarray, ends: np.ndarray
+              ) -> np.ndarray:
+    """How many of ``units`` are on throughout each span and off on its padding."""
+    out = np.zeros(starts.size, np.int64)
+    documents = docs.of(starts)
+    firsts, stops = docs.starts[documents], docs.starts[documents + 1]
+    bit_ranges, zero_on = _ranges_array(ranges), zero_is_on(ranges)
+    for first, values in parts:
+        inside = np.flatnonzero((starts >= first) & (starts < first + values.shape[1]))
+        if inside.size:
+            out[inside] = exact_overlaps(
+                np.asarray(values).view(np.uint16), first, units, starts[inside],
+                ends[inside], firsts[inside], stops[inside], bit_ranges, pattern.pad_left,
+                pattern.pad_right, zero_on)
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class ArrayStore:
     def gather(self, positions: np.ndarray) -> np.ndarray:
         return self.values[:, positions]
 
-    def parts(self, units) -> list[tuple[int, np.ndarray]]:
+    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
         return [(0, self.values)]
 
 
@@ -61,7 +61,7 @@ class SegmentedStore(ArrayStore):
         super().__init__(values, name)
         self.cuts = [0, *cuts, self.n_tokens]
 
-    def parts(self, units) -> list[tuple[int, np.ndarray]]:
+    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
         return [(a, np.array(self.values[:, a:b])) for a, b in zip(self.cuts, self.cuts[1:])
                 if b > a]
 
@@ -551,19 +551,18 @@ def problems(draw):
 
 
 # how the fast path splits its work: positions per counting task, groups of documents per
-# run listing (threads x 2), candidates each listing task keeps, positions per batch of extras
+# run listing (threads x 2), candidates each listing task keeps, and the first guess of the
+# lowest bound needed (_SPARE 0: as high as it can be, so lower bands are listed again)
 SPLITS = st.tuples(
     st.sampled_from([1, 3, 7, query._TASK_TOKENS]), st.sampled_from([1, 2, 5]),
-    st.sampled_from([1, 2, 5, query._KEEP]), st.sampled_from([1, 7, query._BATCH_POSITIONS]),
+    st.sampled_from([1, 2, 5, query._KEEP]), st.sampled_from([0, 1, query._SPARE]),
 )
 
 
 def split_work(splits):
-    task, threads, keep, batch = splits
-    # _SPARE 0: the first guess of the bound needed is as high as it can be, so the ranking
-    # lists lower bands again
+    task, threads, keep, spare = splits
     return mock.patch.multiple(query, _TASK_TOKENS=task, threads=lambda: threads, _KEEP=keep,
-                               _BATCH_POSITIONS=batch, _SPARE=0 if keep < 5 else 16)
+                               _SPARE=spare)
 
 
 @given(problems(), st.booleans(), st.sampled_from([1, 2, 5, 50]), SPLITS)
