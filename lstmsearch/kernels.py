@@ -35,8 +35,11 @@ __all__ = [
     "COMPILED",
     "column_moments",
     "count_pattern",
+    "count_where",
     "exact_overlaps",
+    "first_where",
     "list_runs",
+    "ranges_array",
     "run_tasks",
     "runs_from",
     "threads",
@@ -434,6 +437,55 @@ def exact_overlaps(part, first, units, starts, ends, doc_firsts, doc_ends, range
 
 
 # ---------------------------------------------------------------------------------------
+# neurons: threshold scans of one column
+# ---------------------------------------------------------------------------------------
+
+
+def ranges_array(*tests: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Bit-range tests as the kernels take them: per test ``[low0, width0, low1, width1]``
+    (one range is given twice), int64; a value passes when it passes every test."""
+    out = []
+    for ranges in tests:
+        (low0, high0), (low1, high1) = ranges[0], ranges[-1]
+        out += [low0, high0 - low0, low1, high1 - low1]
+    return np.array(out, np.int64)
+
+
+@_jit
+def count_where(values, ranges):
+    """How many float16 bit patterns of ``values`` pass both tests of ``ranges`` (eight
+    numbers: two tests as ``ranges_array`` gives them)."""
+    a0, aw0 = np.uint16(ranges[0]), np.uint16(ranges[1])
+    a1, aw1 = np.uint16(ranges[2]), np.uint16(ranges[3])
+    b0, bw0 = np.uint16(ranges[4]), np.uint16(ranges[5])
+    b1, bw1 = np.uint16(ranges[6]), np.uint16(ranges[7])
+    n = 0
+    for k in range(values.size):
+        v = values[k]
+        n += _on(v, a0, aw0, a1, aw1) & _on(v, b0, bw0, b1, bw1)
+    return n
+
+
+@_jit
+def first_where(values, ranges, out):
+    """The first ``out.size`` positions of ``values`` that pass both tests, written into
+    ``out``; returns how many were found (reads no further than needed)."""
+    a0, aw0 = np.uint16(ranges[0]), np.uint16(ranges[1])
+    a1, aw1 = np.uint16(ranges[2]), np.uint16(ranges[3])
+    b0, bw0 = np.uint16(ranges[4]), np.uint16(ranges[5])
+    b1, bw1 = np.uint16(ranges[6]), np.uint16(ranges[7])
+    n = 0
+    for k in range(values.size):
+        if n == out.size:
+            break
+        v = values[k]
+        if _on(v, a0, aw0, a1, aw1) & _on(v, b0, bw0, b1, bw1):
+            out[n] = k
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------
 # neurons: moments of every unit against a track
 # ---------------------------------------------------------------------------------------
 
@@ -501,6 +553,9 @@ def warm_up() -> float:
             list_runs(counts, up, down, docs, 1, 1, 8, 1, 3, 4, 8, 2, every)
         runs_from(counts, up, down, docs[:1], docs[:1], docs[1:2], 1, 1, 8, 1, 3, 4, 2)
     exact_overlaps(part, 0, units, docs[:1], docs[1:2], docs[:1], docs[1:2], ranges, 1, 1, False)
+    test = ranges_array(((0x3C00, 0x7C00),), ((0, 0x7C00), (0x8000, 0xFC00)))
+    count_where(part[0], test)
+    first_where(part[0], test, np.zeros(2, np.int64))
     table = np.zeros(1 << 16, np.float32)
     moments = np.zeros((3, 4))
     column_moments(part, 0, 3, table, np.zeros(8, np.float32), np.ones(8, np.float32),

@@ -82,6 +82,7 @@ from lstmsearch.kernels import (
     count_pattern,
     exact_overlaps,
     list_runs,
+    ranges_array,
     run_tasks,
     runs_from,
     threads,
@@ -509,12 +510,6 @@ def zero_is_on(ranges: BitRanges) -> bool:
     return any(low <= 0 <= high for low, high in ranges)
 
 
-def _ranges_array(ranges: BitRanges) -> np.ndarray:
-    """Bit ranges as the kernels take them: ``[low0, width0, low1, width1]`` (int64)."""
-    (low0, high0), (low1, high1) = ranges[0], ranges[-1]
-    return np.array([low0, high0 - low0, low1, high1 - low1], np.int64)
-
-
 def _parts(store: StateColumns, docs: _Documents, units: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """The store's segments as ``(first position, uint16 (dim, n) bits)``, each holding whole
     documents (the padding of a document never reaches into another segment)."""
@@ -536,7 +531,7 @@ class _PatternScan:
         self.docs, self.pattern = docs, pattern
         self.units = np.array(pattern.units, np.int64)
         self.bit_ranges = ranges
-        self.ranges = _ranges_array(ranges)
+        self.ranges = ranges_array(ranges)
         self.zero_on = zero_is_on(ranges)
         self.parts = _parts(store, docs, self.units)
         n = store.n_tokens
@@ -699,7 +694,7 @@ def _overlaps(parts: list[tuple[int, np.ndarray]], docs: _Documents, pattern: Pa
     out = np.zeros(starts.size, np.int64)
     documents = docs.of(starts)
     firsts, stops = docs.starts[documents], docs.starts[documents + 1]
-    bit_ranges, zero_on = _ranges_array(ranges), zero_is_on(ranges)
+    bit_ranges, zero_on = ranges_array(ranges), zero_is_on(ranges)
     for first, values in parts:
         inside = np.flatnonzero((starts >= first) & (starts < first + values.shape[1]))
         if inside.size:
