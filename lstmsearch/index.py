@@ -795,7 +795,7 @@ class Index:
             )
         return start, end
 
-    def _token_offsets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def token_offsets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(doc, char_start, char_end) of every token, loaded once."""
         if self._offsets is None:
             cols = self._fetchnumpy(
@@ -892,7 +892,7 @@ class Index:
         start, end = self._check_span(start, end)
         if start == end:
             return ""
-        doc_ids, char_start, char_end = self._token_offsets()
+        doc_ids, char_start, char_end = self.token_offsets()
         parts = []
         first, last = int(doc_ids[start]), int(doc_ids[end - 1])
         for doc in range(first, last + 1):

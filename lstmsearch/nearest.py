@@ -20,7 +20,7 @@ from lstmsearch.limits import MAX_RESULTS
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, check_span, contexts
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
     from lstmsearch.store import StateStore
 
 __all__ = ["Neighbor", "exact_distances", "nearest", "neighbor_key"]
@@ -61,13 +61,13 @@ def exact_distances(store: StateStore, query: np.ndarray, positions: np.ndarray)
     return np.sqrt(((vectors - query[None, :]) ** 2).sum(axis=1))
 
 
-def has_faiss(index: Index, store: StateStore) -> bool:
+def has_faiss(index: IndexReader, store: StateStore) -> bool:
     """Whether the index holds a FAISS index for this state."""
     found = index.sql("SELECT count(*) AS n FROM faiss_indexes WHERE name = ?", [store.name])
     return bool(found.rows[0][0])
 
 
-def faiss_candidates(index: Index, store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
+def faiss_candidates(index: IndexReader, store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
     """Up to ``n`` positions FAISS finds nearest to ``query``."""
     found = index.faiss(store.layer, store.kind)
     n = min(n, int(found.ntotal))
@@ -95,7 +95,7 @@ def scan_candidates(store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
 
 
 def nearest(
-    index: Index,
+    index: IndexReader,
     start: int,
     end: int,
     layer: int | str,

@@ -43,7 +43,7 @@ from lstmsearch.query import on_bit_ranges
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, contexts
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
     from lstmsearch.store import StateStore
 
 __all__ = [
@@ -284,7 +284,7 @@ class Neurons:
     between threads.
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: IndexReader) -> None:
         self.index = index
         self._lock = threading.Lock()
         self._tops: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
