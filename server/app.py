@@ -39,7 +39,7 @@ from server import analyses, fetch
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
-from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
+from server.match_view import MAX_LENGTH, RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
@@ -314,6 +314,9 @@ class App:
         sv.on_threshold = self.set_threshold
         mv.on_row = self.jump_to
         mv.on_mode = self.set_mode
+        # an emptied spinner sends None: back to the default rule
+        mv.min_length.on_change("value", lambda a, o, n: self.set_lengths(min_length=n or 0))
+        mv.length.on_change("value", lambda a, o, n: self.set_lengths(length=n or 0))
         self.state_select.on_change("value", lambda a, o, n: self.set_state(n))
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
@@ -440,6 +443,26 @@ class App:
             self.session.pad_right = right
         self._quietly(self.pad_left, value=self.session.pad_left)
         self._quietly(self.pad_right, value=self.session.pad_right)
+        self.run_pattern()
+
+    def set_lengths(self, min_length: object = None, length: object = None) -> None:
+        """The lengths a match may have: at least `min_length`, or exactly `length` tokens
+        (0: the default rule, any length)."""
+        if self._quiet:
+            return
+        mv, s = self.match_view, self.session
+        if min_length is not None:
+            value = clamped(min_length, 0, MAX_LENGTH)
+            s.min_length = value or None
+            if value:
+                s.length = None  # one rule at a time
+        if length is not None:
+            value = clamped(length, 0, MAX_LENGTH)
+            s.length = value or None
+            if value:
+                s.min_length = None
+        self._quietly(mv.min_length, value=s.min_length or 0)
+        self._quietly(mv.length, value=s.length or 0)
         self.run_pattern()
 
     def set_track(self, name: str) -> None:
@@ -611,7 +634,8 @@ class App:
             return
         q = fetch.PatternQuery(state=s.state, start=s.span[0], end=s.span[1],
                                threshold=s.threshold, pad_left=s.pad_left,
-                               pad_right=s.pad_right, sign=s.sign)
+                               pad_right=s.pad_right, sign=s.sign,
+                               min_length=s.min_length, length=s.length)
         track = s.track
         width = RIGHT_CELLS if self.shared.char_level else RIGHT_WORDS
         self._clear_error()
