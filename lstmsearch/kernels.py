@@ -400,11 +400,18 @@ def runs_from(counts, up, down, starts, firsts, stops, min_level, min_length, ma
 @_jit
 def exact_overlaps(part, first, units, starts, ends, doc_firsts, doc_ends, ranges, pad_left,
                    pad_right, zero_on):
-    """``|A ∩ S|`` of each span ``[starts[j], ends[j])`` of documents ``[doc_firsts[j],
-    doc_ends[j])``: the pattern units on throughout it and off on its padding (outside the
-    document: zero, off unless ``zero_on``)."""
-    lo0, w0, lo1, w1 = ranges[0], ranges[1], ranges[2], ranges[3]
+    """How many of ``units`` are on throughout each span ``[starts[j], ends[j])`` of documents
+    ``[doc_firsts[j], doc_ends[j])`` and off on its padding (outside the document: zero, off
+    unless ``zero_on``): ``|A ∩ S|`` for the pattern's units, ``|A \\ S|`` for the others.
+
+    Each unit is a row of its own, far from the others: the first position of a span is read
+    for every unit at once (independent reads the processor overlaps), and only the units on
+    there are followed further.
+    """
+    lo0, w0 = np.uint16(ranges[0]), np.uint16(ranges[1])
+    lo1, w1 = np.uint16(ranges[2]), np.uint16(ranges[3])
     out = np.zeros(starts.size, np.int64)
+    on_first = np.zeros(units.size, np.bool_)
     for j in range(starts.size):
         a, b = starts[j], ends[j]
         left, right = a - pad_left, b + pad_right
@@ -412,11 +419,16 @@ def exact_overlaps(part, first, units, starts, ends, doc_firsts, doc_ends, range
             continue
         left = max(left, doc_firsts[j])
         right = min(right, doc_ends[j])
+        column = a - first
+        for i in range(units.size):
+            on_first[i] = _on(part[units[i], column], lo0, w0, lo1, w1)
         n = 0
         for i in range(units.size):
+            if not on_first[i]:
+                continue
             row = part[units[i]]
             ok = True
-            for t in range(a, b):
+            for t in range(a + 1, b):
                 if not _on(row[t - first], lo0, w0, lo1, w1):
                     ok = False
                     break
