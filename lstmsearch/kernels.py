@@ -129,14 +129,15 @@ def _edges(doc_starts, x, y, pad_left, pad_right, near, near_first, near_stop):
 
 
 @_jit
-def _free(onbuf, k, width, side, first, stop, origin, zero_on):
+def _free(onbuf, k, width, side, first, stop, origin, outside_on):
     """Whether no position of the ``width`` before (``side`` -1) or after (+1) buffer index
-    ``k`` is on, inside the document ``[first, stop)``; outside it, the zero state."""
+    ``k`` is on, inside the document ``[first, stop)``; outside it, every unit is on when
+    ``outside_on`` (else off)."""
     t = k + origin
     for j in range(1, width + 1):
         u = t + side * j
         if u < first or u >= stop:
-            if zero_on:
+            if outside_on:
                 return False
             break
         if onbuf[k + side * j]:
@@ -146,16 +147,16 @@ def _free(onbuf, k, width, side, first, stop, origin, zero_on):
 
 @_jit
 def count_pattern(part, first, units, doc_starts, start, end, ranges, pad_left, pad_right,
-                  zero_on, counts, up, down):
+                  outside_on, counts, up, down):
     """Per position ``t`` in ``[start, end)``, the pattern units that are on (``counts``), on
     and off on the ``pad_left`` positions before ``t`` (``up``) and on and off on the
     ``pad_right`` positions after it (``down``), written at ``t - start``.
 
     ``part`` holds the stored bits (uint16, units x positions) of the positions from
     ``first``, whole documents; ``doc_starts`` are the starts of the documents that overlap
-    the range, then the end of the last. Padding outside a document is the model's initial
-    state, zero: every unit off, unless zero itself is on (``zero_on``), and then every unit
-    on. ``up``/``down`` are not written when their padding is 0 (they equal ``counts``).
+    the range, then the end of the last. Padding outside a document holds every unit on
+    (``outside_on``: no unit can be shown off there) or off. ``up``/``down`` are not written
+    when their padding is 0 (they equal ``counts``).
 
     Per block of positions and unit: the on-bits go to a buffer, the padding tests are
     straight loops over it (as if the documents went on), and the few positions whose
@@ -223,12 +224,12 @@ def count_pattern(part, first, units, doc_starts, start, end, ranges, pad_left, 
                 if pad_left and near[e] - pad_left < near_first[e]:
                     was = _free(onbuf, k, pad_left, -1, -(1 << 40), 1 << 40, origin, False)
                     now = _free(onbuf, k, pad_left, -1, near_first[e], near_stop[e], origin,
-                                zero_on)
+                                outside_on)
                     u_[t - x] += np.int64(now) - np.int64(was)
                 if pad_right and near[e] + pad_right >= near_stop[e]:
                     was = _free(onbuf, k, pad_right, 1, -(1 << 40), 1 << 40, origin, False)
                     now = _free(onbuf, k, pad_right, 1, near_first[e], near_stop[e], origin,
-                                zero_on)
+                                outside_on)
                     d_[t - x] += np.int64(now) - np.int64(was)
 
 
@@ -399,10 +400,11 @@ def runs_from(counts, up, down, starts, firsts, stops, min_level, min_length, ma
 
 @_jit
 def exact_overlaps(part, first, units, starts, ends, doc_firsts, doc_ends, ranges, pad_left,
-                   pad_right, zero_on):
+                   pad_right, outside_on):
     """How many of ``units`` are on throughout each span ``[starts[j], ends[j])`` of documents
-    ``[doc_firsts[j], doc_ends[j])`` and off on its padding (outside the document: zero, off
-    unless ``zero_on``): ``|A ∩ S|`` for the pattern's units, ``|A \\ S|`` for the others.
+    ``[doc_firsts[j], doc_ends[j])`` and off on its padding (outside the document every unit
+    is on when ``outside_on``, else off): ``|A ∩ S|`` for the pattern's units, ``|A \\ S|``
+    for the others.
 
     Each unit is a row of its own, far from the others: the first position of a span is read
     for every unit at once (independent reads the processor overlaps), and only the units on
@@ -415,7 +417,7 @@ def exact_overlaps(part, first, units, starts, ends, doc_firsts, doc_ends, range
     for j in range(starts.size):
         a, b = starts[j], ends[j]
         left, right = a - pad_left, b + pad_right
-        if zero_on and (left < doc_firsts[j] or right > doc_ends[j]):
+        if outside_on and (left < doc_firsts[j] or right > doc_ends[j]):
             continue
         left = max(left, doc_firsts[j])
         right = min(right, doc_ends[j])

@@ -4,12 +4,15 @@ Positions and spans
 -------------------
 Positions are global token indices over the whole index. Every span is half-open like a
 Python slice: ``[start, end)`` holds the tokens ``start .. end - 1``. Document ``d`` occupies
-``[doc_starts[d], doc_starts[d + 1])``. Padding positions outside a span's document hold the
-model's initial state: the value zero for every unit, on or off by the same test as a stored
-value. For a threshold above zero (the usual case) every unit is off there, so a span at the
-start of a document has its units switching on from the initial state; for a threshold of
-zero or below every unit is on there, and a span whose padding leaves its document keeps no
-unit.
+``[doc_starts[d], doc_starts[d + 1])``.
+
+Document edges: no state is stored before a document's first token or after its last, so
+nothing shows a unit off there. Padding positions outside a span's document count as on for
+every unit (:data:`OUTSIDE_ON`): a span whose padding reaches outside its document keeps no
+unit, neither in select nor among the matches (padding 0 finds spans at the edges). Treating
+them as the model's initial state instead (zero: every unit off for a positive threshold)
+let every unit that is on at a document's first token count as switching on there, and such
+spans filled most of the top 50 on states that restart at each document.
 
 Threshold space
 ---------------
@@ -24,7 +27,7 @@ select
 ``select(store, doc_starts, start, end, threshold, pad_left, pad_right, sign)`` returns the
 :class:`Pattern` ``S``: the units that are on at every position of ``[start, end)`` and off at
 every position of ``[start - pad_left, start) ∪ [end, end + pad_right)`` (outside the
-document: the zero state). An empty ``S`` is a valid pattern; matching it is an error.
+document: every unit on). An empty ``S`` is a valid pattern; matching it is an error.
 
 match
 -----
@@ -41,8 +44,8 @@ match
   competes only when its length obeys the same rule (it is always evaluated).
 * For a candidate ``[a, b)``: ``A`` is the set of units, among all units of the store, that are
   on at every position of ``[a, b)`` and off at every position of the padding
-  ``[a - pad_left, a) ∪ [b, b + pad_right)`` (the pattern's padding; outside the document, the
-  zero state). ``overlap = |A ∩ S|`` and ``extra = |A \\ S|``. Candidates with
+  ``[a - pad_left, a) ∪ [b, b + pad_right)`` (the pattern's padding; outside the document,
+  every unit on). ``overlap = |A ∩ S|`` and ``extra = |A \\ S|``. Candidates with
   ``overlap == 0`` are not matches.
 * Ranking (:func:`match_sort_key`): overlap descending, then extra ascending (that is
   ``|A ∪ S|`` ascending), then ``|length - pattern length|`` ascending, then start ascending,
@@ -106,6 +109,8 @@ _NEG_ZERO_BITS = 0x8000  # float16 -0.0; negative values grow in magnitude with 
 _NEG_INF_BITS = 0xFC00  # float16 -inf; larger bit patterns are NaN
 _SELECT_CHUNK = 8192  # positions per block read by select
 _DEFAULT_CONTEXT = 5  # tokens of context on each side of a match
+OUTSIDE_ON = True
+"""Padding outside a span's document counts as on for every unit (see the module docstring)."""
 
 BitRanges = tuple[tuple[int, int], ...]  # inclusive ranges of uint16 float16 bit patterns
 
@@ -476,8 +481,8 @@ def select(
         on_throughout &= on[:, inside].all(axis=1)
         on_in_padding |= on[:, ~inside].any(axis=1)
     first, stop = docs.bounds(document)
-    if zero_is_on(ranges) and (start - pad_left < first or end + pad_right > stop):
-        on_in_padding[:] = True  # the padding reaches the zero state, where every unit is on
+    if OUTSIDE_ON and (start - pad_left < first or end + pad_right > stop):
+        on_in_padding[:] = True  # the padding leaves the document: no unit is shown off
     units = np.flatnonzero(on_throughout & ~on_in_padding)
     return Pattern(
         state=store.name,
@@ -505,11 +510,6 @@ _SAMPLE = 1 << 16  # positions sampled to guess the lowest bound the ranking nee
 _SPARE = 16  # candidate starts sought per match wanted, in that guess
 
 
-def zero_is_on(ranges: BitRanges) -> bool:
-    """Whether the value zero (the model's initial state, outside every document) is on."""
-    return any(low <= 0 <= high for low, high in ranges)
-
-
 def _parts(store: StateColumns, docs: _Documents, units: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """The store's segments as ``(first position, uint16 (dim, n) bits)``, each holding whole
     documents (the padding of a document never reaches into another segment)."""
@@ -524,7 +524,7 @@ def _parts(store: StateColumns, docs: _Documents, units: np.ndarray) -> list[tup
 class _PatternScan:
     """The pattern's units at every position of the index: ``counts[t]`` units on,
     ``up[t]``/``down[t]`` of them also off on the padding before/after ``t`` (inside the
-    document; outside it the model's zero state). Counted segment by segment on all cores."""
+    document; outside it every unit is on). Counted segment by segment on all cores."""
 
     def __init__(self, store: StateColumns, docs: _Documents, pattern: Pattern,
                  ranges: BitRanges) -> None:
@@ -532,7 +532,6 @@ class _PatternScan:
         self.units = np.array(pattern.units, np.int64)
         self.bit_ranges = ranges
         self.ranges = ranges_array(ranges)
-        self.zero_on = zero_is_on(ranges)
         self.parts = _parts(store, docs, self.units)
         n = store.n_tokens
         dtype = np.uint8 if self.units.size < 256 else np.uint16
@@ -547,7 +546,7 @@ class _PatternScan:
                 b = min(stop, a + step)
                 d0, d1 = docs.of(a), docs.of(b - 1)
                 tasks.append((bits, first, self.units, docs.starts[d0 : d1 + 2], a, b,
-                              self.ranges, pattern.pad_left, pattern.pad_right, self.zero_on,
+                              self.ranges, pattern.pad_left, pattern.pad_right, OUTSIDE_ON,
                               self.counts[a:b], self.up[a:b], self.down[a:b]))
         run_tasks(count_pattern, tasks)
 
@@ -671,7 +670,7 @@ class _Candidates:
 def _padding_leaves_document(
     docs: _Documents, pattern: Pattern, starts: np.ndarray, ends: np.ndarray
 ) -> np.ndarray:
-    """Whether each span's padding reaches outside its document (into the zero state)."""
+    """Whether each span's padding reaches outside its document."""
     documents = docs.of(starts)
     return ((starts - pattern.pad_left < docs.starts[documents])
             | (ends + pattern.pad_right > docs.starts[documents + 1]))
@@ -694,14 +693,14 @@ def _overlaps(parts: list[tuple[int, np.ndarray]], docs: _Documents, pattern: Pa
     out = np.zeros(starts.size, np.int64)
     documents = docs.of(starts)
     firsts, stops = docs.starts[documents], docs.starts[documents + 1]
-    bit_ranges, zero_on = ranges_array(ranges), zero_is_on(ranges)
+    bit_ranges = ranges_array(ranges)
     for first, values in parts:
         inside = np.flatnonzero((starts >= first) & (starts < first + values.shape[1]))
         if inside.size:
             out[inside] = exact_overlaps(
                 np.asarray(values).view(np.uint16), first, units, starts[inside],
                 ends[inside], firsts[inside], stops[inside], bit_ranges, pattern.pad_left,
-                pattern.pad_right, zero_on)
+                pattern.pad_right, OUTSIDE_ON)
     return out
 
 

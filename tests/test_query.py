@@ -138,24 +138,21 @@ def ref_padding(doc_starts, a: int, b: int, pad_left: int, pad_right: int
     return inside, len(padding) - len(inside)
 
 
-def ref_active(on, doc_starts, a: int, b: int, pad_left: int, pad_right: int,
-               zero_on: bool) -> set[int]:
-    """Units on at every position of [a, b) and off on the padding; outside the document the
-    padding holds the zero state (every unit on when zero is on, else off)."""
+def ref_active(on, doc_starts, a: int, b: int, pad_left: int, pad_right: int) -> set[int]:
+    """Units on at every position of [a, b) and off on the padding; padding outside the
+    document counts as on for every unit, so a span whose padding leaves it keeps none."""
     padding, outside = ref_padding(doc_starts, a, b, pad_left, pad_right)
     return {
         u
         for u in range(len(on))
         if all(on[u][t] for t in range(a, b)) and not any(on[u][t] for t in padding)
-        and not (outside and zero_on)
+        and not outside
     }
 
 
 def ref_select(values, doc_starts, start, end, threshold, pad_left=1, pad_right=0, sign=1):
     on = ref_on_matrix(values, threshold, sign)
-    zero_on = ref_on(np.float16(0), threshold, sign)
-    return tuple(sorted(ref_active(on, list(doc_starts), start, end, pad_left, pad_right,
-                                   zero_on)))
+    return tuple(sorted(ref_active(on, list(doc_starts), start, end, pad_left, pad_right)))
 
 
 def ref_lengths(doc_starts, pattern: Pattern, min_length=None, length=None) -> tuple[int, int]:
@@ -173,7 +170,6 @@ def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, conte
     doc_starts = [int(x) for x in doc_starts]
     shortest, longest = ref_lengths(doc_starts, pattern, min_length, length)
     on = ref_on_matrix(values, pattern.threshold, pattern.sign)
-    zero_on = ref_on(np.float16(0), pattern.threshold, pattern.sign)
     dim, n = values.shape
     units = set(pattern.units)
     count = [sum(on[u][t] for u in units) for t in range(n)]
@@ -201,7 +197,7 @@ def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, conte
         histogram[b - a] = histogram.get(b - a, 0) + 1
 
     def evaluate(a: int, b: int) -> Match:
-        active = ref_active(on, doc_starts, a, b, pattern.pad_left, pattern.pad_right, zero_on)
+        active = ref_active(on, doc_starts, a, b, pattern.pad_left, pattern.pad_right)
         d = ref_document(doc_starts, a)
         first, stop = doc_starts[d], doc_starts[d + 1]
 
@@ -329,18 +325,21 @@ def small_store():
     return ArrayStore(v, "layers.1.c"), np.array([0, 4, 10])
 
 
-def test_select_uses_padding_inside_the_document_only():
+def test_select_padding_stays_in_the_document():
     store, docs = small_store()
     p = select(store, docs, 1, 3, 0.5)
     assert p.units == (0,)  # unit 1 is on at the left padding, unit 2 is off at 1
     assert (p.start, p.end, p.document, p.layer, p.kind) == (1, 3, 0, 1, "c")
     assert p.how == "select [1, 3) x ≥ 0.5 on layers.1.c, padding 1/0"
-    # at the document start there is no left padding: unit 1 qualifies
-    assert select(store, docs, 0, 2, 0.5).units == (1,)
-    # right padding at the document's last token: position 4 is another document
-    assert select(store, docs, 3, 4, 0.5, pad_left=0, pad_right=2).units == (0, 1, 3)
-    # unit 3 starts at the next document's first token
-    assert select(store, docs, 4, 6, 0.5).units == (3,)
+    # at the document start the padding would lie outside it: no unit is shown off there
+    assert select(store, docs, 0, 2, 0.5).units == ()
+    assert select(store, docs, 0, 2, 0.5, pad_left=0).units == (1,)
+    # right padding past the document's last token: position 4 is another document
+    assert select(store, docs, 3, 4, 0.5, pad_left=0, pad_right=2).units == ()
+    assert select(store, docs, 2, 3, 0.5, pad_left=0, pad_right=1).units == (2,)
+    # unit 3 is on across the boundary, but 4 is the next document's first token
+    assert select(store, docs, 4, 6, 0.5).units == ()
+    assert select(store, docs, 4, 6, 0.5, pad_left=0).units == (3,)
     assert select(store, docs, 8, 10, 0.5).units == ()
 
 
@@ -654,22 +653,22 @@ def test_match_pattern_sizes(size):
             run_both(values, docs, p, fuzzy=fuzzy, limit=20)
 
 
-@pytest.mark.parametrize("threshold,sign", [(0.0, 1), (-0.3, 1), (0.0, -1), (-1.0, -1)])
-def test_zero_state_outside_documents(threshold, sign):
-    # a threshold where zero is on: padding outside the document has every unit on
+@pytest.mark.parametrize("threshold,sign", [(0.5, 1), (0.0, 1), (-0.3, 1), (0.2, -1)])
+def test_padding_outside_a_document_shows_no_unit_off(threshold, sign):
     rng = np.random.default_rng(4)
     values = rng.choice(np.array([-1, -0.5, 0.25, 1], np.float16), size=(5, 40))
+    values[:, 10:12] = 1 if sign > 0 else -1  # every unit on at a document's start
     docs = np.array([0, 10, 25, 40])
     store = ArrayStore(values)
-    at_start = select(store, docs, 10, 12, threshold, pad_left=1, sign=sign)
-    assert at_start.units == ()  # its padding is the zero state, where every unit is on
-    inside = select(store, docs, 12, 14, threshold, pad_left=0, pad_right=1, sign=sign)
-    assert inside.units == ref_select(values, docs, 12, 14, threshold, 0, 1, sign)
-    for start, end in [(10, 12), (12, 14), (23, 25), (0, 3)]:
-        p = made_pattern(docs, range(5), start, end, threshold, 1, 1, sign)
-        result = run_both(values, docs, p, min_length=1)
-        assert all(m.start - 1 >= docs[m.document] and m.end + 1 <= docs[m.document + 1]
-                   for m in result.matches)
+    assert select(store, docs, 10, 12, threshold, pad_left=1, sign=sign).units == ()
+    assert select(store, docs, 23, 25, threshold, pad_left=0, pad_right=1, sign=sign).units == ()
+    assert select(store, docs, 10, 12, threshold, pad_left=0, sign=sign).units == (0, 1, 2, 3, 4)
+    for start, end in [(10, 12), (12, 14), (23, 25), (1, 3)]:
+        for pad_left, pad_right in [(1, 1), (2, 0), (0, 0)]:
+            p = made_pattern(docs, range(5), start, end, threshold, pad_left, pad_right, sign)
+            result = run_both(values, docs, p, min_length=1)
+            assert all(m.start - pad_left >= docs[m.document]
+                       and m.end + pad_right <= docs[m.document + 1] for m in result.matches)
 
 
 def test_length_rule_is_checked():

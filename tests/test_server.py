@@ -544,4 +544,5 @@ def test_widgets_refuse_values_outside_their_bounds(app: App) -> None:
     app.doc_input.value = float("nan")
     app.pos_input.value = 10**12
     assert "out of range" in app.status.text
+    app.pad_left.value = 1  # 50 tokens that must be off: hardly any span has a pattern
     brush_pattern(app)  # still answers
