@@ -458,6 +458,14 @@ def test_match_refuses_empty_and_foreign_patterns():
     moved = made_pattern([0, 10], p.units, 3, 6, state=p.state)
     with pytest.raises(ValueError, match="crosses the end of document 0"):
         match(store, docs, moved)
+    with pytest.raises(ValueError, match="limit must be at most 100,000 matches"):
+        match(store, docs, p, limit=10**9)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="threshold must be finite"):
+            match(store, docs, made_pattern(docs, p.units, 1, 3, threshold=bad, state=p.state))
+    outside = made_pattern([0, 10], p.units, 1, 3, state=p.state)
+    with pytest.raises(ValueError, match="end=12 is outside the index"):
+        match(store, docs, dataclasses.replace(outside, start=8, end=12))
 
 
 def test_match_all_units_on_everywhere():
