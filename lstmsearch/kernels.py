@@ -194,12 +194,14 @@ def count_pattern(part, first, units, doc_starts, start, end, ranges, pad_left, 
             src = part[units[i]][lo - first : hi - first]
             for k in range(src.size):
                 dst[k] = _on(src[k], lo0, w0, lo1, w1)
-            for k in range(m):
-                c[k] += on[k]
-            if pad_left == 1:
+            if pad_left == 1:  # the usual padding: counts and up in one pass
                 for k in range(m):
+                    c[k] += on[k]
                     u_[k] += on[k] & (before[k] ^ 1)
-            elif pad_left > 1:
+            else:
+                for k in range(m):
+                    c[k] += on[k]
+            if pad_left > 1:
                 window = 0
                 for j in range(pad_left):
                     window += onbuf[j]
