@@ -10,7 +10,8 @@ reuses it). Then, on the same open index, it times
   ranking alone (`histogram=False`) and with the length histogram (the default);
 * neurons: `where` (count + first 50 hits with text), `top` (k = 20), `correlate` (the depth
   track against all units);
-* nearest (`Index.nearest`, k = 10) as it is, the first call apart; SQL `count(*)`;
+* nearest (`Index.nearest`, k = 10) as it is, the first call apart (up to
+  `--nearest-limit` tokens: it holds the FAISS indexes in memory); SQL `count(*)`;
 * LSTMVis's own match algorithm (`benchmarks/lstmvis_port.py`), fast and precise modes, on
   the same states and selections: the ratio of its time to lstmsearch's, and how many of
   the top 50 the two share (and, of those, how many get the same |A ∩ S|).
@@ -89,13 +90,16 @@ def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
 
-def print_rows(rows: list[Row]) -> None:
+def print_header() -> None:
     print(f"  {'query':46s}{'p50 ms':>9s}{'p95 ms':>9s}{'cpu p50':>9s}{'cpu p95':>9s}"
-          f"{'runs':>5s}{'load':>6s}  note")
-    for r in rows:
-        print(f"  {r.name:46s}{ms(r.walls, 50):9.1f}{ms(r.walls, 95):9.1f}"
-              f"{ms(r.cpus, 50):9.1f}{ms(r.cpus, 95):9.1f}{len(r.walls):5d}{r.load:6.1f}"
-              f"  {r.note}")
+          f"{'runs':>5s}{'load':>6s}  note", flush=True)
+
+
+def print_row(r: Row) -> Row:
+    print(f"  {r.name:46s}{ms(r.walls, 50):9.1f}{ms(r.walls, 95):9.1f}"
+          f"{ms(r.cpus, 50):9.1f}{ms(r.cpus, 95):9.1f}{len(r.walls):5d}{r.load:6.1f}"
+          f"  {r.note}", flush=True)
+    return r
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,6 +173,7 @@ def bench_size(index: Index, args: argparse.Namespace, rng: np.random.Generator)
     }
     rows: list[Row] = []
     ours_by_pattern = {}
+    print_header()
     for label, chosen in patterns.items():
         sizes = "/".join(str(len(p.units)) for p in chosen)
         for histogram in (False, True):
@@ -176,31 +181,33 @@ def bench_size(index: Index, args: argparse.Namespace, rng: np.random.Generator)
             row, results = timed(name, [
                 (lambda p=p, h=histogram: index.match(p, LIMIT, histogram=h)) for p in chosen
             ], args.repeat, note=f"|S| = {sizes}")
-            rows.append(row)
+            rows.append(print_row(row))
             if label == "|S|~20" and histogram:
                 ours_by_pattern = {p: r for p, r in zip(chosen * args.repeat, results)}
     neurons = index.neurons
     units = [int(u) for u in rng.integers(0, store.dim, 16)]
-    rows.append(timed("neurons.where (count + 50 hits, text)", [
+    print_row(timed("neurons.where (count + 50 hits, text)", [
         (lambda u=u: neurons.where(u, store.layer, store.kind, above=0.5, limit=50))
         for u in units], args.repeat * 2)[0])
-    rows.append(timed("neurons.top k=20 (text)", [
+    print_row(timed("neurons.top k=20 (text)", [
         (lambda u=u: neurons.top(u, store.layer, store.kind, 20)) for u in units],
         args.repeat * 2)[0])
-    rows.append(timed("neurons.correlate depth, all units", [
+    print_row(timed("neurons.correlate depth, all units", [
         lambda: neurons.correlate("depth", store.layer, store.kind)], 3)[0])
     spans = [(p.start, p.end) for p in patterns["|S|~20"]]
-    if args.nearest:
-        first = timed("nearest k=10, first call", [
+    if index.n_tokens > args.nearest_limit:
+        print(f"  nearest: skipped above {args.nearest_limit:,} tokens (--nearest-limit): it "
+              "reads every segment's FAISS index into memory and joins them, twice the "
+              "states in all (20 GB at 10^7 x 512, more than this machine holds)")
+    else:
+        print_row(timed("nearest k=10, first call", [
             lambda: index.nearest(*spans[0], store.layer, store.kind, 10)], 1,
-            warm_up=False)[0]
-        rows.append(first)
-        rows.append(timed("nearest k=10", [
+            warm_up=False)[0])
+        print_row(timed("nearest k=10", [
             (lambda s=s: index.nearest(*s, store.layer, store.kind, 10)) for s in spans],
             max(3, args.repeat // 2))[0])
-    rows.append(timed("sql count(*) FROM tokens", [
+    print_row(timed("sql count(*) FROM tokens", [
         lambda: index.sql("SELECT count(*) FROM tokens")], args.repeat)[0])
-    print_rows(rows)
 
     # LSTMVis's algorithm on the same states and selections
     print(f"\n  LSTMVis port ({args.selections} selections of |S|~20, span {SPAN}, constrain "
@@ -217,7 +224,8 @@ def bench_size(index: Index, args: argparse.Namespace, rng: np.random.Generator)
             (lambda p=p, m=mode: query_similar_activations(
                 store, list(p.units), p.threshold, p.sign, mode=m)) for p in chosen],
             max(len(chosen), args.baseline_repeat), warm_up=False)
-        print_rows([row])
+        print_header()
+        print_row(row)
         shared = [agreement(ours_by_pattern[p], r) for p, r in zip(chosen * 99, results)]
         print(f"    time / lstmsearch match (p50 wall, CPU): ranking "
               f"{ms(row.walls, 50) / ms(ranking.walls, 50):.0f}x, "
@@ -256,7 +264,8 @@ def main() -> None:
                         help="timed runs of each LSTMVis mode")
     parser.add_argument("--precise-limit", type=int, default=10_000_000,
                         help="skip LSTMVis's precise mode above this many tokens")
-    parser.add_argument("--no-nearest", dest="nearest", action="store_false")
+    parser.add_argument("--nearest-limit", type=int, default=2_000_000,
+                        help="skip nearest above this many tokens (memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None,
                         help="build the indexes here (once) and keep them")
