@@ -515,9 +515,10 @@ def _parts(store: StateColumns, docs: _Documents, units: np.ndarray) -> list[tup
     documents (the padding of a document never reaches into another segment)."""
     parts = [(int(first), np.asarray(values).view(np.uint16))
              for first, values in store.parts(units)]
-    for first, _ in parts[1:]:
-        if first not in set(docs.starts.tolist()):
-            raise ValueError(f"{store.name}: a segment starts at {first}, inside a document")
+    firsts = np.array([first for first, _ in parts[1:]], np.int64)
+    inside = firsts[~np.isin(firsts, docs.starts)]
+    if inside.size:
+        raise ValueError(f"{store.name}: a segment starts at {inside[0]}, inside a document")
     return parts
 
 
