@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import Executor
+from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -648,9 +649,9 @@ class App:
             self.runner.submit("pattern", work, self._apply_nearest, label="nearest")
             return
         self.runner.submit("pattern", lambda: fetch.run_pattern(self.shared, q, track, width),
-                           self._apply_pattern, label="match")
+                           partial(self._apply_pattern, q=q), label="match")
 
-    def _apply_pattern(self, result: fetch.PatternResult) -> None:
+    def _apply_pattern(self, result: fetch.PatternResult, q: fetch.PatternQuery) -> None:
         s = self.session
         s.pattern, s.result = result.pattern, result
         s.generation += 1
@@ -661,9 +662,24 @@ class App:
             )
             self._show_pattern_marks()
             return
-        # the matches first: the page draws them before it works through the rest
+        # the matches first: the page draws them before it works through the rest, and the
+        # candidates' lengths are counted after them
         self.match_view.show_rows(result, self.shared.track_range(s.track))
         self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+        generation = s.generation
+        self.runner.submit(
+            "lengths", lambda: fetch.candidate_lengths(self.shared, result.pattern, q),
+            partial(self._apply_lengths, generation), label="candidates")
+
+    def _apply_lengths(self, generation: int, lengths: tuple[dict[int, int], int]) -> None:
+        """The length histogram of the candidates, once counted: into the summary."""
+        s = self.session
+        if generation != s.generation or s.result is None or s.result.result is None:
+            return
+        histogram, n = lengths
+        s.result = replace(s.result, result=replace(s.result.result,
+                                                    length_histogram=histogram, n_candidates=n))
+        self.match_view.show_summary(s.result, s.track, self.shared.track_range(s.track))
 
     def _show_details(self, generation: int) -> None:
         """What follows the matches: S in the select view, the summary, the histogram."""

@@ -155,7 +155,7 @@ class MatchView:
             self.hist_source.data = {"length": [], "count": []}
             return
         mr = result.result
-        hist = mr.length_histogram
+        hist = mr.length_histogram or {}  # None until the candidates are counted
         lengths = sorted(hist)
         counts = [hist[k] for k in lengths]
         self.hist_source.data = {"length": lengths, "count": counts}
@@ -163,8 +163,9 @@ class MatchView:
             self.hist.x_range.start = 0.5
             self.hist.x_range.end = min(max(lengths), 40) + 0.5
             self.hist.y_range.end = max(counts) * 1.05
+        total = "…" if mr.n_candidates is None else f"{mr.n_candidates:,}"
         self.summary.text = (
-            f"<b>{len(result.rows)}</b> best of <b>{mr.n_candidates:,}</b> candidate spans "
+            f"<b>{len(result.rows)}</b> best of <b>{total}</b> candidate spans "
             f"for |S| = <b>{size}</b> "
             f"<span style='color:{MUTED_TEXT}'>({1000 * result.seconds:.0f} ms)</span>. "
             f"<span style='color:{MUTED_TEXT}'>Click a row to show it in the select view.</span>"
