@@ -509,38 +509,45 @@ _MOMENT_BLOCK = 4096  # values summed in float32 before they are added in float6
 
 
 @_jit
-def column_moments(part, unit_start, unit_end, table, y, weight, shift, out):
-    """Sums over the positions of ``part`` (uint16 float16 bits, units x positions) for
-    units ``[unit_start, unit_end)``: ``out[u] = (Σw·x', Σw·x'², Σ x'·y, Σw)`` with
-    ``x' = x - shift[u]`` (``table`` maps bits to float32 values), added to ``out``.
+def column_moments(part, first, unit_start, unit_end, table, y, weight, shift, out, carry):
+    """Sums over the positions of ``part`` (uint16 float16 bits, units x positions, the
+    first at global position ``first``) for units ``[unit_start, unit_end)``: ``Σw·x'``,
+    ``Σw·x'²`` and ``Σx'·y`` with ``x' = x - shift[u]`` (``table`` maps bits to float32
+    values), added to ``out[u]``.
 
     ``weight`` is 1 where the track has a value and 0 elsewhere (``y`` is 0 there). Each
-    block of ``_MOMENT_BLOCK`` positions is summed in float32, the blocks in float64.
+    block of ``_MOMENT_BLOCK`` global positions is summed in float32 and added in float64;
+    ``carry[u]`` holds the float32 sums of a block a segment left unfinished, so the result
+    does not depend on where segments start (add what is left in ``carry`` at the end).
     """
     n = part.shape[1]
     for u in range(unit_start, unit_end):
         row = part[u]
         c = np.float32(shift[u])
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        for a in range(0, n, _MOMENT_BLOCK):
-            b1 = np.float32(0.0)
-            b2 = np.float32(0.0)
-            b3 = np.float32(0.0)
-            for t in range(a, min(n, a + _MOMENT_BLOCK)):
+        b1 = np.float32(carry[u, 0])
+        b2 = np.float32(carry[u, 1])
+        b3 = np.float32(carry[u, 2])
+        a = 0
+        while a < n:
+            stop = min(n, a + _MOMENT_BLOCK - (first + a) % _MOMENT_BLOCK)
+            for t in range(a, stop):
                 x = table[row[t]] - c
                 w = weight[t]
                 wx = w * x
                 b1 += wx
                 b2 += wx * x
                 b3 += x * y[t]
-            s1 += b1
-            s2 += b2
-            s3 += b3
-        out[u, 0] += s1
-        out[u, 1] += s2
-        out[u, 2] += s3
+            if (first + stop) % _MOMENT_BLOCK == 0:  # a block is complete
+                out[u, 0] += b1
+                out[u, 1] += b2
+                out[u, 2] += b3
+                b1 = np.float32(0.0)
+                b2 = np.float32(0.0)
+                b3 = np.float32(0.0)
+            a = stop
+        carry[u, 0] = b1
+        carry[u, 1] = b2
+        carry[u, 2] = b3
 
 
 # ---------------------------------------------------------------------------------------
@@ -572,8 +579,8 @@ def warm_up() -> float:
     first_where(part[0], test, np.zeros(2, np.int64))
     table = np.zeros(1 << 16, np.float32)
     moments = np.zeros((3, 4))
-    column_moments(part, 0, 3, table, np.zeros(8, np.float32), np.ones(8, np.float32),
-                   np.zeros(3), moments)
+    column_moments(part, 0, 0, 3, table, np.zeros(8, np.float32), np.ones(8, np.float32),
+                   np.zeros(3), moments, np.zeros((3, 3), np.float32))
     _warm.set()
     return time.perf_counter() - began
 

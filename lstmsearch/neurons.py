@@ -238,7 +238,8 @@ def correlate_columns(store: StateStore, track: np.ndarray) -> tuple[np.ndarray,
     One blocked pass over the stored columns, segment by segment: float16 values are summed
     in float32 over blocks of a few thousand tokens, the blocks in float64, each unit
     shifted by its mean over the first block and the track centred on its exact mean, so
-    that the sums of squares do not cancel.
+    that the sums of squares do not cancel. The blocks are fixed global positions, so an
+    index of many segments gives exactly the answer of one.
     """
     y = np.asarray(track, dtype=np.float64)
     if y.shape != (store.n_tokens,):
@@ -256,13 +257,15 @@ def correlate_columns(store: StateStore, track: np.ndarray) -> tuple[np.ndarray,
     weight = valid.astype(np.float32)
     centred32 = centred.astype(np.float32)
     sums = np.zeros((store.dim, 4))
+    carry = np.zeros((store.dim, 3), np.float32)  # a block's float32 sums across segments
     parts = [(a, np.asarray(v).view(np.uint16)) for a, v in store.parts(slice(None))]
 
     def units(u0: int, u1: int) -> None:
         for a, bits in parts:
             b = a + bits.shape[1]
-            column_moments(bits, u0, u1, _FLOAT16_VALUES, centred32[a:b], weight[a:b], shift,
-                           sums)
+            column_moments(bits, a, u0, u1, _FLOAT16_VALUES, centred32[a:b], weight[a:b],
+                           shift, sums, carry)
+        sums[u0:u1, :3] += carry[u0:u1]
 
     run_tasks(units, [(u, min(store.dim, u + CORRELATE_UNITS))
                       for u in range(0, store.dim, CORRELATE_UNITS)])

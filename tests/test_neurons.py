@@ -197,7 +197,7 @@ def test_correlate_ranks_like_the_analysis(tiny_index) -> None:
     expected = rank_units(tiny_index.states(STATE), tiny_index.track("depth"))
     ranked = tiny_index.neurons.correlate("depth", 1, "c")
     assert [c.unit for c in ranked] == [c.unit for c in expected]
-    assert ranked[0].r == pytest.approx(expected[0].r)
+    assert ranked[0].r == pytest.approx(expected[0].r, abs=1e-5)  # float32 blocks
     assert ranked[0].n == tiny_index.n_tokens
     assert len(tiny_index.neurons.correlate("depth", "layers.0.h", top=3)) == 3
 
