@@ -1,189 +1,57 @@
-"""Benchmark of pattern matching (SPEC 4): lstmsearch's match against plain numpy LSTMVis.
+"""Benchmark of the queries (SPEC 4) at 10^5, 10^6 and 10^7 tokens x 512 units.
 
-Builds synthetic recurrent-looking states (tanh of AR(1) noise per unit with mixed memory
-lengths, gains and offsets, plus some sparse units) in a real state store on disk, selects a
-pattern of about 20 units on a 3-token span, and times
+For each size, a synthetic index (`benchmarks/synthetic.py`: recurrent-looking states that
+restart at every document, a depth track, FAISS) is built with `lstmsearch index-states`
+into a temporary directory and removed afterwards (`--keep DIR` builds it there once and
+reuses it). Then, on the same open index, it times
 
-* ``lstmsearch.query.match``, and
-* a plain numpy implementation of the LSTMVis match algorithm on the same stored values:
-  threshold the pattern's columns as a boolean matrix, sum them, find the runs of every level
-  with ``np.diff``, then compute the active set ``A`` from all units for every candidate.
+* match (`Index.match`, limit 50) for three patterns: |S| about 20 on a 3-token span, |S| =
+  64, and |S| about 20 at a threshold that turns each unit on 30 % of the time; each as the
+  ranking alone (`histogram=False`) and with the length histogram (the default);
+* neurons: `where` (count + first 50 hits with text), `top` (k = 20), `correlate` (the depth
+  track against all units);
+* nearest (`Index.nearest`, k = 10) as it is, the first call apart (up to
+  `--nearest-limit` tokens: it holds the FAISS indexes in memory); SQL `count(*)`;
+* LSTMVis's own match algorithm (`benchmarks/lstmvis_port.py`), fast and precise modes, on
+  the same states and selections: the ratio of its time to lstmsearch's, and how many of
+  the top 50 the two share (and, of those, how many get the same |A ∩ S|).
 
-Both must return the same matches and length histogram. Usage::
+Every row gives p50/p95 of wall and CPU time (the process's CPU time, all threads) and the
+load average when it was measured. The first query after process start (compiling or
+loading the compiled kernels) is timed on its own. Usage::
 
-    python benchmarks/query.py [--tokens 1000000] [--units 512] [--repeat 20]
-    python benchmarks/query.py --tokens 10000000 --baseline-repeat 0   # 10 GB of states
-    python benchmarks/query.py --only neurons --units 64 --index INDEX_DIR   # neuron queries
-
-The neuron-query section times ``lstmsearch.neurons.scan`` (the threshold scan behind
-``Index.neurons.where``) against a plain numpy scan and a DuckDB wide table on the same
-stored columns (same answers checked), and with ``--index`` the whole ``Index.neurons.where``
-(count + first 50 hits with their text) and ``Index.neurons.top`` (k = 20, precomputed).
-
-Timings are wall-clock; the CPU time of the timing thread is printed too, since on a shared
-machine the wall clock also counts time spent waiting for a core.
+    python benchmarks/query.py                          # 10^5, 10^6, 10^7 (10^7: ~10 GB)
+    python benchmarks/query.py --sizes 100000 1000000 --repeat 10
+    python benchmarks/query.py --sizes 10000000 --keep /tmp/bench   # keep the index
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import duckdb
 import numpy as np
 
-from lstmsearch.neurons import scan as neuron_scan
-from lstmsearch.query import Pattern, is_on, match, match_sort_key, select
-from lstmsearch.store import StateStore, StateWriter, state_file_name
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-STATE_NAME, LAYER, KIND = "layers.1.h", 1, "h"
+import synthetic  # noqa: E402
+from lstmvis_port import query_similar_activations  # noqa: E402
+
+from lstmsearch import kernels  # noqa: E402
+from lstmsearch.index import Index, open_index  # noqa: E402
+from lstmsearch.query import Pattern  # noqa: E402
+
 SPAN = 3
-TIME_CHUNK = 8192  # positions generated and written at a time
-
-
-# ---------------------------------------------------------------------------------------
-# Synthetic states
-# ---------------------------------------------------------------------------------------
-
-
-def document_starts(n_tokens: int, rng: np.random.Generator) -> np.ndarray:
-    """Document boundaries with log-normal lengths (median about 1000 tokens, some tiny)."""
-    lengths = np.maximum(1, rng.lognormal(np.log(1000), 1.0, n_tokens // 100 + 10)).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    starts = starts[starts < n_tokens]
-    return np.append(starts, n_tokens).astype(np.int64)
-
-
-class StateGenerator:
-    """Unit-major float16 states that look like recurrent ones, produced chunk by chunk.
-
-    Every unit is ``tanh(gain * x + offset)`` of a unit-variance AR(1) process ``x`` with its
-    own memory (coefficient 0.8 .. 0.995); one unit in eight is sparse (zero unless above 0.8).
-    """
-
-    def __init__(self, dim: int, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.phi = rng.uniform(0.8, 0.995, dim).astype(np.float32)
-        self.noise = np.sqrt(1 - self.phi**2).astype(np.float32)
-        self.gain = rng.uniform(0.5, 2.5, dim).astype(np.float32)
-        self.offset = rng.normal(0, 0.5, dim).astype(np.float32)
-        self.sparse = rng.random(dim) < 1 / 8
-        self.x = rng.standard_normal(dim).astype(np.float32)
-
-    def chunk(self, length: int) -> np.ndarray:
-        """The next ``length`` positions as a (dim, length) float16 array."""
-        shocks = self.rng.standard_normal((length, self.phi.size), dtype=np.float32)
-        shocks *= self.noise
-        x = np.empty_like(shocks)
-        state = self.x
-        for t in range(length):
-            state = self.phi * state + shocks[t]
-            x[t] = state
-        self.x = state
-        values = np.tanh(self.gain * x + self.offset)
-        values[:, self.sparse] = np.where(values[:, self.sparse] > 0.8, values[:, self.sparse], 0)
-        return values.T.astype(np.float16)
-
-
-def write_states(directory: Path, n_tokens: int, dim: int, seed: int) -> StateStore:
-    """Generate the synthetic states into a state file and open it as a store."""
-    rng = np.random.default_rng(seed)
-    path = directory / state_file_name(STATE_NAME)
-    writer = StateWriter.create(path, dim, n_tokens)
-    generator = StateGenerator(dim, rng)
-    for start in range(0, n_tokens, TIME_CHUNK):
-        writer.write(start, generator.chunk(min(TIME_CHUNK, n_tokens - start)))
-    writer.close()
-    return StateStore(path, STATE_NAME, LAYER, KIND, dim, n_tokens)
-
-
-def choose_pattern(
-    store: StateStore, doc_starts: np.ndarray, size: int, rng: np.random.Generator
-) -> Pattern:
-    """A pattern of about ``size`` units, selected on a random 3-token span."""
-    thresholds = np.round(np.arange(0.05, 1.0, 0.05), 2)
-    best: Pattern | None = None
-    for _ in range(1000):
-        start = int(rng.integers(1, store.n_tokens - SPAN))
-        document = np.searchsorted(doc_starts, start, side="right") - 1
-        if start == doc_starts[document] or start + SPAN > doc_starts[document + 1]:
-            continue
-        for threshold in thresholds:
-            pattern = select(store, doc_starts, start, start + SPAN, float(threshold))
-            if best is None or abs(len(pattern.units) - size) < abs(len(best.units) - size):
-                best = pattern
-        if best is not None and abs(len(best.units) - size) <= 1:
-            break
-    assert best is not None
-    return best
-
-
-# ---------------------------------------------------------------------------------------
-# Plain numpy LSTMVis
-# ---------------------------------------------------------------------------------------
-
-
-def lstmvis_numpy(
-    store: StateStore, doc_starts: np.ndarray, pattern: Pattern, limit: int
-) -> tuple[list[tuple[int, int, int, int]], dict[int, int]]:
-    """The LSTMVis match algorithm written the straightforward vectorised numpy way.
-
-    Returns the top ``limit`` matches as ``(start, end, overlap, extra)`` and the length
-    histogram of all candidates.
-    """
-    n = store.n_tokens
-    on = is_on(store.block(list(pattern.units), 0, n), pattern.threshold, pattern.sign)
-    counts = on.sum(axis=0)
-    first = np.zeros(n, bool)
-    first[doc_starts[:-1][doc_starts[:-1] < n]] = True
-    spans: set[tuple[int, int]] = set()
-    for level in range(len(pattern.units), 0, -1):
-        above = (counts >= level).astype(np.int8)
-        change = np.diff(above, prepend=0, append=0)
-        # a run that goes on across a document boundary is cut there
-        cut = first & (above == 1) & (np.roll(above, 1) == 1)
-        cut[0] = False
-        starts = np.flatnonzero((change[:-1] == 1) | cut)
-        ends = np.flatnonzero((change[1:] == -1) | np.append(cut[1:], False)) + 1
-        spans.update(zip(starts.tolist(), ends.tolist()))
-    spans.add((pattern.start, pattern.end))
-
-    histogram: dict[int, int] = {}
-    units = np.zeros(store.dim, bool)
-    units[list(pattern.units)] = True
-    scored = []
-    for start, end in spans:
-        document = np.searchsorted(doc_starts, start, side="right") - 1
-        low = max(int(doc_starts[document]), start - pattern.pad_left)
-        high = min(int(doc_starts[document + 1]), end + pattern.pad_right)
-        window = is_on(store.block(slice(None), low, high), pattern.threshold, pattern.sign)
-        inside = window[:, start - low : end - low]
-        active = inside.all(axis=1) & ~window[:, : start - low].any(axis=1)
-        active &= ~window[:, end - low :].any(axis=1)
-        overlap = int((active & units).sum())
-        histogram[end - start] = histogram.get(end - start, 0) + 1
-        if overlap:
-            scored.append(_Row(start, end, overlap, int((active & ~units).sum())))
-    scored.sort(key=partial(match_sort_key, pattern_length=pattern.length))
-    top = [(r.start, r.end, r.overlap, r.extra) for r in scored[:limit]]
-    return top, dict(sorted(histogram.items()))
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """One evaluated candidate of the baseline."""
-
-    start: int
-    end: int
-    overlap: int
-    extra: int
+LIMIT = 50
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,231 +59,236 @@ class _Row:
 # ---------------------------------------------------------------------------------------
 
 
-def timed(
-    function: Callable[[], object], repeat: int, warm_up: bool = True
-) -> tuple[object, list[float], list[float]]:
-    """Run ``function`` (once more first to warm up): (last result, wall s, cpu s per run)."""
-    result = function() if warm_up else None
-    walls, cpus = [], []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        result = function()
-        cpus.append(time.thread_time() - cpu)
+@dataclass
+class Row:
+    """Timings of one query: wall and CPU seconds per run, and the load average."""
+
+    name: str
+    walls: list[float]
+    cpus: list[float]
+    load: float
+    note: str = ""
+
+
+def timed(name: str, calls: list[Callable[[], object]], repeat: int, note: str = "",
+          warm_up: bool = True) -> tuple[Row, list]:
+    """Run the calls in turn `repeat` times (after one warm-up round): the row, results."""
+    if warm_up:
+        for call in calls:
+            call()
+    walls, cpus, results = [], [], []
+    for i in range(repeat):
+        call = calls[i % len(calls)]
+        wall, cpu = time.perf_counter(), time.process_time()
+        results.append(call())
+        cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - wall)
-    return result, walls, cpus
+    return Row(name, walls, cpus, os.getloadavg()[0], note), results
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile of some timings, in milliseconds."""
+def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
 
+def print_header() -> None:
+    print(f"  {'query':46s}{'p50 ms':>9s}{'p95 ms':>9s}{'cpu p50':>9s}{'cpu p95':>9s}"
+          f"{'runs':>5s}{'load':>6s}  note", flush=True)
+
+
+def print_row(r: Row) -> Row:
+    print(f"  {r.name:46s}{ms(r.walls, 50):9.1f}{ms(r.walls, 95):9.1f}"
+          f"{ms(r.cpus, 50):9.1f}{ms(r.cpus, 95):9.1f}{len(r.walls):5d}{r.load:6.1f}"
+          f"  {r.note}", flush=True)
+    return r
+
+
 # ---------------------------------------------------------------------------------------
-# Neuron queries (SPEC 4: threshold query p50 <= 5 ms at 10^6 tokens, top-K <= 2 ms)
+# Patterns
 # ---------------------------------------------------------------------------------------
 
-NEURON_THRESHOLDS = (0.25, 0.5, 0.75)
-"""Thresholds exact in float16, so that the plain scans below give the same answers."""
-NEURON_LIMIT = 50
-DUCKDB_UNITS = 16
+
+def choose_pattern(index: Index, size: int, thresholds: list[float],
+                   rng: np.random.Generator, exact: bool = False, pad_left: int = 1) -> Pattern:
+    """A pattern of about `size` units (exactly, with `exact`: `size` of the units selected)
+    on a random 3-token span inside a document, away from its edges, at one of
+    `thresholds`."""
+    store = index.store(synthetic.STATE_NAME)
+    starts = index.doc_starts
+    best: Pattern | None = None
+    for _ in range(2000):
+        start = int(rng.integers(1, store.n_tokens - SPAN))
+        document = np.searchsorted(starts, start, side="right") - 1
+        if start - 1 <= starts[document] or start + SPAN + 1 > starts[document + 1]:
+            continue
+        for threshold in thresholds:
+            pattern = index.select(start, start + SPAN, float(threshold),
+                                   state=synthetic.STATE_NAME, pad_left=pad_left)
+            if exact and len(pattern.units) > size:
+                pattern = Pattern(**{**pattern.__dict__,
+                                     "units": tuple(sorted(rng.choice(pattern.units, size,
+                                                                      replace=False).tolist())),
+                                     "how": pattern.how + f", {size} of its units"})
+            if best is None or abs(len(pattern.units) - size) < abs(len(best.units) - size):
+                best = pattern
+        if best is not None and abs(len(best.units) - size) <= (0 if exact else 1):
+            return best
+    assert best is not None
+    return best
 
 
-def numpy_where(column: np.ndarray, threshold: float, limit: int) -> tuple[int, np.ndarray]:
-    """The plain numpy threshold query: compare the whole column, list every hit."""
-    hits = np.flatnonzero(column >= np.float16(threshold))
-    return len(hits), hits[:limit]
+def threshold_on(index: Index, fraction: float, rng: np.random.Generator) -> float:
+    """The threshold at which each unit is on `fraction` of the time, over a sample."""
+    store = index.store(synthetic.STATE_NAME)
+    positions = np.sort(rng.choice(store.n_tokens, min(store.n_tokens, 20_000), replace=False))
+    values = store.gather(positions).astype(np.float64)
+    return float(np.round(np.quantile(values, 1 - fraction), 2))
 
 
-def duckdb_table(store: StateStore, units: list[int]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB wide table (pos, u0, u1, ...) of some units, as REAL columns."""
-    con = duckdb.connect()
-    columns = {"pos": np.arange(store.n_tokens, dtype=np.int64)}
-    columns.update({f"u{u}": np.asarray(store.column(u), dtype=np.float32) for u in units})
-    con.execute("CREATE TABLE states AS SELECT * FROM columns")
-    return con
+# ---------------------------------------------------------------------------------------
+# One size
+# ---------------------------------------------------------------------------------------
 
 
-def duckdb_where(
-    con: duckdb.DuckDBPyConnection, unit: int, threshold: float, limit: int
-) -> tuple[int, np.ndarray]:
-    """The threshold query in SQL: a count and the first positions (column names are ours)."""
-    (count,) = con.execute(f"SELECT count(*) FROM states WHERE u{unit} >= ?", [threshold]).fetchone()
-    first = con.execute(
-        f"SELECT pos FROM states WHERE u{unit} >= ? ORDER BY pos LIMIT ?", [threshold, limit]
-    ).fetchnumpy()["pos"]
-    return int(count), np.asarray(first, dtype=np.int64)
+def agreement(ours, theirs) -> tuple[int, int]:
+    """(spans in both top lists, of those with the same |A ∩ S|)."""
+    mine = {(m.start, m.end): m.overlap for m in ours.matches}
+    shared = [r for r in theirs if (r.start, r.end) in mine]
+    return len(shared), sum(mine[(r.start, r.end)] == r.intersection for r in shared)
 
 
-def time_calls(function: Callable[[int], object], arguments: list, repeat: int
-               ) -> tuple[list, list[float], list[float]]:
-    """Call ``function`` on each argument in turn ``repeat`` times: results, wall s, cpu s."""
-    results, walls, cpus = [], [], []
-    for i in range(repeat):
-        argument = arguments[i % len(arguments)]
-        wall, cpu = time.perf_counter(), time.thread_time()
-        results.append(function(argument))
-        cpus.append(time.thread_time() - cpu)
-        walls.append(time.perf_counter() - wall)
-    return results, walls, cpus
-
-
-def neuron_rows(store: StateStore, repeat: int, rng: np.random.Generator) -> tuple[list, str]:
-    """Time the threshold scan of ``lstmsearch.neurons`` against plain numpy and DuckDB on
-    the same stored columns; check that all three give the same answers."""
-    units = [int(u) for u in rng.choice(store.dim, min(DUCKDB_UNITS, store.dim), replace=False)]
-    queries = [(u, NEURON_THRESHOLDS[i % len(NEURON_THRESHOLDS)]) for i, u in enumerate(units)]
-    con = duckdb_table(store, units)
-
-    def ours(q: tuple[int, float]) -> tuple[int, np.ndarray]:
-        return neuron_scan(store.column(q[0]), above=q[1], limit=NEURON_LIMIT)
-
-    def plain(q: tuple[int, float]) -> tuple[int, np.ndarray]:
-        return numpy_where(store.column(q[0]), q[1], NEURON_LIMIT)
-
-    def sql(q: tuple[int, float]) -> tuple[int, np.ndarray]:
-        return duckdb_where(con, q[0], q[1], NEURON_LIMIT)
-
-    rows, answers = [], []
-    for name, function in (("neurons.where scan", ours), ("numpy scan", plain),
-                           ("DuckDB wide table", sql)):
-        time_calls(function, queries, len(queries))  # warm up: every column read once
-        results, walls, cpus = time_calls(function, queries, repeat)
-        rows.append((name, walls, cpus))
-        answers.append([(c, p.tolist()) for c, p in results])
-    same = "yes" if answers[0] == answers[1] == answers[2] else "NO"
-    return rows, same
-
-
-def index_neuron_rows(path: Path, repeat: int, rng: np.random.Generator) -> list:
-    """Time ``Index.neurons.where`` (count + first 50 hits with their text) and
-    ``Index.neurons.top`` (k = 20 from the top-K table, with text) on a real index."""
-    from lstmsearch.index import open_index
-
-    index = open_index(path)
-    store = index.store(index.state_names[0])
-    units = [int(u) for u in rng.integers(0, store.dim, repeat)]
+def bench_size(index: Index, args: argparse.Namespace, rng: np.random.Generator) -> None:
+    store = index.store(synthetic.STATE_NAME)
+    print(f"\n== {index.n_tokens:,} tokens x {store.dim} units, {index.n_docs:,} documents, "
+          f"{len(index.segments)} segments ==")
+    grid = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]
+    thirty = threshold_on(index, 0.30, rng)
+    patterns = {
+        "|S|~20": [choose_pattern(index, args.pattern_size, grid, rng)
+                   for _ in range(args.selections)],
+        # 64 units seldom switch on together: no left padding for this one
+        "|S|=64": [choose_pattern(index, 64, [round(t, 2) for t in np.arange(0.0, 0.5, 0.05)],
+                                  rng, exact=True, pad_left=0)],
+        f"|S|~20, on 30% (x>={thirty:g})": [choose_pattern(index, args.pattern_size,
+                                                          [thirty], rng)],
+    }
+    rows: list[Row] = []
+    ours_by_pattern = {}
+    print_header()
+    for label, chosen in patterns.items():
+        sizes = "/".join(str(len(p.units)) for p in chosen)
+        for histogram in (False, True):
+            name = f"match {label} {'+ histogram' if histogram else 'ranking'}"
+            row, results = timed(name, [
+                (lambda p=p, h=histogram: index.match(p, LIMIT, histogram=h)) for p in chosen
+            ], args.repeat, note=f"|S| = {sizes}")
+            rows.append(print_row(row))
+            if label == "|S|~20" and histogram:
+                ours_by_pattern = {p: r for p, r in zip(chosen * args.repeat, results)}
     neurons = index.neurons
-    neurons.top(0, store.layer, store.kind, 20)  # loads the top-K table once
-    index.text(0, 1)  # loads the token offsets once
+    units = [int(u) for u in rng.integers(0, store.dim, 16)]
+    print_row(timed("neurons.where (count + 50 hits, text)", [
+        (lambda u=u: neurons.where(u, store.layer, store.kind, above=0.5, limit=50))
+        for u in units], args.repeat * 2)[0])
+    print_row(timed("neurons.top k=20 (text)", [
+        (lambda u=u: neurons.top(u, store.layer, store.kind, 20)) for u in units],
+        args.repeat * 2)[0])
+    print_row(timed("neurons.correlate depth, all units", [
+        lambda: neurons.correlate("depth", store.layer, store.kind)], 3)[0])
+    spans = [(p.start, p.end) for p in patterns["|S|~20"]]
+    if index.n_tokens > args.nearest_limit:
+        print(f"  nearest: skipped above {args.nearest_limit:,} tokens (--nearest-limit): it "
+              "reads every segment's FAISS index into memory and joins them, twice the "
+              "states in all (20 GB at 10^7 x 512, more than this machine holds)")
+    else:
+        print_row(timed("nearest k=10, first call", [
+            lambda: index.nearest(*spans[0], store.layer, store.kind, 10)], 1,
+            warm_up=False)[0])
+        print_row(timed("nearest k=10", [
+            (lambda s=s: index.nearest(*s, store.layer, store.kind, 10)) for s in spans],
+            max(3, args.repeat // 2))[0])
+    print_row(timed("sql count(*) FROM tokens", [
+        lambda: index.sql("SELECT count(*) FROM tokens")], args.repeat)[0])
 
-    def where(i: int) -> object:
-        threshold = NEURON_THRESHOLDS[i % len(NEURON_THRESHOLDS)]
-        return neurons.where(units[i], store.layer, store.kind, above=threshold,
-                             limit=NEURON_LIMIT)
-
-    def top(i: int) -> object:
-        return neurons.top(units[i], store.layer, store.kind, 20)
-
-    rows = []
-    for name, function in ((f"Index.neurons.where ({store.name})", where),
-                           (f"Index.neurons.top k=20 ({store.name})", top)):
-        time_calls(function, list(range(repeat)), repeat)  # warm up: columns read once
-        _, walls, cpus = time_calls(function, list(range(repeat)), repeat)
-        rows.append((name, walls, cpus))
-    print(f"index: {path} ({index.n_tokens:,} tokens, {store.dim} units)")
-    index.close()
-    return rows
-
-
-def print_neuron_report(rows: list, same: str | None) -> None:
-    """The neuron timings as a table, with the ratio of the plain scans to ours."""
-    print()
-    print(f"{'neuron queries':40s}{'p50 ms':>10s}{'p90 ms':>10s}{'cpu p50 ms':>12s}{'runs':>6s}")
-    for name, w, c in rows:
-        print(f"{name:40s}{percentile(w, 50):10.2f}{percentile(w, 90):10.2f}"
-              f"{statistics.median(c) * 1e3:12.2f}{len(w):6d}")
-    ours = {name: percentile(w, 50) for name, w, _ in rows}
-    if "neurons.where scan" in ours:
-        for other in ("numpy scan", "DuckDB wide table"):
-            print(f"{other + ' / ours (p50)':40s}{ours[other] / ours['neurons.where scan']:10.1f}x")
-    if same is not None:
-        print(f"same counts and first {NEURON_LIMIT} positions: {same}")
+    # LSTMVis's algorithm on the same states and selections
+    print(f"\n  LSTMVis port ({args.selections} selections of |S|~20, span {SPAN}, constrain "
+          "left, as the patterns' padding 1/0):")
+    ours_rows = {r.name: r for r in rows}
+    ranking = ours_rows["match |S|~20 ranking"]
+    full = ours_rows["match |S|~20 + histogram"]
+    for mode in ("fast", "precise"):
+        if mode == "precise" and index.n_tokens > args.precise_limit:
+            print(f"  {mode}: skipped above {args.precise_limit:,} tokens (--precise-limit)")
+            continue
+        chosen = patterns["|S|~20"]
+        row, results = timed(f"LSTMVis {mode}", [
+            (lambda p=p, m=mode: query_similar_activations(
+                store, list(p.units), p.threshold, p.sign, mode=m)) for p in chosen],
+            max(len(chosen), args.baseline_repeat), warm_up=False)
+        print_header()
+        print_row(row)
+        shared = [agreement(ours_by_pattern[p], r) for p, r in zip(chosen * 99, results)]
+        print(f"    time / lstmsearch match (p50 wall, CPU): ranking "
+              f"{ms(row.walls, 50) / ms(ranking.walls, 50):.0f}x, "
+              f"{ms(row.cpus, 50) / ms(ranking.cpus, 50):.0f}x; with histogram "
+              f"{ms(row.walls, 50) / ms(full.walls, 50):.0f}x, "
+              f"{ms(row.cpus, 50) / ms(full.cpus, 50):.0f}x")
+        print(f"    top {LIMIT} shared per selection: "
+              + ", ".join(f"{n} ({same} same |A∩S|)" for n, same in shared[: len(chosen)]))
 
 
-def neuron_report(args: argparse.Namespace, store: StateStore, rng: np.random.Generator) -> None:
-    """Time the neuron queries on the synthetic states (and on ``--index`` when given)."""
-    rows, same = neuron_rows(store, args.neuron_repeat, rng)
-    if args.index is not None:
-        rows += index_neuron_rows(args.index, args.neuron_repeat, rng)
-    print_neuron_report(rows, same)
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+def first_query(index: Index) -> None:
+    """The first match after process start: compiling (or loading) the kernels included."""
+    store = index.store(synthetic.STATE_NAME)
+    began = time.perf_counter()
+    warm = kernels.warm_up()
+    start = int(index.doc_starts[1]) + 5 if index.n_docs > 1 else 5
+    pattern = index.select(start, start + SPAN, 0.3, state=store.name)
+    wall = time.perf_counter()
+    if pattern.units:
+        index.match(pattern, LIMIT)
+    print(f"first query after process start: kernels ready in {warm:.2f} s (compiled, or "
+          f"loaded from numba's cache), then the first match {time.perf_counter() - wall:.2f} s"
+          f"; {time.perf_counter() - began:.2f} s in all")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=1_000_000)
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--pattern-size", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs of match")
-    parser.add_argument(
-        "--baseline-repeat",
-        type=int,
-        default=1,
-        help="timed runs of the numpy baseline (0: skip it)",
-    )
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--selections", type=int, default=5,
+                        help="patterns of |S|~20 (and selections for the LSTMVis port)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per query")
+    parser.add_argument("--baseline-repeat", type=int, default=5,
+                        help="timed runs of each LSTMVis mode")
+    parser.add_argument("--precise-limit", type=int, default=10_000_000,
+                        help="skip LSTMVis's precise mode above this many tokens")
+    parser.add_argument("--nearest-limit", type=int, default=2_000_000,
+                        help="skip nearest above this many tokens (memory)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=None,
-        help="where to write the states (default: a temporary directory)",
-    )
-    parser.add_argument("--only", choices=["all", "match", "neurons"], default="all",
-                        help="run only the match or only the neuron-query benchmark")
-    parser.add_argument("--neuron-repeat", type=int, default=60,
-                        help="timed runs of each neuron query")
-    parser.add_argument("--index", type=Path, default=None,
-                        help="also time Index.neurons.where/top on this index directory")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the indexes here (once) and keep them")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        began = time.perf_counter()
+    print(f"lstmsearch query benchmark: {os.cpu_count()} cores, kernels compiled: "
+          f"{kernels.COMPILED}, load average {os.getloadavg()[0]:.1f}")
+    for n in args.sizes:
         rng = np.random.default_rng(args.seed)
-        doc_starts = document_starts(args.tokens, rng)
-        store = write_states(Path(tmp), args.tokens, args.units, args.seed)
-        print(
-            f"states: {args.tokens:,} tokens x {args.units} units, {len(doc_starts) - 1:,} "
-            f"documents, written in {time.perf_counter() - began:.1f} s"
-        )
-        if args.only == "neurons":
-            neuron_report(args, store, rng)
-            return
-        pattern = choose_pattern(store, doc_starts, args.pattern_size, rng)
-        print(f"pattern: {len(pattern.units)} units, {pattern.how}")
-
-        run = partial(match, store, doc_starts, pattern, limit=args.limit)
-        result, walls, cpus = timed(run, args.repeat)
-        rows = [("lstmsearch match", walls, cpus)]
-        print(
-            f"candidates: {result.n_candidates:,}, best overlap "
-            f"{result.matches[0].overlap if result.matches else 0}"
-        )
-
-        same = "not checked"
-        if args.baseline_repeat > 0:
-            baseline = partial(lstmvis_numpy, store, doc_starts, pattern, args.limit)
-            (top, histogram), base_walls, base_cpus = timed(
-                baseline, args.baseline_repeat, warm_up=False
-            )
-            rows.append(("numpy LSTMVis", base_walls, base_cpus))
-            ours = [(m.start, m.end, m.overlap, m.extra) for m in result.matches]
-            same = "yes" if ours == top and histogram == result.length_histogram else "NO"
-
-        print()
-        print(f"{'':22s}{'p50 ms':>10s}{'p90 ms':>10s}{'cpu p50 ms':>12s}{'runs':>6s}")
-        for name, w, c in rows:
-            print(
-                f"{name:22s}{percentile(w, 50):10.1f}{percentile(w, 90):10.1f}"
-                f"{statistics.median(c) * 1e3:12.1f}{len(w):6d}"
-            )
-        if len(rows) == 2:
-            ratio = percentile(rows[1][1], 50) / percentile(rows[0][1], 50)
-            print(f"{'speed-up (p50)':22s}{ratio:10.0f}x")
-        print(f"same matches and histogram: {same}")
-        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        if args.only == "all":
-            neuron_report(args, store, rng)
+        where = args.keep or Path(tempfile.mkdtemp(prefix="lstmsearch-bench-"))
+        directory = where / f"{n}x{args.units}"
+        try:
+            if not (directory / "index").is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                synthetic.build_index(directory, n, args.units, args.seed,
+                                      log=lambda m: print("  " + m))
+            with open_index(directory / "index") as index:
+                if n == args.sizes[0]:
+                    first_query(index)
+                bench_size(index, args, rng)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(where, ignore_errors=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -564,6 +564,11 @@ def add_match(sub: argparse._SubParsersAction) -> None:
                    help=f"matches to show (default 20, at most {L.MAX_RESULTS:,})")
     p.add_argument("--no-fuzzy", action="store_true",
                    help="only spans where every unit of S is on")
+    p.add_argument("--min-length", type=L.COUNT, default=None, metavar="N",
+                   help="matches of at least N tokens (default 2 when the span has 2 or "
+                   "more, else 1; 1 also lists one-token matches)")
+    p.add_argument("--length", type=L.COUNT, default=None, metavar="N",
+                   help="matches of exactly N tokens (LSTMVis's phrase length)")
     p.add_argument("--negative", action="store_true",
                    help="select units <= -THRESHOLD instead of >= THRESHOLD")
     p.add_argument("--json", action="store_true", help="print the pattern and matches as JSON")
@@ -577,6 +582,8 @@ def run_match(args: argparse.Namespace) -> None:
     by_span = args.start is not None or args.end is not None
     if by_span == (args.phrase is not None) or (by_span and None in (args.start, args.end)):
         raise UsageError("give either --start and --end, or --phrase")
+    if args.min_length is not None and args.length is not None:
+        raise UsageError("give --min-length or --length, not both")
     options = {"pad_left": args.pad_left, "pad_right": args.pad_right,
                "sign": -1 if args.negative else 1}
     with open_index(args.index) as index:
@@ -586,7 +593,8 @@ def run_match(args: argparse.Namespace) -> None:
         else:
             pattern = index.select_phrase(args.phrase, threshold, args.layer, args.kind,
                                           doc=args.doc, occurrence=args.occurrence, **options)
-        result = index.match(pattern, limit=args.limit, fuzzy=not args.no_fuzzy)
+        result = index.match(pattern, limit=args.limit, fuzzy=not args.no_fuzzy,
+                             min_length=args.min_length, length=args.length)
         span_text = index.text(pattern.start, pattern.end)
     if args.json:
         print(json.dumps(match_json(result, span_text), indent=2, ensure_ascii=False))
@@ -594,7 +602,10 @@ def run_match(args: argparse.Namespace) -> None:
     print(f"pattern  {len(pattern.units)} units of {pattern.state}: "
           f"{' '.join(map(str, pattern.units))}")
     print(f"         {pattern.how}, document {pattern.document}, text {visible(span_text)!r}")
-    print(f"matches  {len(result.matches)} shown of {result.n_candidates:,} candidates")
+    lengths = (f"exactly {result.min_length}" if result.min_length == result.max_length
+               else f"at least {result.min_length}")
+    print(f"matches  {len(result.matches)} shown of {result.n_candidates:,} candidates "
+          f"({lengths} tokens)")
     print()
     print_table(
         ("rank", "doc", "start", "end", "overlap", "extra", "text"),
@@ -621,6 +632,8 @@ def match_json(result, span_text: str) -> dict:
                     "pad_right": p.pad_right, "how": p.how},
         "matches": [one(m) for m in result.matches],
         "query": one(result.query),
+        "min_length": result.min_length,
+        "max_length": result.max_length,
         "n_candidates": result.n_candidates,
         "length_histogram": {str(k): v for k, v in result.length_histogram.items()},
     }

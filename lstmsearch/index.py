@@ -835,7 +835,7 @@ class Index:
             )
         return start, end
 
-    def _token_offsets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def token_offsets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(doc, char_start, char_end) of every token, loaded once."""
         if self._offsets is None:
             cols = self._fetchnumpy(
@@ -932,7 +932,7 @@ class Index:
         start, end = self._check_span(start, end)
         if start == end:
             return ""
-        doc_ids, char_start, char_end = self._token_offsets()
+        doc_ids, char_start, char_end = self.token_offsets()
         parts = []
         first, last = int(doc_ids[start]), int(doc_ids[end - 1])
         for doc in range(first, last + 1):
@@ -1103,13 +1103,17 @@ class Index:
         return find_phrase(self, phrase, limit, document=doc)
 
     def match(
-        self, pattern: Pattern, limit: int = 50, fuzzy: bool = True, *, context: int = 5
+        self, pattern: Pattern, limit: int = 50, fuzzy: bool = True, *, context: int = 5,
+        min_length: int | None = None, length: int | None = None, histogram: bool = True,
     ) -> MatchResult:
-        """The spans whose units switch on like `pattern`'s, best first, with their text."""
+        """The spans whose units switch on like `pattern`'s, best first, with their text:
+        at least `min_length` tokens (default 2 for a span of 2 or more, else 1) or exactly
+        `length`; `histogram=False` skips the length histogram (faster)."""
         from lstmsearch.query import match
 
         return match(self.store(pattern.state), self.doc_starts, pattern, limit=limit,
-                     fuzzy=fuzzy, text_of=self.text, context=context)
+                     fuzzy=fuzzy, text_of=self.text, context=context, min_length=min_length,
+                     length=length, histogram=histogram)
 
     def nearest(
         self, start: int, end: int, layer: int | str, kind: str | None = None, k: int = 20,

@@ -24,7 +24,7 @@ from lstmsearch.limits import MAX_RESULTS
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, check_span, contexts
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
     from lstmsearch.store import StateStore
 
 __all__ = ["Neighbor", "exact_distances", "nearest", "neighbor_key"]
@@ -73,13 +73,14 @@ def shortlist(wanted: int) -> int:
     return max(SHORTLIST, 16 * wanted)
 
 
-def has_faiss(index: Index, store: StateStore) -> bool:
+def has_faiss(index: IndexReader, store: StateStore) -> bool:
     """Whether the index holds a FAISS index for this state."""
     found = index.sql("SELECT count(*) AS n FROM faiss_indexes WHERE name = ?", [store.name])
     return bool(found.rows[0][0])
 
 
-def faiss_candidates(index: Index, store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
+def faiss_candidates(index: IndexReader, store: StateStore, query: np.ndarray,
+                     n: int) -> np.ndarray:
     """Positions FAISS proposes for `query`: the `n` nearest of exact indexes, the
     `shortlist(n)` nearest codes of each segment's compressed one."""
     found = index.faiss(store.layer, store.kind)
@@ -119,7 +120,7 @@ def scan_candidates(store: StateStore, query: np.ndarray, n: int) -> np.ndarray:
 
 
 def nearest(
-    index: Index,
+    index: IndexReader,
     start: int,
     end: int,
     layer: int | str,

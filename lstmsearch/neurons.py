@@ -3,16 +3,18 @@ which units follow an annotation track (``Index.neurons``).
 
 - ``where(unit, layer, kind, above=T)``: the positions where the unit's stored value is
   ``x ≥ T``; ``below=T``: ``x ≤ T``; both: ``above ≤ x ≤ below``. The test is the exact
-  float16 threshold test of select and match (:func:`lstmsearch.query.is_on`), so every
-  query agrees on what "on" means. One scan of the unit's column counts every position;
-  positions come in ascending order and only the first ``limit`` get their text.
+  float16 threshold test of select and match (:func:`lstmsearch.query.on_bit_ranges`), so
+  every query agrees on what "on" means. One compiled scan of the unit's column, segment by
+  segment, counts every position; positions come in ascending order and only the first
+  ``limit`` get their text.
 - ``top(unit, layer, kind, k)``: the ``k`` highest (``lowest=True``: lowest) stored values,
   ties broken by the lowest position. Read from the index's precomputed top-K table when
   ``k`` is within it (K = 100 per unit); a larger ``k`` is answered by a scan of the column
   with the same order, and the result says which was used.
 - ``stats(unit, layer, kind)``: the unit's precomputed statistics.
 - ``correlate(track, layer, kind)``: every unit ranked by |Pearson r| with a numeric
-  annotation track (e.g. parens depth), over the tokens where the track has a value.
+  annotation track (e.g. parens depth), over the tokens where the track has a value: one
+  blocked pass over all the columns (:func:`correlate_columns`).
 
 The state is named by a layer and a kind (``1, "c"``) or by its name (``"layers.1.c"``).
 """
@@ -21,18 +23,27 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lstmsearch.analysis.units import UnitCorrelation, correlate_units
+from lstmsearch.analysis.units import UnitCorrelation
+from lstmsearch.kernels import (
+    column_moments,
+    count_where,
+    first_where,
+    float16_table,
+    ranges_array,
+    run_tasks,
+)
 from lstmsearch.limits import MAX_RESULTS
-from lstmsearch.query import is_on
+from lstmsearch.query import on_bit_ranges
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, contexts
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
     from lstmsearch.store import StateStore
 
 __all__ = [
@@ -46,9 +57,6 @@ __all__ = [
     "scan",
     "scan_top",
 ]
-
-SCAN_BLOCK = 1 << 16
-"""Positions searched at a time for the first hits once the total count is known."""
 
 
 # --- results -------------------------------------------------------------------------------
@@ -154,33 +162,37 @@ def describe_test(above: float | None, below: float | None) -> str:
     return f"x ≥ {above:g}" if above is not None else f"x ≤ {below:g}"
 
 
-def on_mask(column: np.ndarray, above: float | None, below: float | None) -> np.ndarray:
-    """Where the stored float16 ``column`` passes ``x ≥ above`` and/or ``x ≤ below``."""
-    mask = None
+def bound_test(above: float | None, below: float | None) -> np.ndarray:
+    """``x ≥ above`` and/or ``x ≤ below`` as the bit-range tests of the compiled scans: the
+    exact float16 threshold test of select and match (:func:`lstmsearch.query.on_bit_ranges`)."""
+    tests = []
     if above is not None:
-        mask = is_on(column, above, 1)
+        tests.append(on_bit_ranges(above, 1))
     if below is not None:
-        # sign -1 tests x ≤ -threshold
-        low = is_on(column, -below, -1)
-        mask = low if mask is None else np.logical_and(mask, low, out=mask)
-    if mask is None:
+        tests.append(on_bit_ranges(-below, -1))  # sign -1 tests x ≤ -threshold
+    if not tests:
         raise ValueError("give a bound: above=, below= or both")
-    return mask
+    return ranges_array(tests[0], tests[-1])
 
 
-def first_positions(mask: np.ndarray, limit: int, count: int) -> np.ndarray:
-    """The first ``limit`` positions where ``mask`` is set (``count`` of them in all),
-    reading only as far as needed."""
-    if limit >= count:
-        return np.flatnonzero(mask)
-    found, n = [], 0
-    for a in range(0, len(mask), SCAN_BLOCK):
-        block = np.flatnonzero(mask[a : a + SCAN_BLOCK])
-        found.append(block + a)
-        n += len(block)
-        if n >= limit:
-            break
-    return np.concatenate(found)[:limit] if found else np.zeros(0, dtype=np.int64)
+def scan_pieces(
+    pieces: Sequence[tuple[int, np.ndarray]], above: float | None = None,
+    below: float | None = None, limit: int = 50,
+) -> tuple[int, np.ndarray]:
+    """(number of positions passing the test, the first ``limit`` of them ascending) in a
+    column given as ``(first position, float16 values)`` pieces, one compiled pass each."""
+    above, below = check_bound("above", above), check_bound("below", below)
+    limit = check_count("limit", limit, minimum=0, maximum=MAX_RESULTS)
+    test = bound_test(above, below)
+    count, found = 0, []
+    for first, values in pieces:
+        bits = np.asarray(values).view(np.uint16)
+        count += count_where(bits, test)
+        wanted = limit - sum(len(f) for f in found)
+        if wanted > 0:
+            out = np.empty(wanted, np.int64)
+            found.append(out[: first_where(bits, test, out)] + first)
+    return count, np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def scan(
@@ -188,11 +200,10 @@ def scan(
 ) -> tuple[int, np.ndarray]:
     """(number of positions passing the test, the first ``limit`` of them ascending) in one
     stored float16 column."""
-    above, below = check_bound("above", above), check_bound("below", below)
-    limit = check_count("limit", limit, minimum=0, maximum=MAX_RESULTS)
-    mask = on_mask(column, above, below)
-    count = int(np.count_nonzero(mask))
-    return count, first_positions(mask, limit, count)
+    column = np.asarray(column)
+    if column.dtype != np.float16:
+        raise ValueError(f"stored values must be float16, got {column.dtype}")
+    return scan_pieces([(0, np.ascontiguousarray(column))], above, below, limit)
 
 
 def scan_top(column: np.ndarray, k: int, lowest: bool = False) -> np.ndarray:
@@ -213,6 +224,59 @@ def scan_top(column: np.ndarray, k: int, lowest: bool = False) -> np.ndarray:
     return chosen[order].astype(np.int64)
 
 
+# --- correlation with a track -------------------------------------------------------------------
+
+CORRELATE_UNITS = 16
+"""Units per task of the correlation pass (tasks run on every core)."""
+_FLOAT16_VALUES = float16_table()
+
+
+def correlate_columns(store: StateStore, track: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pearson r of every unit with ``track`` over the tokens where the track is finite,
+    and the number of such tokens; a constant unit or track gives r = 0.
+
+    One blocked pass over the stored columns, segment by segment: float16 values are summed
+    in float32 over blocks of a few thousand tokens, the blocks in float64, each unit
+    shifted by its mean over the first block and the track centred on its exact mean, so
+    that the sums of squares do not cancel. The blocks are fixed global positions, so an
+    index of many segments gives exactly the answer of one.
+    """
+    y = np.asarray(track, dtype=np.float64)
+    if y.shape != (store.n_tokens,):
+        raise ValueError(f"track has {y.size} values, the state {store.n_tokens} tokens")
+    valid = np.isfinite(y)
+    n = int(valid.sum())
+    if n < 2:
+        return np.zeros(store.dim), n
+    centred = np.where(valid, y - y[valid].mean(), 0.0)
+    vy = float((centred * centred).sum())
+    first = np.asarray(store.block(slice(None), 0, min(store.n_tokens, 4096)), np.float64)
+    with np.errstate(invalid="ignore"):
+        shift = np.nan_to_num(np.nanmean(np.where(np.isfinite(first), first, np.nan), axis=1)
+                              if first.size else np.zeros(store.dim))
+    weight = valid.astype(np.float32)
+    centred32 = centred.astype(np.float32)
+    sums = np.zeros((store.dim, 4))
+    carry = np.zeros((store.dim, 3), np.float32)  # a block's float32 sums across segments
+    parts = [(a, np.asarray(v).view(np.uint16)) for a, v in store.parts(slice(None))]
+
+    def units(u0: int, u1: int) -> None:
+        for a, bits in parts:
+            b = a + bits.shape[1]
+            column_moments(bits, a, u0, u1, _FLOAT16_VALUES, centred32[a:b], weight[a:b],
+                           shift, sums, carry)
+        sums[u0:u1, :3] += carry[u0:u1]
+
+    run_tasks(units, [(u, min(store.dim, u + CORRELATE_UNITS))
+                      for u in range(0, store.dim, CORRELATE_UNITS)])
+    sx, sxx, sxy = sums[:, 0], sums[:, 1], sums[:, 2]
+    vx = sxx - sx * sx / n
+    r = np.zeros(store.dim)
+    ok = (vx > 1e-6 * np.maximum(sxx, 1e-30)) & (vy > 0)  # below: float32 rounding, constant
+    r[ok] = sxy[ok] / np.sqrt(vx[ok] * vy)
+    return np.clip(r, -1.0, 1.0), n
+
+
 # --- the queries -------------------------------------------------------------------------------
 
 
@@ -223,7 +287,7 @@ class Neurons:
     between threads.
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: IndexReader) -> None:
         self.index = index
         self._lock = threading.Lock()
         self._tops: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
@@ -268,7 +332,7 @@ class Neurons:
         above, below = check_bound("above", above), check_bound("below", below)
         if above is None and below is None:
             raise ValueError("give a bound: above=T (x ≥ T), below=T (x ≤ T) or both")
-        count, positions = scan(store.column(unit), above, below, limit)
+        count, positions = scan_pieces(store.pieces(unit), above, below, limit)
         return NeuronHits(
             state=store.name, layer=store.layer, kind=store.kind, unit=unit,
             how=describe_test(above, below), count=count,
@@ -377,7 +441,7 @@ class Neurons:
         values = self.index.track(track)
         if not np.isfinite(values).any():
             raise ValueError(f"track {track!r} has no numeric values to correlate with")
-        r, n = correlate_units(store.tokens_by_units(), values)
+        r, n = correlate_columns(store, values)
         ranked = sorted(
             (UnitCorrelation(u, float(r[u]), n) for u in range(store.dim)), key=correlation_key
         )

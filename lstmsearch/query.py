@@ -4,8 +4,15 @@ Positions and spans
 -------------------
 Positions are global token indices over the whole index. Every span is half-open like a
 Python slice: ``[start, end)`` holds the tokens ``start .. end - 1``. Document ``d`` occupies
-``[doc_starts[d], doc_starts[d + 1])``. Padding positions outside a span's document do not
-exist and constrain nothing.
+``[doc_starts[d], doc_starts[d + 1])``.
+
+Document edges: no state is stored before a document's first token or after its last, so
+nothing shows a unit off there. Padding positions outside a span's document count as on for
+every unit (:data:`OUTSIDE_ON`): a span whose padding reaches outside its document keeps no
+unit, neither in select nor among the matches (padding 0 finds spans at the edges). Treating
+them as the model's initial state instead (zero: every unit off for a positive threshold)
+let every unit that is on at a document's first token count as switching on there, and such
+spans filled most of the top 50 on states that restart at each document.
 
 Threshold space
 ---------------
@@ -19,8 +26,8 @@ select
 ------
 ``select(store, doc_starts, start, end, threshold, pad_left, pad_right, sign)`` returns the
 :class:`Pattern` ``S``: the units that are on at every position of ``[start, end)`` and off at
-every position of ``[start - pad_left, start) ∪ [end, end + pad_right)`` that lies inside the
-span's document. An empty ``S`` is a valid pattern; matching it is an error.
+every position of ``[start - pad_left, start) ∪ [end, end + pad_right)`` (outside the
+document: every unit on). An empty ``S`` is a valid pattern; matching it is an error.
 
 match
 -----
@@ -31,30 +38,36 @@ match
   document (runs never cross a document boundary; one-token runs count). A span that is a
   maximal run for several ``k`` is one candidate. The pattern's own span is always a
   candidate; it is added when it is not already a maximal run.
+* Length: a candidate has at least ``min_length`` tokens (default 2 when the pattern's span
+  has 2 or more tokens, as in LSTMVis, else 1) or, with ``length=N``, exactly ``N`` (LSTMVis's
+  ``phrase_length``); shorter and longer runs are not candidates. The pattern's own span
+  competes only when its length obeys the same rule (it is always evaluated).
 * For a candidate ``[a, b)``: ``A`` is the set of units, among all units of the store, that are
   on at every position of ``[a, b)`` and off at every position of the padding
-  ``[a - pad_left, a) ∪ [b, b + pad_right)`` inside the document (the pattern's padding).
-  ``overlap = |A ∩ S|`` and ``extra = |A \\ S|``. Candidates with ``overlap == 0`` are not
-  matches.
+  ``[a - pad_left, a) ∪ [b, b + pad_right)`` (the pattern's padding; outside the document,
+  every unit on). ``overlap = |A ∩ S|`` and ``extra = |A \\ S|``. Candidates with
+  ``overlap == 0`` are not matches.
 * Ranking (:func:`match_sort_key`): overlap descending, then extra ascending (that is
   ``|A ∪ S|`` ascending), then ``|length - pattern length|`` ascending, then start ascending,
   then end ascending (the last key only makes the order total).
 * The result holds the top ``limit`` matches, the pattern's own span evaluated the same way
   (:attr:`MatchResult.query`), the number of candidates and the length histogram of all
-  candidates (length -> number of candidates).
+  candidates (length -> number of candidates); ``histogram=False`` leaves out the last two,
+  and the ranking then skips every stretch of the index where fewer units of ``S`` are on
+  than the best candidates have.
 
 The fast path
 -------------
-``match`` reads only the columns of ``S`` over the whole index, thresholds them and packs
-their on-bits 8 units to a byte per position; ``count`` is a popcount. A span is a candidate
-exactly when the minimum count inside it exceeds the counts just outside it in its document
-(and ``|S| - 1`` without fuzzy matching), so candidates of up to ``_SHORT`` tokens are counted
-for every length at once with running minima over the whole index, and longer ones are listed
-by pairing their first and last positions level by level; no Python loop runs over positions.
-Every candidate has a cheap upper bound on its overlap (the units of ``S`` on at its first and
-last position and off on the adjacent padding); candidates are evaluated exactly in
-descending bound order until ``limit`` matches are settled, and only those read the other
-units (for ``extra``), at their own positions.
+``match`` reads only the columns of ``S``, in place, segment by segment, in compiled loops
+(:mod:`lstmsearch.kernels`) on every core: one pass counts, per position, the units of ``S``
+that are on (``count``) and those also off on the padding before and after it (``up``,
+``down``). A span is a candidate exactly when the minimum count inside it exceeds the counts
+just outside it in its document, so one stack pass per document lists every candidate once,
+with its length (for the histogram) and an upper bound on its overlap: the least of its
+minimum count, ``up[a]`` and ``down[b - 1]``. Each task keeps only the candidates with the highest bounds; they are
+evaluated exactly in descending bound order until ``limit`` matches are settled (when they
+are not, the next band of bounds is listed again), and only those read the other units (for
+``extra``), at their own positions.
 """
 
 from __future__ import annotations
@@ -67,6 +80,16 @@ from typing import Protocol
 
 import numpy as np
 
+from lstmsearch.kernels import (
+    HISTOGRAM_LENGTHS,
+    count_pattern,
+    exact_overlaps,
+    list_runs,
+    ranges_array,
+    run_tasks,
+    runs_from,
+    threads,
+)
 from lstmsearch.limits import MAX_CONTEXT, MAX_PADDING, MAX_RESULTS
 
 __all__ = [
@@ -85,8 +108,9 @@ _POS_INF_BITS = 0x7C00  # float16 +inf; larger positive bit patterns are NaN
 _NEG_ZERO_BITS = 0x8000  # float16 -0.0; negative values grow in magnitude with the bits
 _NEG_INF_BITS = 0xFC00  # float16 -inf; larger bit patterns are NaN
 _SELECT_CHUNK = 8192  # positions per block read by select
-_BATCH_POSITIONS = 1 << 14  # positions of all units read at once when evaluating candidates
 _DEFAULT_CONTEXT = 5  # tokens of context on each side of a match
+OUTSIDE_ON = True
+"""Padding outside a span's document counts as on for every unit (see the module docstring)."""
 
 BitRanges = tuple[tuple[int, int], ...]  # inclusive ranges of uint16 float16 bit patterns
 
@@ -110,6 +134,13 @@ class StateColumns(Protocol):
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """Values of all units at sorted ``positions`` (float16, ``(dim, len(positions))``)."""
+        ...
+
+    def parts(self, units: Sequence[int] | slice, positions: np.ndarray | None = None
+              ) -> list[tuple[int, np.ndarray]]:
+        """``(first position, float16 (dim, n) array)`` of each segment, in order, each
+        holding whole documents; read in place by the compiled scans (``units``, in the
+        segments holding ``positions`` or in all, are checked first)."""
         ...
 
 
@@ -345,8 +376,10 @@ class MatchResult:
     pattern: Pattern
     matches: tuple[Match, ...]  # best first, at most `limit`
     query: Match  # the pattern's own span, evaluated like every candidate
-    length_histogram: dict[int, int]  # candidate length -> number of candidates
-    n_candidates: int
+    length_histogram: dict[int, int] | None  # candidate length -> number (None: not asked)
+    n_candidates: int | None
+    min_length: int = 1  # the shortest match allowed (tokens)
+    max_length: int | None = None  # the longest (None: no limit)
 
 
 class _Ranked(Protocol):
@@ -447,6 +480,9 @@ def select(
         inside = (positions >= start) & (positions < end)
         on_throughout &= on[:, inside].all(axis=1)
         on_in_padding |= on[:, ~inside].any(axis=1)
+    first, stop = docs.bounds(document)
+    if OUTSIDE_ON and (start - pad_left < first or end + pad_right > stop):
+        on_in_padding[:] = True  # the padding leaves the document: no unit is shown off
     units = np.flatnonzero(on_throughout & ~on_in_padding)
     return Pattern(
         state=store.name,
@@ -465,284 +501,166 @@ def select(
 
 
 # ---------------------------------------------------------------------------------------
-# match: dense pass over the pattern's columns
+# match: the pattern's counts and its candidate runs (compiled: lstmsearch.kernels)
 # ---------------------------------------------------------------------------------------
 
+_TASK_TOKENS = 1 << 20  # positions per counting task (several tasks per core at 10^7)
+_KEEP = 1024  # candidates a run-listing task keeps at most: those with the highest bounds
+_SAMPLE = 1 << 16  # positions sampled to guess the lowest bound the ranking needs
+_SPARE = 16  # candidate starts sought per match wanted, in that guess
 
-class _PatternBits:
-    """The on-bits of the pattern's units at every position, packed 8 units per byte.
 
-    ``rows[g][t]`` has bit ``j`` set when unit ``units[8 * g + j]`` is on at ``t``;
-    ``counts[t]`` is the number of pattern units on at ``t``.
-    """
+def _parts(store: StateColumns, docs: _Documents, units: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The store's segments as ``(first position, uint16 (dim, n) bits)``, each holding whole
+    documents (the padding of a document never reaches into another segment)."""
+    parts = [(int(first), np.asarray(values).view(np.uint16))
+             for first, values in store.parts(units)]
+    firsts = np.array([first for first, _ in parts[1:]], np.int64)
+    inside = firsts[~np.isin(firsts, docs.starts)]
+    if inside.size:
+        raise ValueError(f"{store.name}: a segment starts at {inside[0]}, inside a document")
+    return parts
 
-    def __init__(self, store: StateColumns, units: tuple[int, ...], ranges: BitRanges) -> None:
+
+class _PatternScan:
+    """The pattern's units at every position of the index: ``counts[t]`` units on,
+    ``up[t]``/``down[t]`` of them also off on the padding before/after ``t`` (inside the
+    document; outside it every unit is on). Counted segment by segment on all cores."""
+
+    def __init__(self, store: StateColumns, docs: _Documents, pattern: Pattern,
+                 ranges: BitRanges) -> None:
+        self.docs, self.pattern = docs, pattern
+        self.units = np.array(pattern.units, np.int64)
+        self.bit_ranges = ranges
+        self.ranges = ranges_array(ranges)
+        self.parts = _parts(store, docs, self.units)
         n = store.n_tokens
-        self.rows = np.zeros((-(-len(units) // 8), n), np.uint8)
-        on = np.empty(n, bool)
-        scratch = np.empty(n, np.uint16)
-        shifted = np.empty(n, np.uint8)
-        for i, unit in enumerate(units):
-            column = np.asarray(store.column(unit))
-            _on_into(column.view(np.uint16), ranges, on, scratch)
-            np.multiply(on.view(np.uint8), np.uint8(1 << (i % 8)), out=shifted)
-            np.bitwise_or(self.rows[i // 8], shifted, out=self.rows[i // 8])
-        self.counts = _popcount_rows(self.rows, np.uint8 if len(units) < 256 else np.uint16)
+        dtype = np.uint8 if self.units.size < 256 else np.uint16
+        self.counts = np.empty(n, dtype)
+        self.up = np.empty(n, dtype) if pattern.pad_left else self.counts
+        self.down = np.empty(n, dtype) if pattern.pad_right else self.counts
+        tasks = []
+        step = min(_TASK_TOKENS, -(-n // (2 * threads())))  # at least two tasks per core
+        for first, bits in self.parts:
+            stop = first + bits.shape[1]
+            for a in range(first, stop, step):
+                b = min(stop, a + step)
+                d0, d1 = docs.of(a), docs.of(b - 1)
+                tasks.append((bits, first, self.units, docs.starts[d0 : d1 + 2], a, b,
+                              self.ranges, pattern.pad_left, pattern.pad_right, OUTSIDE_ON,
+                              self.counts[a:b], self.up[a:b], self.down[a:b]))
+        run_tasks(count_pattern, tasks)
 
-    def padding_or(
-        self, docs: _Documents, positions: np.ndarray, width: int, side: int
-    ) -> np.ndarray:
-        """Pattern units on somewhere in the padding next to each of a few positions.
-
-        The padding is the ``width`` positions before (``side=-1``) or after (``side=+1``)
-        each position, inside its document. Returns packed bits, ``(groups, len(positions))``.
-        """
-        out = np.zeros((self.rows.shape[0], positions.size), np.uint8)
-        if positions.size == 0 or width == 0:
-            return out
-        documents = docs.of(positions)
-        first, stop = docs.starts[documents], docs.starts[documents + 1]
-        for step in range(1, width + 1):
-            other = positions + side * step
-            inside = (other >= first) & (other < stop)
-            out[:, inside] |= self.rows[:, other[inside]]
-        return out
-
-    def free_counts(self, docs: _Documents, width: int, side: int) -> np.ndarray:
-        """Per position ``t``, the pattern units on at ``t`` and off on the padding next to it.
-
-        This bounds the overlap of every candidate that starts (``side=-1``) or ends
-        (``side=+1``) at ``t``. The shifted ORs run over the whole index at once; the positions
-        within ``width`` of a document edge, whose padding is cut short, are redone exactly.
-        """
-        rows = self.rows
-        n = rows.shape[1]
-        width = min(width, n)
-        if width == 0:
-            return self.counts
-        padding = np.zeros_like(rows)
-        for step in range(1, width + 1):
-            if side < 0:
-                padding[:, step:] |= rows[:, :-step]
-            else:
-                padding[:, :-step] |= rows[:, step:]
-        edges = docs.firsts if side < 0 else docs.lasts
-        near = (edges[:, None] - side * np.arange(width)[None, :]).ravel()
-        near = np.unique(near[(near >= 0) & (near < n)])
-        padding[:, near] = self.padding_or(docs, near, width, side)
-        np.invert(padding, out=padding)
-        padding &= rows
-        return _popcount_rows(padding, self.counts.dtype)
+    def overlaps(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """``|A ∩ S|`` of each span: pattern units on throughout and off on the padding."""
+        return _overlaps(self.parts, self.docs, self.pattern, self.bit_ranges, self.units,
+                         starts, ends)
 
 
-def _popcount_rows(rows: np.ndarray, dtype) -> np.ndarray:
-    """Number of set bits per column of a (groups, n) uint8 array."""
-    total = np.bitwise_count(rows[0]).astype(dtype)
-    for row in rows[1:]:
-        np.add(total, np.bitwise_count(row), out=total, casting="unsafe")
-    return total
+def _document_groups(docs: _Documents, n_groups: int) -> list[np.ndarray]:
+    """The documents split into about ``n_groups`` ranges of similar token counts, each as
+    its slice of ``docs.starts`` (starts, then the end of the last)."""
+    n = docs.n_tokens
+    cuts = np.searchsorted(docs.starts, np.linspace(0, n, n_groups + 1)[1:-1], side="left")
+    cuts = np.unique(np.concatenate([[0], cuts, [docs.starts.size - 1]]))
+    return [docs.starts[a : b + 1] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-# ---------------------------------------------------------------------------------------
-# match: candidate runs
-# ---------------------------------------------------------------------------------------
+class _Candidates:
+    """The candidate runs of a match: how many have each bound (exactly for the bounds from
+    ``exact_from`` up), the spans of those with the highest bounds (from ``complete_from``
+    up; lower bands are listed when the ranking needs them) and, when asked for, the length
+    histogram of all of them.
 
-_SHORT = 16  # candidates of up to this many tokens are counted densely; longer ones are listed
+    With the histogram, one stack pass over every position lists them all
+    (:func:`lstmsearch.kernels.list_runs`); without it, candidates are found from the few
+    positions where enough units switch on (:func:`lstmsearch.kernels.runs_from`)."""
 
+    def __init__(self, scan: _PatternScan, min_level: int, min_length: int,
+                 max_length: int, every: bool, limit: int) -> None:
+        self.scan = scan
+        self.rule = (min_level, min_length, max_length)
+        self.n_levels = int(scan.units.size)
+        self.bound_counts = np.zeros(self.n_levels + 1, np.int64)
+        self.histogram: np.ndarray | None = None
+        empty = np.zeros(0, np.int64)
+        self.starts, self.ends, self.bounds = empty, empty, empty
+        low = self._first_low(limit)
+        self.complete_from = self.exact_from = self.n_levels + 1
+        if every:
+            self._list_every(low)
+        else:
+            self.between(low, self.n_levels + 1)
 
-def _neighbour_counts(counts: np.ndarray, docs: _Documents) -> tuple[np.ndarray, np.ndarray]:
-    """``before[t]``/``after[t]``: count at ``t - 1``/``t + 1`` in the same document, else 0."""
-    before = np.empty_like(counts)
-    before[0] = 0
-    before[1:] = counts[:-1]
-    before[docs.firsts] = 0
-    after = np.empty_like(counts)
-    after[-1] = 0
-    after[:-1] = counts[1:]
-    after[docs.lasts] = 0
-    return before, after
+    def _first_low(self, limit: int) -> int:
+        """A first guess of the lowest bound the ranking needs: the highest ``b`` such that,
+        in a sample, ``_SPARE * limit`` positions have ``up >= b`` (a candidate's bound is
+        at most ``up`` at its start). Lower bounds are listed later if needed."""
+        up = self.scan.up
+        step = max(1, up.size // _SAMPLE)
+        above = np.cumsum(np.bincount(up[::step], minlength=self.n_levels + 1)[::-1])[::-1]
+        enough = np.flatnonzero(above * step >= _SPARE * limit)
+        return max(1, int(enough[-1]) if enough.size else 1)
 
+    def _list_every(self, low: int) -> None:
+        """One stack pass over every group of documents, on all cores: the histogram, the
+        count of every bound, and the spans with the highest bounds (from ``low`` up, fewer
+        when there are too many)."""
+        s = self.scan
+        groups = _document_groups(s.docs, 2 * threads())
+        found = run_tasks(list_runs, [
+            (s.counts, s.up, s.down, group, *self.rule, low, self.n_levels + 1, _KEEP,
+             2 * _KEEP, self.n_levels, True) for group in groups])
+        self.bound_counts = np.sum([f[4] for f in found], axis=0)
+        self.exact_from = 1
+        longest = max([0] + [int(f[6].max(initial=0)) for f in found])
+        histogram = np.zeros(max(HISTOGRAM_LENGTHS, longest + 1), np.int64)
+        for f in found:
+            histogram[:HISTOGRAM_LENGTHS] += f[5]
+            np.add.at(histogram, f[6], 1)
+        self.histogram = histogram
+        self.complete_from = max(int(f[3]) for f in found)  # every bound >= it is listed
+        starts, ends, bounds = (np.concatenate([f[i] for f in found]) for i in range(3))
+        keep = bounds >= self.complete_from
+        self.starts, self.ends = starts[keep], ends[keep]
+        self.bounds = bounds[keep].astype(np.int64)
 
-def _expand_levels(
-    positions: np.ndarray, low: np.ndarray, high: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A ``(position, level)`` pair for every level in ``(low[i], high[i]]``, in input order."""
-    low = low.astype(np.int64)
-    repeats = np.maximum(high.astype(np.int64) - low, 0)
-    offsets = np.cumsum(repeats) - repeats
-    where = np.repeat(positions, repeats)
-    levels = np.repeat(low + 1 - offsets, repeats) + np.arange(where.size)
-    return where, levels
+    def _list_band(self, low: int, high: int) -> None:
+        """Add every candidate with a bound in ``[low, high)``, found from its first
+        position (``up >= low`` there), on all cores."""
+        s = self.scan
+        starts = np.flatnonzero(s.up >= low)
+        documents = s.docs.of(starts)
+        firsts, stops = s.docs.starts[documents], s.docs.starts[documents + 1]
+        before = np.where(starts > firsts, s.counts[starts - 1], 0).astype(np.int64)
+        floor = np.maximum(np.maximum(before + 1, low), self.rule[0])
+        room = np.maximum(s.counts[starts].astype(np.int64) - floor + 1, 0)  # levels a start opens
+        tasks = []
+        for part in np.array_split(np.arange(starts.size), 2 * threads()):
+            if part.size:
+                tasks.append((s.counts, s.up, s.down, starts[part], firsts[part], stops[part],
+                              *self.rule, low, high, int(room[part].sum()), self.n_levels))
+        found = run_tasks(runs_from, tasks)
+        if found:
+            self.starts, self.ends, self.bounds = (
+                np.concatenate([old, *(f[i] for f in found)]).astype(np.int64)
+                for i, old in enumerate((self.starts, self.ends, self.bounds)))
+            if low < self.exact_from:
+                band = np.sum([f[3] for f in found], axis=0)
+                self.bound_counts[low : self.exact_from] = band[low : self.exact_from]
+        self.exact_from = min(self.exact_from, low)
+        self.complete_from = low
 
-
-def _add_histograms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sum of two bincount histograms of possibly different lengths."""
-    if b.size > a.size:
-        a, b = b, a
-    a = a.astype(np.int64, copy=True)
-    a[: b.size] += b
-    return a
-
-
-class _CandidateSet:
-    """All distinct candidate spans of a match, with an upper bound on each one's overlap.
-
-    ``[t, t + L)`` is a candidate iff ``min(count[t : t + L])`` exceeds ``before(t)``,
-    ``after(t + L - 1)`` and ``min_level - 1``, the window lying inside one document
-    (``before``/``after`` are the counts just outside the span in its document, 0 outside).
-
-    * Short candidates (``L <= _SHORT``) are counted for every ``L`` with dense running minima
-      over the whole index; the spans themselves are rebuilt only at the few positions the
-      ranking asks for.
-    * A run of level ``k`` is long iff its first ``_SHORT + 1`` counts are all ``>= k`` (and,
-      read backwards, its last ``_SHORT + 1``), so the starts and last positions of long runs
-      are found densely, expanded into (position, level) pairs and paired level by level.
-
-    The bound of ``[a, b)`` is ``min(up[a], down[b - 1])``: the pattern units on at its first
-    (last) position and off on the padding before (after) it. ``|A ∩ S|`` never exceeds it.
-    """
-
-    def __init__(
-        self,
-        counts: np.ndarray,
-        docs: _Documents,
-        min_level: int,
-        up: np.ndarray,
-        down: np.ndarray,
-    ) -> None:
-        self.counts, self.docs, self.up, self.down = counts, docs, up, down
-        self.floor = min_level - 1  # a run's level must exceed this
-        self.max_level = int(counts.max(initial=0))
-        self.before, self.after = _neighbour_counts(counts, docs)
-        self.histogram = np.zeros(_SHORT + 1, np.int64)
-        window_min = self._count_short()
-        self.long_starts, self.long_ends = self._list_long(window_min)
-        self.long_bounds = np.minimum(up[self.long_starts], down[self.long_ends - 1])
-        self.histogram = _add_histograms(
-            self.histogram, np.bincount(self.long_ends - self.long_starts)
-        )
-        self.max_bound = int(max(up.max(initial=0), self.long_bounds.max(initial=0)))
-        self._pool_low = self.max_bound + 1
-        self._pool = np.zeros(0, np.int64)
-        self._sample_short_bounds()
-
-    def _count_short(self) -> np.ndarray:
-        """Fill the histogram of short candidates; return the minima of long windows.
-
-        ``window_min[t]`` is ``min(count[t : t + L])`` for the current ``L`` (0 when the window
-        leaves the index or crosses into the next document); it is returned for
-        ``L = _SHORT + 1``.
-        """
-        counts, before, after = self.counts, self.before, self.after
-        n = counts.size
-        window_min = counts.copy()
-        limit = np.empty_like(counts)
-        is_candidate = np.empty(n, bool)
-        inner_firsts = self.docs.firsts[self.docs.firsts > 0]
-        for length in range(1, _SHORT + 2):
-            size = n - length + 1
-            if size <= 0:
-                window_min[:] = 0
-                break
-            if length > 1:
-                np.minimum(window_min[:size], counts[length - 1 :], out=window_min[:size])
-                window_min[size] = 0
-                crossing = inner_firsts - (length - 1)
-                window_min[crossing[crossing >= 0]] = 0
-            if length <= _SHORT:
-                np.maximum(before[:size], after[length - 1 :], out=limit[:size])
-                if self.floor > 0:
-                    np.maximum(limit[:size], self.floor, out=limit[:size])
-                np.greater(window_min[:size], limit[:size], out=is_candidate[:size])
-                self.histogram[length] = np.count_nonzero(is_candidate[:size])
-        return window_min
-
-    def _list_long(self, window_min: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct long candidates ``(starts, ends)``, each kept at its lowest level.
-
-        ``window_min[t]`` is the minimum count over the ``_SHORT + 1`` positions from ``t``, so
-        the level-``k`` run starting at ``t`` is long iff ``before(t) < k <= window_min[t]``,
-        and the one whose last position is ``s`` iff ``after(s) < k <= window_min[s - _SHORT]``.
-        """
-        reach = _SHORT
-        start_low, last_low = self.before, self.after
-        if self.floor > 0:
-            start_low = np.maximum(start_low, self.floor)
-            last_low = np.maximum(last_low, self.floor)
-        starts = np.flatnonzero(window_min > start_low)
-        lasts = np.flatnonzero(window_min[: max(0, window_min.size - reach)] > last_low[reach:])
-        start_at, start_level = _expand_levels(starts, start_low[starts], window_min[starts])
-        last_at, last_level = _expand_levels(
-            lasts + reach, last_low[lasts + reach], window_min[lasts]
-        )
-        # at each level, long runs start and end alternately: the i-th start pairs the i-th last
-        level_type = np.uint8 if self.max_level < 256 else np.uint16  # radix-sorted
-        start_order = np.argsort(start_level.astype(level_type), kind="stable")
-        start_at, level = start_at[start_order], start_level[start_order]
-        last_at = last_at[np.argsort(last_level.astype(level_type), kind="stable")]
-        lowest = np.maximum(np.maximum(self.before[start_at], self.after[last_at]), self.floor)
-        keep = level == lowest.astype(np.int64) + 1
-        return start_at[keep], last_at[keep] + 1
-
-    def _sample_short_bounds(self) -> None:
-        """A strided sample of ``up`` where a run can start, for estimates only."""
-        step = max(1, self.counts.size // 16384)
-        can_start = self.counts[::step] > self.before[::step]
-        self._sample_step = step
-        self._sample_up = np.sort(self.up[::step][can_start])
-        n_starts = max(1, int(can_start.sum()))
-        self._per_start = int(self.histogram[1 : _SHORT + 1].sum()) / (n_starts * step)
-
-    def estimate_between(self, low: int, high: int) -> float:
-        """Roughly how many candidates have a bound in ``[low, high)`` (guides batch sizes)."""
-        long = np.count_nonzero((self.long_bounds >= low) & (self.long_bounds < high))
-        sample = np.searchsorted(self._sample_up, [low, high])
-        return long + (sample[1] - sample[0]) * self._sample_step * self._per_start
+    def count_between(self, low: int, high: int) -> int:
+        """How many candidates have a bound in ``[low, high)`` (``low >= exact_from``)."""
+        return int(self.bound_counts[max(low, 0) : max(high, 0)].sum())
 
     def between(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
         """``(starts, ends)`` of every candidate whose bound lies in ``[low, high)``."""
-        chosen = (self.long_bounds >= low) & (self.long_bounds < high)
-        short_starts, short_ends = self._short_between(low, high)
-        return (
-            np.concatenate([self.long_starts[chosen], short_starts]),
-            np.concatenate([self.long_ends[chosen], short_ends]),
-        )
-
-    def _short_between(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        """Short candidates with a bound in ``[low, high)``, rebuilt from their start positions.
-
-        A short candidate's bound is at most ``up`` at its start, so only positions with
-        ``up >= low`` are visited; they are kept in a pool so that a lower ``low`` rescans
-        the index only when it goes below the pool.
-        """
-        if low < self._pool_low:
-            self._pool_low = low
-            self._pool = np.flatnonzero(self.up >= low)
-        at = self._pool[self.up[self._pool] >= low]
-        found = [
-            self._short_at(part, low, high)
-            for part in np.array_split(at, max(1, at.size // _BATCH_POSITIONS))
-        ]
-        return (
-            np.concatenate([f[0] for f in found]),
-            np.concatenate([f[1] for f in found]),
-        )
-
-    def _short_at(self, at: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        """Short candidates starting at positions ``at`` with a bound in ``[low, high)``."""
-        if at.size == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        n = self.counts.size
-        stop = self.docs.starts[self.docs.of(at) + 1]
-        window = at[:, None] + np.arange(_SHORT)[None, :]
-        inside = window < stop[:, None]
-        window = np.minimum(window, n - 1)
-        running = np.minimum.accumulate(np.where(inside, self.counts[window], 0), axis=1)
-        limit = np.maximum(self.before[at][:, None], self.after[window])
-        is_candidate = running > np.maximum(limit, self.floor)
-        bound = np.minimum(self.up[at][:, None], self.down[window])
-        rows, cols = np.nonzero(is_candidate & (bound >= low) & (bound < high))
-        return at[rows], at[rows] + cols + 1
+        if low < self.complete_from:
+            self._list_band(low, self.complete_from)
+        chosen = (self.bounds >= low) & (self.bounds < high)
+        return self.starts[chosen], self.ends[chosen]
 
 
 # ---------------------------------------------------------------------------------------
@@ -750,118 +668,41 @@ class _CandidateSet:
 # ---------------------------------------------------------------------------------------
 
 
-def _concatenated_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of all ranges ``[starts[i], ends[i])`` back to back, and each range's offset."""
-    lengths = ends - starts
-    offsets = np.zeros(lengths.size, np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    total = int(lengths.sum())
-    positions = np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
-    return positions, offsets
-
-
-def _batches(sizes: np.ndarray, budget: int) -> list[slice]:
-    """Consecutive slices of items whose sizes add up to at most ``budget`` (or one item)."""
-    totals = np.cumsum(sizes)
-    batches, start = [], 0
-    while start < sizes.size:
-        before = int(totals[start - 1]) if start else 0
-        stop = max(start + 1, int(np.searchsorted(totals, before + budget, side="right")))
-        batches.append(slice(start, stop))
-        start = stop
-    return batches
-
-
-def _exact_overlaps(
-    bits: _PatternBits, docs: _Documents, pattern: Pattern, starts: np.ndarray, ends: np.ndarray
+def _padding_leaves_document(
+    docs: _Documents, pattern: Pattern, starts: np.ndarray, ends: np.ndarray
 ) -> np.ndarray:
-    """``|A ∩ S|`` of each span: pattern units on throughout and off on the padding."""
-    overlaps = np.zeros(starts.size, np.int64)
-    for batch in _batches(ends - starts, _BATCH_POSITIONS * 32):
-        a, b = starts[batch], ends[batch]
-        positions, offsets = _concatenated_ranges(a, b)
-        kept = np.bitwise_and.reduceat(bits.rows[:, positions], offsets, axis=1)
-        kept &= ~bits.padding_or(docs, a, pattern.pad_left, side=-1)
-        kept &= ~bits.padding_or(docs, b - 1, pattern.pad_right, side=+1)
-        overlaps[batch] = _popcount_rows(kept, np.int64)
-    return overlaps
-
-
-def _gather(store: StateColumns, positions: np.ndarray) -> np.ndarray:
-    """Values of all units at sorted unique ``positions`` (float16, ``(dim, len)``).
-
-    Reads each contiguous window with ``block`` (one read per window touches every unit);
-    when there are many more windows than units, one fancy-indexed read of the columns
-    (``gather``) is cheaper.
-    """
-    if positions.size == 0:
-        return np.zeros((store.dim, 0), np.float16)
-    breaks = np.flatnonzero(np.diff(positions) > 1) + 1
-    window_starts = np.concatenate([[0], breaks])
-    window_ends = np.concatenate([breaks, [positions.size]])
-    if window_starts.size <= 2 * store.dim:
-        parts = [
-            store.block(slice(None), int(positions[s]), int(positions[e - 1]) + 1)
-            for s, e in zip(window_starts, window_ends)
-        ]
-        return np.concatenate(parts, axis=1)
-    return store.gather(positions)
-
-
-def _extras(
-    store: StateColumns,
-    docs: _Documents,
-    pattern: Pattern,
-    ranges: BitRanges,
-    starts: np.ndarray,
-    ends: np.ndarray,
-) -> np.ndarray:
-    """``|A \\ S|`` of each span: non-pattern units on throughout and off on the padding."""
+    """Whether each span's padding reaches outside its document."""
     documents = docs.of(starts)
-    lefts = np.maximum(docs.starts[documents], starts - pattern.pad_left)
-    rights = np.minimum(docs.starts[documents + 1], ends + pattern.pad_right)
+    return ((starts - pattern.pad_left < docs.starts[documents])
+            | (ends + pattern.pad_right > docs.starts[documents + 1]))
+
+
+def _extras(store: StateColumns, docs: _Documents, pattern: Pattern, ranges: BitRanges,
+            starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``|A \\ S|`` of each span: the other units on throughout it and off on its padding,
+    read at the spans' own positions (the segments they are in are checked first)."""
     others = np.ones(store.dim, bool)
     others[list(pattern.units)] = False
-    extras = np.zeros(starts.size, np.int64)
-    for batch in _batches(rights - lefts, _BATCH_POSITIONS):
-        extras[batch] = _extras_of_batch(
-            store, ranges, others, lefts[batch], starts[batch], ends[batch], rights[batch]
-        )
-    return extras
+    return _overlaps(store.parts(slice(None), starts), docs, pattern, ranges,
+                     np.flatnonzero(others), starts, ends)
 
 
-def _extras_of_batch(
-    store: StateColumns,
-    ranges: BitRanges,
-    others: np.ndarray,
-    lefts: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    rights: np.ndarray,
-) -> np.ndarray:
-    """``extra`` of a few spans whose padded windows are ``[lefts, rights)``."""
-    needed = np.unique(_concatenated_ranges(lefts, rights)[0])
-    values = _gather(store, needed)
-    on = _on_into(
-        values.view(np.uint16),
-        ranges,
-        np.empty(values.shape, bool),
-        np.empty(values.shape, np.uint16),
-    )[others]
-
-    def columns(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions, offsets = _concatenated_ranges(a, b)
-        return np.searchsorted(needed, positions), offsets
-
-    span_columns, span_offsets = columns(starts, ends)
-    in_a = np.logical_and.reduceat(on[:, span_columns], span_offsets, axis=1)
-    for pad_start, pad_end in ((lefts, starts), (ends, rights)):
-        has_pad = pad_end > pad_start
-        if has_pad.any():
-            pad_columns, pad_offsets = columns(pad_start[has_pad], pad_end[has_pad])
-            any_on = np.logical_or.reduceat(on[:, pad_columns], pad_offsets, axis=1)
-            in_a[:, has_pad] &= ~any_on
-    return in_a.sum(axis=0)
+def _overlaps(parts: list[tuple[int, np.ndarray]], docs: _Documents, pattern: Pattern,
+              ranges: BitRanges, units: np.ndarray, starts: np.ndarray, ends: np.ndarray
+              ) -> np.ndarray:
+    """How many of ``units`` are on throughout each span and off on its padding."""
+    out = np.zeros(starts.size, np.int64)
+    documents = docs.of(starts)
+    firsts, stops = docs.starts[documents], docs.starts[documents + 1]
+    bit_ranges = ranges_array(ranges)
+    for first, values in parts:
+        inside = np.flatnonzero((starts >= first) & (starts < first + values.shape[1]))
+        if inside.size:
+            out[inside] = exact_overlaps(
+                np.asarray(values).view(np.uint16), first, units, starts[inside],
+                ends[inside], firsts[inside], stops[inside], bit_ranges, pattern.pad_left,
+                pattern.pad_right, OUTSIDE_ON)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -881,7 +722,7 @@ def _is_run(
 
 
 def _settle(
-    candidates: _CandidateSet,
+    candidates: _Candidates,
     evaluate: Callable[[np.ndarray, np.ndarray], np.ndarray],
     limit: int,
     query_overlap: int,
@@ -894,23 +735,28 @@ def _settle(
     Returned: every evaluated candidate whose overlap is at least 1 and at least the overlap
     of the ``limit``-th best of them.
     """
-    top = candidates.max_bound + 1
+    top = candidates.n_levels + 1
     good = np.zeros(top + 1, np.int64)  # good[k]: evaluated candidates with overlap k
-    good[min(query_overlap, top)] += 1
+    good[query_overlap] += 1
     batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     level = top  # every candidate with bound >= level has been evaluated
+    step = 1  # below the counted bounds, bands widen each time
     while level > 1 and good[level:].sum() < limit:
         new_level = level - 1
-        while (
-            new_level > 1
-            and good[new_level:].sum() + candidates.estimate_between(new_level, level) < limit
-        ):
-            new_level -= 1
+        if new_level >= candidates.exact_from:
+            while (
+                new_level > max(1, candidates.exact_from)
+                and good[new_level:].sum() + candidates.count_between(new_level, level) < limit
+            ):
+                new_level -= 1
+        else:
+            new_level = max(1, level - step)
+            step *= 2
         starts, ends = candidates.between(new_level, level)
         if starts.size:
             overlaps = evaluate(starts, ends)
             batches.append((starts, ends, overlaps))
-            np.add.at(good, np.minimum(overlaps, top), 1)
+            np.add.at(good, overlaps, 1)
         level = new_level
     if not batches:
         empty = np.zeros(0, np.int64)
@@ -942,7 +788,37 @@ def _check_match_arguments(
         raise ValueError(f"pattern units {pattern.units} do not fit dim={store.dim}")
     _check_padding("pad_left", pattern.pad_left)
     _check_padding("pad_right", pattern.pad_right)
+    _check_threshold(pattern.threshold)
     return _check_span(docs, pattern.start, pattern.end)[2]
+
+
+def length_rule(
+    pattern: Pattern, docs: _Documents, min_length: object = None, length: object = None
+) -> tuple[int, int]:
+    """The lengths ``(shortest, longest)`` a match may have.
+
+    ``length=N``: exactly N tokens (LSTMVis's ``phrase_length``). Otherwise at least
+    ``min_length`` tokens; by default 2 when the pattern's span has 2 or more tokens (as in
+    LSTMVis), else 1. Neither may exceed the longest document.
+    """
+    longest = int(np.diff(docs.starts).max())
+    for name, value in (("min_length", min_length), ("length", length)):
+        if value is None:
+            continue
+        value = _check_int(name, value)
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 token, got {value}")
+        if value > longest:
+            raise ValueError(f"{name}={value:,} is longer than the longest document "
+                             f"({longest:,} tokens): nothing could match")
+    if length is not None:
+        if min_length is not None:
+            raise ValueError(f"give min_length or length, not both (got {min_length} and "
+                             f"{length})")
+        return int(length), int(length)
+    if min_length is None:
+        min_length = 2 if pattern.length >= 2 else 1
+    return int(min_length), longest
 
 
 def match(
@@ -953,40 +829,53 @@ def match(
     fuzzy: bool = True,
     text_of: Callable[[int, int], str] | None = None,
     context: int = _DEFAULT_CONTEXT,
+    *,
+    min_length: int | None = None,
+    length: int | None = None,
+    histogram: bool = True,
 ) -> MatchResult:
     """Find the spans whose units switch on like the pattern's, best first.
 
     Returns the top ``limit`` matches (by :func:`match_sort_key`), the pattern's own span
     evaluated the same way, and the length histogram of all candidates. ``fuzzy=False`` keeps
-    only runs where every unit of the pattern is on. ``text_of(start, end)`` gives the text of
-    tokens ``[start, end)``; matches carry ``context`` tokens of it on each side (inside the
-    document). Raises ValueError for an empty pattern, a pattern selected on another state, or
-    a ``limit`` below 1 or above ``MAX_RESULTS`` (100,000).
+    only runs where every unit of the pattern is on. Matches have at least ``min_length``
+    tokens (default: 2 when the pattern's span has 2 or more, else 1), or exactly ``length``
+    (see :func:`length_rule`). ``text_of(start, end)`` gives the text of tokens
+    ``[start, end)``; matches carry ``context`` tokens of it on each side (inside the
+    document). Raises ValueError for an empty pattern, a pattern selected on another state,
+    a ``limit`` below 1 or above ``MAX_RESULTS`` (100,000), or a bad length.
+    ``histogram=False`` leaves out the length histogram and the number of candidates
+    (``None``): the ranking alone skips every stretch where too few units are on.
     """
     docs = _Documents(doc_starts, store.n_tokens)
     document = _check_match_arguments(store, docs, pattern, limit, context)
+    shortest, longest = length_rule(pattern, docs, min_length, length)
     ranges = on_bit_ranges(pattern.threshold, pattern.sign)
     min_level = 1 if fuzzy else len(pattern.units)
 
-    bits = _PatternBits(store, pattern.units, ranges)
-    up = bits.free_counts(docs, pattern.pad_left, side=-1)
-    down = bits.free_counts(docs, pattern.pad_right, side=+1)
-    candidates = _CandidateSet(bits.counts, docs, min_level, up, down)
-    ranked, query = _rank(store, docs, pattern, ranges, bits, candidates, limit)
+    scan = _PatternScan(store, docs, pattern, ranges)
+    candidates = _Candidates(scan, min_level, shortest, longest, histogram, limit)
+    query_fits = shortest <= pattern.length <= longest
+    ranked, query = _rank(store, docs, pattern, ranges, scan, candidates, limit, query_fits)
 
-    histogram = candidates.histogram
-    if not _is_run(bits.counts, docs, pattern.start, pattern.end, document, min_level):
-        histogram = _add_histograms(histogram, np.bincount([pattern.length]))
+    lengths = candidates.histogram
+    if lengths is not None and query_fits and not _is_run(
+            scan.counts, docs, pattern.start, pattern.end, document, min_level):
+        lengths = np.concatenate([lengths, np.zeros(pattern.length + 1, np.int64)])
+        lengths[pattern.length] += 1
 
     def as_match(s: _Scored) -> Match:
-        return _as_match(s, bits.counts, docs, text_of, context, s is query)
+        return _as_match(s, scan.counts, docs, text_of, context, s is query)
 
     return MatchResult(
         pattern=pattern,
         matches=tuple(as_match(s) for s in ranked),
         query=as_match(query),
-        length_histogram={int(k): int(histogram[k]) for k in np.flatnonzero(histogram)},
-        n_candidates=int(histogram.sum()),
+        length_histogram=None if lengths is None else
+        {int(k): int(lengths[k]) for k in np.flatnonzero(lengths)},
+        n_candidates=None if lengths is None else int(lengths.sum()),
+        min_length=shortest,
+        max_length=longest,
     )
 
 
@@ -995,21 +884,24 @@ def _rank(
     docs: _Documents,
     pattern: Pattern,
     ranges: BitRanges,
-    bits: _PatternBits,
-    candidates: _CandidateSet,
+    scan: _PatternScan,
+    candidates: _Candidates,
     limit: int,
+    query_fits: bool,
 ) -> tuple[list[_Scored], _Scored]:
-    """The top ``limit`` matches, best first, and the pattern's own span, evaluated."""
+    """The top ``limit`` matches, best first, and the pattern's own span, evaluated (it
+    competes only when its length fits the length rule)."""
     query_span = (np.array([pattern.start]), np.array([pattern.end]))
-    query_overlap = int(_exact_overlaps(bits, docs, pattern, *query_span)[0])
+    query_overlap = int(scan.overlaps(*query_span)[0])
 
     def evaluate(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        overlaps = _exact_overlaps(bits, docs, pattern, starts, ends)
+        overlaps = scan.overlaps(starts, ends)
         # the query's span is evaluated once, on its own
         overlaps[(starts == pattern.start) & (ends == pattern.end)] = 0
         return overlaps
 
-    starts, ends, overlaps = _settle(candidates, evaluate, limit, query_overlap)
+    starts, ends, overlaps = _settle(candidates, evaluate, limit,
+                                     query_overlap if query_fits else 0)
     starts = np.concatenate([starts, query_span[0]])
     ends = np.concatenate([ends, query_span[1]])
     overlaps = np.concatenate([overlaps, [query_overlap]])
@@ -1019,11 +911,10 @@ def _rank(
         for s, e, o, x in zip(starts, ends, overlaps, extras)
     ]
     query = scored[-1]
-    if query.overlap == 0:
+    if query.overlap == 0 or not query_fits:
         scored.pop()
     ranked = sorted(scored, key=partial(match_sort_key, pattern_length=pattern.length))
     return ranked[:limit], query
-
 
 def _as_match(
     scored: _Scored,
@@ -1052,3 +943,4 @@ def _as_match(
         right=text(scored.end, min(stop, scored.end + context)),
         is_query=is_query,
     )
+

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lstmsearch import kernels
+
 DEFAULT_PORT = 5006
 DEFAULT_HOST = "127.0.0.1"
 QUERY_THREADS = 4
@@ -135,6 +137,8 @@ def make_server(
 
     shared = Shared(index)  # opened once per server: every session shares it and its caches
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmsearch-query")
+    # the compiled query kernels, loaded (or compiled) while the first page loads
+    executor.submit(kernels.warm_up)
     origins = [f"{host}:{port}"]
     if is_loopback(host):
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]

@@ -17,7 +17,7 @@ import numpy as np
 from lstmsearch.limits import MAX_CONTEXT, MAX_RESULTS
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
 
 DEFAULT_CONTEXT = 5
 """Tokens of context on each side of a hit, a neighbour or a phrase."""
@@ -90,11 +90,11 @@ def check_phrase(phrase: object) -> str:
     return phrase
 
 
-def phrase_tokens(index: Index, document: int, char_start: int, char_end: int) -> Span | None:
+def phrase_tokens(index: IndexReader, document: int, char_start: int, char_end: int) -> Span | None:
     """The tokens of ``document`` that characters ``[char_start, char_end)`` touch (None when
     the characters fall between tokens, e.g. only whitespace)."""
     first, stop = int(index.doc_starts[document]), int(index.doc_starts[document + 1])
-    _, starts, ends = index._token_offsets()
+    _, starts, ends = index.token_offsets()
     start = first + int(np.searchsorted(ends[first:stop], char_start, side="right"))
     end = first + int(np.searchsorted(starts[first:stop], char_end, side="left"))
     if start >= end:
@@ -103,7 +103,7 @@ def phrase_tokens(index: Index, document: int, char_start: int, char_end: int) -
 
 
 def find_phrase(
-    index: Index, phrase: str, limit: int = 100, document: int | None = None
+    index: IndexReader, phrase: str, limit: int = 100, document: int | None = None
 ) -> list[Span]:
     """Token spans where ``phrase`` occurs (exact, case-sensitive), in corpus order.
 
@@ -113,7 +113,7 @@ def find_phrase(
     return _find_phrase(index, phrase, check_count("limit", limit, maximum=MAX_RESULTS), document)
 
 
-def _find_phrase(index: Index, phrase: str, limit: int, document: int | None) -> list[Span]:
+def _find_phrase(index: IndexReader, phrase: str, limit: int, document: int | None) -> list[Span]:
     """`find_phrase` without the cap on `limit` (which the corpus itself bounds)."""
     phrase = check_phrase(phrase)
     if document is not None:
@@ -144,7 +144,7 @@ def _find_phrase(index: Index, phrase: str, limit: int, document: int | None) ->
 
 
 def find_span(
-    index: Index, phrase: str, doc: int | None = None, occurrence: int = 0
+    index: IndexReader, phrase: str, doc: int | None = None, occurrence: int = 0
 ) -> Span:
     """The tokens of the ``occurrence``-th place (from 0) where ``phrase`` occurs in document
     ``doc`` (or in the whole corpus); an error naming the phrase when there is none."""
@@ -161,13 +161,13 @@ def find_span(
     return spans[occurrence]
 
 
-def document_texts(index: Index, documents: Sequence[int]) -> dict[int, str]:
+def document_texts(index: IndexReader, documents: Sequence[int]) -> dict[int, str]:
     """The texts of some documents (one database round trip per segment they are in)."""
     return index.document_texts(documents)
 
 
 def contexts(
-    index: Index, starts: Sequence[int], ends: Sequence[int], context: int = DEFAULT_CONTEXT
+    index: IndexReader, starts: Sequence[int], ends: Sequence[int], context: int = DEFAULT_CONTEXT
 ) -> list[Context]:
     """The text of each span ``[starts[i], ends[i])`` with ``context`` tokens either side,
     clipped to the span's document; whitespace next to the span stays in the context."""
@@ -177,7 +177,7 @@ def contexts(
     if len(starts) != len(ends):
         raise ValueError(f"{len(starts)} span starts but {len(ends)} ends")
     doc_starts = index.doc_starts
-    _, char_start, char_end = index._token_offsets()
+    _, char_start, char_end = index.token_offsets()
     documents = np.searchsorted(doc_starts, starts, side="right") - 1
     texts = document_texts(index, documents)
     out = []

@@ -197,6 +197,22 @@ class StateStore:
             self._verify(part, unit)
         return [(start, part[unit]) for start, part in self._parts]
 
+    def parts(self, units: Sequence[int] | slice = slice(None),
+              positions: Sequence[int] | None = None) -> list[tuple[int, np.ndarray]]:
+        """(first position, float16 (dim, n) view) of every segment, zero-copy, in order; the
+        columns `units` are checked first in every segment, or only in the segments holding
+        one of `positions`. Compiled scans read them in place."""
+        if not isinstance(units, slice):
+            units = np.asarray(units, dtype=np.int64).reshape(-1)
+            if units.size and (units.min() < 0 or units.max() >= self.dim):
+                bad = units[(units < 0) | (units >= self.dim)][0]
+                raise ValueError(f"unit {bad} out of range: {self.name} has units 0..{self.dim - 1}")
+        touched = None if positions is None else np.asarray(positions, dtype=np.int64)
+        for part, (first, view) in enumerate(self._parts):
+            if touched is None or ((touched >= first) & (touched < first + view.shape[1])).any():
+                self._verify(part, units)
+        return list(self._parts)
+
     def column(self, unit: int) -> np.ndarray:
         """Unit `unit` at every token: float16 (n_tokens,), a memory-mapped view when the
         index has one segment, else a copy."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import Executor
+from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from server import analyses, fetch
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
-from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
+from server.match_view import MAX_LENGTH, RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
@@ -314,6 +315,9 @@ class App:
         sv.on_threshold = self.set_threshold
         mv.on_row = self.jump_to
         mv.on_mode = self.set_mode
+        # an emptied spinner sends None: back to the default rule
+        mv.min_length.on_change("value", lambda a, o, n: self.set_lengths(min_length=n or 0))
+        mv.length.on_change("value", lambda a, o, n: self.set_lengths(length=n or 0))
         self.state_select.on_change("value", lambda a, o, n: self.set_state(n))
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
@@ -440,6 +444,26 @@ class App:
             self.session.pad_right = right
         self._quietly(self.pad_left, value=self.session.pad_left)
         self._quietly(self.pad_right, value=self.session.pad_right)
+        self.run_pattern()
+
+    def set_lengths(self, min_length: object = None, length: object = None) -> None:
+        """The lengths a match may have: at least `min_length`, or exactly `length` tokens
+        (0: the default rule, any length)."""
+        if self._quiet:
+            return
+        mv, s = self.match_view, self.session
+        if min_length is not None:
+            value = clamped(min_length, 0, MAX_LENGTH)
+            s.min_length = value or None
+            if value:
+                s.length = None  # one rule at a time
+        if length is not None:
+            value = clamped(length, 0, MAX_LENGTH)
+            s.length = value or None
+            if value:
+                s.min_length = None
+        self._quietly(mv.min_length, value=s.min_length or 0)
+        self._quietly(mv.length, value=s.length or 0)
         self.run_pattern()
 
     def set_track(self, name: str) -> None:
@@ -611,7 +635,8 @@ class App:
             return
         q = fetch.PatternQuery(state=s.state, start=s.span[0], end=s.span[1],
                                threshold=s.threshold, pad_left=s.pad_left,
-                               pad_right=s.pad_right, sign=s.sign)
+                               pad_right=s.pad_right, sign=s.sign,
+                               min_length=s.min_length, length=s.length)
         track = s.track
         width = RIGHT_CELLS if self.shared.char_level else RIGHT_WORDS
         self._clear_error()
@@ -624,9 +649,9 @@ class App:
             self.runner.submit("pattern", work, self._apply_nearest, label="nearest")
             return
         self.runner.submit("pattern", lambda: fetch.run_pattern(self.shared, q, track, width),
-                           self._apply_pattern, label="match")
+                           partial(self._apply_pattern, q=q), label="match")
 
-    def _apply_pattern(self, result: fetch.PatternResult) -> None:
+    def _apply_pattern(self, result: fetch.PatternResult, q: fetch.PatternQuery) -> None:
         s = self.session
         s.pattern, s.result = result.pattern, result
         s.generation += 1
@@ -637,9 +662,24 @@ class App:
             )
             self._show_pattern_marks()
             return
-        # the matches first: the page draws them before it works through the rest
+        # the matches first: the page draws them before it works through the rest, and the
+        # candidates' lengths are counted after them
         self.match_view.show_rows(result, self.shared.track_range(s.track))
         self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+        generation = s.generation
+        self.runner.submit(
+            "lengths", lambda: fetch.candidate_lengths(self.shared, result.pattern, q),
+            partial(self._apply_lengths, generation), label="candidates")
+
+    def _apply_lengths(self, generation: int, lengths: tuple[dict[int, int], int]) -> None:
+        """The length histogram of the candidates, once counted: into the summary."""
+        s = self.session
+        if generation != s.generation or s.result is None or s.result.result is None:
+            return
+        histogram, n = lengths
+        s.result = replace(s.result, result=replace(s.result.result,
+                                                    length_histogram=histogram, n_candidates=n))
+        self.match_view.show_summary(s.result, s.track, self.shared.track_range(s.track))
 
     def _show_details(self, generation: int) -> None:
         """What follows the matches: S in the select view, the summary, the histogram."""

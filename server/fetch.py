@@ -237,6 +237,8 @@ class PatternQuery:
     pad_right: int = 0
     sign: int = 1
     limit: int = 50
+    min_length: int | None = None
+    length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -280,14 +282,24 @@ def select(shared: Shared, q: PatternQuery) -> Any:
                         pad_left=q.pad_left, pad_right=q.pad_right, sign=q.sign)
 
 
-def match(shared: Shared, pattern: Any, limit: int) -> Any:
-    """The ranked matches of a pattern (`Index.match` when present, else `query.match`)."""
+def match(shared: Shared, pattern: Any, limit: int, min_length: int | None = None,
+          length: int | None = None, histogram: bool = True) -> Any:
+    """The ranked matches of a pattern (`Index.match` when present, else `query.match`);
+    `histogram=False` leaves the candidates' lengths out (`candidate_lengths`)."""
     index = shared.index
     method = getattr(index, "match", None)
     if method is not None:
-        return method(pattern, limit=limit)
+        return method(pattern, limit=limit, min_length=min_length, length=length,
+                      histogram=histogram)
     return query.match(index.store(pattern.state), index.doc_starts, pattern, limit=limit,
-                       fuzzy=True)
+                       fuzzy=True, min_length=min_length, length=length, histogram=histogram)
+
+
+def candidate_lengths(shared: Shared, pattern: Any, q: PatternQuery) -> tuple[dict[int, int], int]:
+    """The length histogram of all candidates of a pattern and their number, asked for after
+    the ranked rows are out."""
+    result = match(shared, pattern, 1, q.min_length, q.length, histogram=True)
+    return result.length_histogram, result.n_candidates
 
 
 def token_texts(shared: Shared, spans: Sequence[tuple[int, int]]) -> list[tuple[str, ...]]:
@@ -347,7 +359,7 @@ def run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) 
     pattern = select(shared, q)
     if not pattern.units:
         return PatternResult(pattern, None, (), time.perf_counter() - t0)
-    result = match(shared, pattern, q.limit)
+    result = match(shared, pattern, q.limit, q.min_length, q.length, histogram=False)
     spans = [(m.start, m.end) for m in result.matches]
     contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
                            after=max(MATCH_CONTEXT, width), track=track)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, RadioButtonGroup, Range1d
+from bokeh.models import ColumnDataSource, Div, RadioButtonGroup, Range1d, Spinner
 from bokeh.plotting import figure
 
 from server.display import (
@@ -31,6 +31,8 @@ MATCH_TITLE = ("Matches, best first, aligned on their start "
                "(row label: rank. |A∩S|/|S| +extra units, document)")
 NEAREST_TITLE = "Nearest stored states to the span's mean state (row label: rank. distance)"
 MODE_LABELS = ["Pattern match", "Nearest states (FAISS)"]
+MAX_LENGTH = 1000
+"""The largest match length the length controls offer."""
 
 
 class MatchView:
@@ -48,6 +50,11 @@ class MatchView:
         )
         self.summary = Div(name="match-summary", width=width, text=self._idle_html())
         self.mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="match-mode")
+        # match lengths: 0 leaves the default (at least 2 tokens for a span of 2 or more)
+        self.min_length = Spinner(title="Min tokens (0: auto)", low=0, high=MAX_LENGTH, step=1,
+                                  value=0, width=140, name="match-min-length")
+        self.length = Spinner(title="Exact tokens (0: any)", low=0, high=MAX_LENGTH, step=1,
+                              value=0, width=140, name="match-length")
         self.hist_source = ColumnDataSource({"length": [], "count": []}, name="length-hist-data")
         hist = figure(
             name="length-hist", title="Candidate lengths", width=240, height=200,
@@ -66,7 +73,7 @@ class MatchView:
         self.mode.on_change("active", self._on_mode)
         self.layout = column(
             row(self.summary),
-            row(self.mode),
+            row(self.mode, self.min_length, self.length),
             row(self.strips.fig, column(self.legend, self.hist)),
             name="match-view",
         )
@@ -148,7 +155,7 @@ class MatchView:
             self.hist_source.data = {"length": [], "count": []}
             return
         mr = result.result
-        hist = mr.length_histogram
+        hist = mr.length_histogram or {}  # None until the candidates are counted
         lengths = sorted(hist)
         counts = [hist[k] for k in lengths]
         self.hist_source.data = {"length": lengths, "count": counts}
@@ -156,8 +163,9 @@ class MatchView:
             self.hist.x_range.start = 0.5
             self.hist.x_range.end = min(max(lengths), 40) + 0.5
             self.hist.y_range.end = max(counts) * 1.05
+        total = "…" if mr.n_candidates is None else f"{mr.n_candidates:,}"
         self.summary.text = (
-            f"<b>{len(result.rows)}</b> best of <b>{mr.n_candidates:,}</b> candidate spans "
+            f"<b>{len(result.rows)}</b> best of <b>{total}</b> candidate spans "
             f"for |S| = <b>{size}</b> "
             f"<span style='color:{MUTED_TEXT}'>({1000 * result.seconds:.0f} ms)</span>. "
             f"<span style='color:{MUTED_TEXT}'>Click a row to show it in the select view.</span>"

@@ -51,6 +51,8 @@ class Session:
     pad_left: int = 1
     pad_right: int = 0
     sign: int = 1
+    min_length: int | None = None  # matches of at least this many tokens (None: the default)
+    length: int | None = None  # matches of exactly this many tokens (None: any)
     window: tuple[int, int] = (0, 0)
     span: tuple[int, int] | None = None
     focus: tuple[int, int] | None = None

@@ -146,7 +146,8 @@ def test_index_units_equals_the_analyses_called_directly(tiny_index):
     assert result.co_clustering.clusters == cc.clusters
     ranked = rank_units(tiny_index.states("layers.1.c"), tiny_index.track("depth"), top=5)
     assert [c.unit for c in result.ranking] == [c.unit for c in ranked]
-    np.testing.assert_allclose([c.r for c in result.ranking], [c.r for c in ranked])
+    # the index's ranking sums float16 columns in float32 blocks (Index.neurons.correlate)
+    np.testing.assert_allclose([c.r for c in result.ranking], [c.r for c in ranked], atol=1e-5)
     assert result.track == "depth"
     plain = units_mod.index_units(tiny_index, "layers.1.c", words=8)
     assert plain.ranking is None and plain.track is None

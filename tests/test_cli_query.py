@@ -59,6 +59,27 @@ def test_match_table_aligns_matches(capsys, tiny_index, tiny_index_path) -> None
     assert f"[{first.text}]" in rows[0]
 
 
+def test_match_lengths(capsys, tiny_index, tiny_index_path) -> None:
+    start, end = a_span(tiny_index)
+    pattern = tiny_index.select(start, end, 0.3, 1, "c")
+    args = ("match", tiny_index_path, "--start", start, "--end", end, "--threshold", "0.3",
+            *STATE, "--limit", "50", "--json")
+    by_default = json.loads(run(capsys, *args)[1])
+    assert by_default["min_length"] == 2 and all(
+        m["end"] - m["start"] >= 2 for m in by_default["matches"])
+    one = json.loads(run(capsys, *args, "--min-length", "1")[1])
+    assert one["min_length"] == 1
+    assert [(m["start"], m["end"]) for m in one["matches"]] == [
+        (m.start, m.end) for m in tiny_index.match(pattern, limit=50, min_length=1).matches]
+    best = by_default["matches"][0]
+    length = best["end"] - best["start"]
+    exact = json.loads(run(capsys, *args, "--length", str(length))[1])
+    assert exact["min_length"] == exact["max_length"] == length
+    assert (best["start"], best["end"]) in [(m["start"], m["end"]) for m in exact["matches"]]
+    assert all(m["end"] - m["start"] == length for m in exact["matches"])
+    assert set(exact["length_histogram"]) == {str(length)}
+
+
 def test_match_negative(capsys, tiny_index, tiny_index_path) -> None:
     start, end = a_span(tiny_index, sign=-1)
     code, out, _ = run(capsys, "match", tiny_index_path, "--start", start, "--end", end,
@@ -141,6 +162,22 @@ def test_sql(capsys, tiny_index, tiny_index_path) -> None:
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "1e4", *STATE],
          "pattern selected no units"),
         (["match", "{index}", "--threshold", "0.3", *STATE], "give either --start and --end"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "inf", *STATE],
+         "threshold must be finite, got inf"),
+        (["match", "{index}", "--start", "1", "--end", "99999999", "--threshold", "0.3",
+          *STATE], "end=99999999 is outside the index"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--limit", "0"], "--limit: must be a whole number from 1 to 100,000, got '0'"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--limit", "10000000000"], "--limit: must be a whole number from 1 to 100,000"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--min-length", "0"], "--min-length: must be a whole number of at least 1"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--length", "two"], "--length: must be a whole number, got 'two'"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--min-length", "2", "--length", "3"], "give --min-length or --length, not both"),
+        (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
+          "--length", "1000000"], "length=1,000,000 is longer than the longest document"),
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3",
           "--layer", "9", "--kind", "c"], "layers.9.c is not in this index"),
         (["match", "{index}", "--phrase", "no such text", "--threshold", "0.3", *STATE],

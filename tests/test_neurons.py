@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lstmsearch.analysis.units import rank_units
-from lstmsearch.neurons import activation_key, scan, scan_top
+from lstmsearch.neurons import activation_key, correlate_columns, scan, scan_pieces, scan_top
+from lstmsearch.store import StateStore, StateWriter
 
 STATE = "layers.1.c"
 
@@ -60,6 +61,64 @@ def test_scan_equals_brute_force_on_random_data() -> None:
         count, positions = scan(column, above, below, limit)
         assert count == len(expected), (trial, above, below)
         np.testing.assert_array_equal(positions, expected[:limit])
+
+
+def test_scan_of_pieces_equals_one_column() -> None:
+    rng = np.random.default_rng(9)
+    column = random_column(rng, 5000)
+    cuts = [0, 1, 1700, 1701, 4000, 5000]
+    pieces = [(a, column[a:b]) for a, b in zip(cuts, cuts[1:])]
+    for above, below, limit in [(0.5, None, 10), (None, -0.2, 3000), (-1.0, 1.0, 0),
+                                (100.0, None, 5), (-0.0, 0.0, 50)]:
+        expected = brute_force(column, above, below)
+        count, positions = scan_pieces(pieces, above, below, limit)
+        assert count == len(expected)
+        np.testing.assert_array_equal(positions, expected[:limit])
+
+
+def segmented_store(tmp_path, values: np.ndarray, cuts: list[int]) -> StateStore:
+    """A real state store over several segment files, cut at `cuts`."""
+    files = []
+    bounds = [0, *cuts, values.shape[1]]
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        path = tmp_path / f"seg{i}.f16"
+        writer = StateWriter.create(path, values.shape[0], b - a)
+        writer.write(0, values[:, a:b])
+        writer.close()
+        files.append((path, b - a, None))
+    return StateStore.of_segments("layers.0.c", 0, "c", values.shape[0], files)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """The float64 oracle: Pearson r over the finite track values (0 when constant)."""
+    ok = np.isfinite(y)
+    x, y = x[ok].astype(np.float64), y[ok]
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = np.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / denom) if denom > 0 else 0.0
+
+
+def test_correlate_columns_equals_float64_pearson(tmp_path) -> None:
+    rng = np.random.default_rng(13)
+    dim, n = 40, 20_000
+    track = np.cumsum(rng.standard_normal(n))
+    track[rng.random(n) < 0.2] = np.nan  # tokens without a value
+    values = rng.standard_normal((dim, n)) * rng.uniform(0.01, 30, (dim, 1))
+    values += rng.normal(0, 100, (dim, 1))  # large offsets: sums of squares would cancel
+    values[:10] += np.nan_to_num(track) * rng.uniform(-0.05, 0.05, (10, 1))
+    values[10] = 3.0  # a constant unit
+    values[11] = 5.0
+    values[11, 7] = 5.00390625  # constant but for one value
+    values = values.astype(np.float16)
+    store = segmented_store(tmp_path, values, [1, 9000, 9001])
+    r, count = correlate_columns(store, track)
+    assert count == int(np.isfinite(track).sum())
+    expected = np.array([pearson(values[u], track) for u in range(dim)])
+    np.testing.assert_allclose(r, expected, atol=2e-5)
+    assert r[10] == 0.0
+    constant_track = np.where(np.isfinite(track), 2.0, np.nan)
+    assert (correlate_columns(store, constant_track)[0] == 0).all()
+    assert correlate_columns(store, np.full(n, np.nan))[1] == 0
 
 
 def test_scan_finds_first_hits_across_blocks() -> None:
@@ -138,7 +197,7 @@ def test_correlate_ranks_like_the_analysis(tiny_index) -> None:
     expected = rank_units(tiny_index.states(STATE), tiny_index.track("depth"))
     ranked = tiny_index.neurons.correlate("depth", 1, "c")
     assert [c.unit for c in ranked] == [c.unit for c in expected]
-    assert ranked[0].r == pytest.approx(expected[0].r)
+    assert ranked[0].r == pytest.approx(expected[0].r, abs=1e-5)  # float32 blocks
     assert ranked[0].n == tiny_index.n_tokens
     assert len(tiny_index.neurons.correlate("depth", "layers.0.h", top=3)) == 3
 

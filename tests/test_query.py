@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from unittest import mock
@@ -48,6 +49,21 @@ class ArrayStore:
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         return self.values[:, positions]
+
+    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
+        return [(0, self.values)]
+
+
+class SegmentedStore(ArrayStore):
+    """The same values held as several segments, each starting at a document start."""
+
+    def __init__(self, values: np.ndarray, cuts, name: str = "layers.0.c") -> None:
+        super().__init__(values, name)
+        self.cuts = [0, *cuts, self.n_tokens]
+
+    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
+        return [(a, np.array(self.values[:, a:b])) for a, b in zip(self.cuts, self.cuts[1:])
+                if b > a]
 
 
 def words(n: int) -> list[str]:
@@ -112,21 +128,25 @@ def ref_document(doc_starts: list[int], t: int) -> int:
     raise AssertionError(t)
 
 
-def ref_padding(doc_starts, a: int, b: int, pad_left: int, pad_right: int) -> list[int]:
+def ref_padding(doc_starts, a: int, b: int, pad_left: int, pad_right: int
+                ) -> tuple[list[int], int]:
+    """The padding positions inside the document, and how many lie outside it."""
     d = ref_document(doc_starts, a)
     first, stop = doc_starts[d], doc_starts[d + 1]
-    before = [t for t in range(a - pad_left, a) if first <= t]
-    after = [t for t in range(b, b + pad_right) if t < stop]
-    return before + after
+    padding = [*range(a - pad_left, a), *range(b, b + pad_right)]
+    inside = [t for t in padding if first <= t < stop]
+    return inside, len(padding) - len(inside)
 
 
 def ref_active(on, doc_starts, a: int, b: int, pad_left: int, pad_right: int) -> set[int]:
-    """Units on at every position of [a, b) and off on the padding inside the document."""
-    padding = ref_padding(doc_starts, a, b, pad_left, pad_right)
+    """Units on at every position of [a, b) and off on the padding; padding outside the
+    document counts as on for every unit, so a span whose padding leaves it keeps none."""
+    padding, outside = ref_padding(doc_starts, a, b, pad_left, pad_right)
     return {
         u
         for u in range(len(on))
         if all(on[u][t] for t in range(a, b)) and not any(on[u][t] for t in padding)
+        and not outside
     }
 
 
@@ -135,8 +155,20 @@ def ref_select(values, doc_starts, start, end, threshold, pad_left=1, pad_right=
     return tuple(sorted(ref_active(on, list(doc_starts), start, end, pad_left, pad_right)))
 
 
-def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, context):
+def ref_lengths(doc_starts, pattern: Pattern, min_length=None, length=None) -> tuple[int, int]:
+    """The length rule: exactly `length`, else at least `min_length` (default 2 for a span
+    of 2 or more tokens, else 1)."""
+    if length is not None:
+        return length, length
+    if min_length is None:
+        min_length = 2 if pattern.end - pattern.start >= 2 else 1
+    return min_length, max(b - a for a, b in zip(doc_starts, doc_starts[1:]))
+
+
+def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, context,
+              min_length=None, length=None):
     doc_starts = [int(x) for x in doc_starts]
+    shortest, longest = ref_lengths(doc_starts, pattern, min_length, length)
     on = ref_on_matrix(values, pattern.threshold, pattern.sign)
     dim, n = values.shape
     units = set(pattern.units)
@@ -152,10 +184,13 @@ def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, conte
                     a = t
                     while t < doc_starts[d + 1] and count[t] >= k:
                         t += 1
-                    spans.add((a, t))
+                    if shortest <= t - a <= longest:
+                        spans.add((a, t))
                 else:
                     t += 1
-    spans.add((pattern.start, pattern.end))
+    query_fits = shortest <= pattern.end - pattern.start <= longest
+    if query_fits:
+        spans.add((pattern.start, pattern.end))
 
     histogram: dict[int, int] = {}
     for a, b in spans:
@@ -183,7 +218,7 @@ def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, conte
         )
 
     evaluated = [evaluate(a, b) for a, b in spans]
-    query = next(m for m in evaluated if m.is_query)
+    query = evaluate(pattern.start, pattern.end)
     matches = sorted(
         (m for m in evaluated if m.overlap > 0),
         key=partial(match_sort_key, pattern_length=pattern.end - pattern.start),
@@ -194,6 +229,8 @@ def ref_match(values, doc_starts, pattern: Pattern, limit, fuzzy, text_of, conte
         query=query,
         length_histogram=dict(sorted(histogram.items())),
         n_candidates=len(spans),
+        min_length=shortest,
+        max_length=longest,
     )
 
 
@@ -288,18 +325,21 @@ def small_store():
     return ArrayStore(v, "layers.1.c"), np.array([0, 4, 10])
 
 
-def test_select_uses_padding_inside_the_document_only():
+def test_select_padding_stays_in_the_document():
     store, docs = small_store()
     p = select(store, docs, 1, 3, 0.5)
     assert p.units == (0,)  # unit 1 is on at the left padding, unit 2 is off at 1
     assert (p.start, p.end, p.document, p.layer, p.kind) == (1, 3, 0, 1, "c")
     assert p.how == "select [1, 3) x ≥ 0.5 on layers.1.c, padding 1/0"
-    # at the document start there is no left padding: unit 1 qualifies
-    assert select(store, docs, 0, 2, 0.5).units == (1,)
-    # right padding at the document's last token: position 4 is another document
-    assert select(store, docs, 3, 4, 0.5, pad_left=0, pad_right=2).units == (0, 1, 3)
-    # unit 3 starts at the next document's first token
-    assert select(store, docs, 4, 6, 0.5).units == (3,)
+    # at the document start the padding would lie outside it: no unit is shown off there
+    assert select(store, docs, 0, 2, 0.5).units == ()
+    assert select(store, docs, 0, 2, 0.5, pad_left=0).units == (1,)
+    # right padding past the document's last token: position 4 is another document
+    assert select(store, docs, 3, 4, 0.5, pad_left=0, pad_right=2).units == ()
+    assert select(store, docs, 2, 3, 0.5, pad_left=0, pad_right=1).units == (2,)
+    # unit 3 is on across the boundary, but 4 is the next document's first token
+    assert select(store, docs, 4, 6, 0.5).units == ()
+    assert select(store, docs, 4, 6, 0.5, pad_left=0).units == (3,)
     assert select(store, docs, 8, 10, 0.5).units == ()
 
 
@@ -350,16 +390,25 @@ def test_select_refuses_bad_arguments():
 # ---------------------------------------------------------------------------------------
 
 
-def run_both(values, doc_starts, pattern, limit=50, fuzzy=True, context=2):
+def run_both(values, doc_starts, pattern, limit=50, fuzzy=True, context=2, *,
+             min_length=None, length=None, store=None):
     """Match with the fast path and with the reference; they must agree exactly."""
-    store = ArrayStore(values, pattern.state)
+    store = store if store is not None else ArrayStore(values, pattern.state)
     tokens = words(store.n_tokens)
     text_of = partial(text_of_words, tokens)
     fast = match(
-        store, doc_starts, pattern, limit=limit, fuzzy=fuzzy, text_of=text_of, context=context
+        store, doc_starts, pattern, limit=limit, fuzzy=fuzzy, text_of=text_of, context=context,
+        min_length=min_length, length=length,
     )
-    slow = ref_match(values, doc_starts, pattern, limit, fuzzy, text_of, context)
+    slow = ref_match(values, doc_starts, pattern, limit, fuzzy, text_of, context,
+                     min_length, length)
     assert fast == slow
+    # without the histogram the ranking skips stretches of low counts: the same matches
+    quick = match(
+        store, doc_starts, pattern, limit=limit, fuzzy=fuzzy, text_of=text_of, context=context,
+        min_length=min_length, length=length, histogram=False,
+    )
+    assert quick == dataclasses.replace(slow, length_histogram=None, n_candidates=None)
     return fast
 
 
@@ -409,6 +458,14 @@ def test_match_refuses_empty_and_foreign_patterns():
     moved = made_pattern([0, 10], p.units, 3, 6, state=p.state)
     with pytest.raises(ValueError, match="crosses the end of document 0"):
         match(store, docs, moved)
+    with pytest.raises(ValueError, match="limit must be at most 100,000 matches"):
+        match(store, docs, p, limit=10**9)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="threshold must be finite"):
+            match(store, docs, made_pattern(docs, p.units, 1, 3, threshold=bad, state=p.state))
+    outside = made_pattern([0, 10], p.units, 1, 3, state=p.state)
+    with pytest.raises(ValueError, match="end=12 is outside the index"):
+        match(store, docs, dataclasses.replace(outside, start=8, end=12))
 
 
 def test_match_all_units_on_everywhere():
@@ -416,8 +473,11 @@ def test_match_all_units_on_everywhere():
     docs = np.array([0, 1, 10, 11, 30])  # includes one-token documents
     p = select(ArrayStore(values), docs, 12, 15, 0.5, pad_left=0)
     assert p.units == (0, 1, 2, 3, 4)
-    result = run_both(values, docs, p)
+    result = run_both(values, docs, p, min_length=1)
     assert result.length_histogram == {1: 2, 3: 1, 9: 1, 19: 1}
+    # by default a 3-token span matches spans of 2 tokens or more: not the one-token documents
+    assert run_both(values, docs, p).length_histogram == {3: 1, 9: 1, 19: 1}
+    assert run_both(values, docs, p, length=9).length_histogram == {9: 1}
     # padding 1 with every unit on: only spans at document starts can match
     p1 = made_pattern(docs, p.units, 12, 15, pad_left=1, pad_right=1)
     run_both(values, docs, p1)
@@ -497,16 +557,19 @@ def problems(draw):
     return values, doc_starts, start, end, threshold, pad_left, pad_right, sign
 
 
-# how the fast path splits its work: candidates up to `short` tokens take the dense path and
-# longer ones the listed path; candidates are evaluated `batch` positions at a time
+# how the fast path splits its work: positions per counting task, groups of documents per
+# run listing (threads x 2), candidates each listing task keeps, and the first guess of the
+# lowest bound needed (_SPARE 0: as high as it can be, so lower bands are listed again)
 SPLITS = st.tuples(
-    st.sampled_from([1, 2, 3, query._SHORT]), st.sampled_from([1, 2, 7, query._BATCH_POSITIONS])
+    st.sampled_from([1, 3, 7, query._TASK_TOKENS]), st.sampled_from([1, 2, 5]),
+    st.sampled_from([1, 2, 5, query._KEEP]), st.sampled_from([0, 1, query._SPARE]),
 )
 
 
 def split_work(splits):
-    short, batch = splits
-    return mock.patch.multiple(query, _SHORT=short, _BATCH_POSITIONS=batch)
+    task, threads, keep, spare = splits
+    return mock.patch.multiple(query, _TASK_TOKENS=task, threads=lambda: threads, _KEEP=keep,
+                               _SPARE=spare)
 
 
 @given(problems(), st.booleans(), st.sampled_from([1, 2, 5, 50]), SPLITS)
@@ -527,14 +590,105 @@ def test_select_then_match_equals_reference(problem, fuzzy, limit, splits):
 
 
 @given(problems(), st.booleans(), st.sampled_from([1, 3, 50]), SPLITS, st.data())
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_match_of_any_unit_set_equals_reference(problem, fuzzy, limit, splits, data):
     values, doc_starts, start, end, threshold, pad_left, pad_right, sign = problem
     dim = values.shape[0]
     units = data.draw(st.sets(st.integers(0, dim - 1), min_size=1))
     p = made_pattern(doc_starts, units, start, end, threshold, pad_left, pad_right, sign)
+    longest = int(np.diff(doc_starts).max())
+    rule = data.draw(st.sampled_from(["default", "min", "exact"]))
+    lengths = {}
+    if rule != "default":
+        lengths["min_length" if rule == "min" else "length"] = data.draw(st.integers(1, longest))
+    # segments cut at some document starts
+    cuts = data.draw(st.sets(st.sampled_from(doc_starts[1:-1].tolist() or [0])))
+    store = SegmentedStore(values, sorted(cuts))
     with split_work(splits):
-        run_both(values, doc_starts, p, limit=limit, fuzzy=fuzzy)
+        run_both(values, doc_starts, p, limit=limit, fuzzy=fuzzy, store=store, **lengths)
+
+
+def test_match_ties_are_broken_by_position():
+    # the same 3-token pattern in 40 places: every one ties on overlap, extra and length
+    values = np.zeros((6, 400), np.float16)
+    for a in range(5, 400, 10):
+        values[[1, 3, 4], a : a + 3] = 1
+    docs = np.array([0, 100, 200, 400])
+    p = select(ArrayStore(values), docs, 205, 208, 0.5)
+    assert p.units == (1, 3, 4)
+    for keep, limit in [(1, 5), (3, 7), (query._KEEP, 50)]:
+        with mock.patch.object(query, "_KEEP", keep):
+            result = run_both(values, docs, p, limit=limit)
+        assert [m.start for m in result.matches] == list(range(5, 400, 10))[:limit]
+
+
+def test_match_runs_at_segment_and_document_edges():
+    rng = np.random.default_rng(21)
+    values = np.where(rng.random((9, 120)) < 0.5, np.float16(1), np.float16(0))
+    docs = np.array([0, 1, 30, 31, 60, 90, 120])
+    values[:, 28:33] = 1  # a run that would cross two document boundaries
+    values[:, 58:62] = 1
+    for cuts in ([], [30], [31, 60], [1, 30, 31, 60, 90]):
+        store = SegmentedStore(values, cuts)
+        for start, end in [(0, 1), (28, 30), (30, 31), (31, 33), (58, 60), (60, 62), (118, 120)]:
+            for pl, pr in [(0, 0), (1, 0), (2, 3)]:
+                p = made_pattern(docs, range(9), start, end, 0.5, pl, pr)
+                for rule in ({}, {"min_length": 1}, {"length": 2}):
+                    run_both(values, docs, p, store=store, limit=10, **rule)
+
+
+def test_match_nothing_on_anywhere():
+    values = np.zeros((4, 30), np.float16)
+    docs = np.array([0, 10, 30])
+    p = made_pattern(docs, (0, 2), 12, 14)
+    result = run_both(values, docs, p)
+    assert result.matches == () and result.query.overlap == 0
+    assert result.length_histogram == {2: 1} and result.n_candidates == 1  # the query's span
+
+
+@pytest.mark.parametrize("size", [1, 2, 64, 65, 300])
+def test_match_pattern_sizes(size):
+    rng = np.random.default_rng(size)
+    dim, n = max(size, 70), 160
+    # sticky units: runs of on and off like recurrent states
+    state = np.cumsum(rng.random((dim, n)) < 0.2, axis=1) % 2
+    values = np.where(state == 1, np.float16(0.9), np.float16(-0.3)).astype(np.float16)
+    docs = np.array([0, 40, 41, 100, 160])
+    units = rng.choice(dim, size, replace=False)
+    for start, end in [(50, 53), (40, 41), (100, 102)]:
+        p = made_pattern(docs, units, start, end, 0.5)
+        for fuzzy in (True, False):
+            run_both(values, docs, p, fuzzy=fuzzy, limit=20)
+
+
+@pytest.mark.parametrize("threshold,sign", [(0.5, 1), (0.0, 1), (-0.3, 1), (0.2, -1)])
+def test_padding_outside_a_document_shows_no_unit_off(threshold, sign):
+    rng = np.random.default_rng(4)
+    values = rng.choice(np.array([-1, -0.5, 0.25, 1], np.float16), size=(5, 40))
+    values[:, 10:12] = 1 if sign > 0 else -1  # every unit on at a document's start
+    docs = np.array([0, 10, 25, 40])
+    store = ArrayStore(values)
+    assert select(store, docs, 10, 12, threshold, pad_left=1, sign=sign).units == ()
+    assert select(store, docs, 23, 25, threshold, pad_left=0, pad_right=1, sign=sign).units == ()
+    assert select(store, docs, 10, 12, threshold, pad_left=0, sign=sign).units == (0, 1, 2, 3, 4)
+    for start, end in [(10, 12), (12, 14), (23, 25), (1, 3)]:
+        for pad_left, pad_right in [(1, 1), (2, 0), (0, 0)]:
+            p = made_pattern(docs, range(5), start, end, threshold, pad_left, pad_right, sign)
+            result = run_both(values, docs, p, min_length=1)
+            assert all(m.start - pad_left >= docs[m.document]
+                       and m.end + pad_right <= docs[m.document + 1] for m in result.matches)
+
+
+def test_length_rule_is_checked():
+    store, docs = small_store()
+    p = select(store, docs, 1, 3, 0.5)
+    for kwargs, message in [({"min_length": 0}, "min_length must be at least 1 token, got 0"),
+                            ({"length": -2}, "length must be at least 1 token, got -2"),
+                            ({"length": 2.5}, "length must be an integer, got 2.5"),
+                            ({"min_length": 99}, "min_length=99 is longer than the longest"),
+                            ({"min_length": 2, "length": 3}, "not both")]:
+        with pytest.raises(ValueError, match=message):
+            match(store, docs, p, **kwargs)
 
 
 def test_larger_random_index_equals_reference():

@@ -155,6 +155,35 @@ def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
     assert app.select_view.threshold_span.location == -s.threshold
 
 
+def test_match_length_controls(app: App, tiny_index) -> None:
+    span = brush_pattern(app)
+    s, mv = app.session, app.match_view
+    pattern = api_pattern(tiny_index, s.state, span, s.threshold)
+
+    def shown() -> list[tuple[int, int]]:
+        return [(r.start, r.end) for r in mv.rows]
+
+    def api(**lengths) -> list[tuple[int, int]]:
+        result = query.match(tiny_index.store(s.state), tiny_index.doc_starts, pattern,
+                             limit=50, **lengths)
+        return [(m.start, m.end) for m in result.matches]
+
+    assert shown() == api() and all(e - b >= 2 for b, e in shown())  # a 2-token span: >= 2
+    mv.min_length.value = 1
+    assert s.min_length == 1 and shown() == api(min_length=1)
+    best = shown()[0]
+    mv.length.value = best[1] - best[0]  # exact length: the minimum goes back to auto
+    assert (s.min_length, s.length) == (None, best[1] - best[0])
+    assert mv.min_length.value == 0 and shown() == api(length=best[1] - best[0])
+    assert best in shown()
+    mv.length.value = 10**9  # a page can send anything: clamped, then refused in one line
+    assert "longer than the longest document" in app.status.text
+    assert len(app.status.text.splitlines()) == 1
+    mv.length.value = None  # emptied
+    assert s.length is None and mv.length.value == 0 and shown() == api()
+    assert app.status.text == ""
+
+
 def test_empty_pattern_explains_itself(app: App) -> None:
     brush(app, 5, 7)
     app.threshold_input.value = 50.0
@@ -515,4 +544,5 @@ def test_widgets_refuse_values_outside_their_bounds(app: App) -> None:
     app.doc_input.value = float("nan")
     app.pos_input.value = 10**12
     assert "out of range" in app.status.text
+    app.pad_left.value = 1  # 50 tokens that must be off: hardly any span has a pattern
     brush_pattern(app)  # still answers

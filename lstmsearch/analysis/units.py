@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from lstmsearch.index import Index
+    from lstmsearch.reader import IndexReader
 
 CHUNK = 1 << 18  # tokens per block when streaming over states, at most
 BLOCK_VALUES = 1 << 23
@@ -349,7 +349,7 @@ def sample_end(doc_starts: np.ndarray, max_tokens: int) -> tuple[int, int]:
 
 
 def index_response(
-    index: Index,
+    index: IndexReader,
     state: str,
     words: int | None = None,
     min_count: int = 1,
@@ -387,7 +387,7 @@ def cluster_response(
 
 
 def index_units(
-    index: Index,
+    index: IndexReader,
     state: str,
     words: int | None = None,
     min_count: int = 1,
