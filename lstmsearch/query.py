@@ -783,7 +783,12 @@ def _check_match_arguments(
     if pattern.state != store.name:
         raise ValueError(f"pattern was selected on {pattern.state!r}, not on {store.name!r}")
     if not pattern.units:
-        raise ValueError(f"pattern selected no units ({pattern.how}); nothing to match")
+        first, stop = docs.bounds(_check_span(docs, pattern.start, pattern.end)[2])
+        outside = (pattern.start - pattern.pad_left < first
+                   or pattern.end + pattern.pad_right > stop)
+        hint = ("; its padding reaches outside its document, where no unit counts as off: "
+                "use padding 0 on that side to select at a document's edge") if outside else ""
+        raise ValueError(f"pattern selected no units ({pattern.how}); nothing to match{hint}")
     if pattern.units[0] < 0 or pattern.units[-1] >= store.dim:
         raise ValueError(f"pattern units {pattern.units} do not fit dim={store.dim}")
     _check_padding("pad_left", pattern.pad_left)

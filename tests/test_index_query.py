@@ -104,6 +104,8 @@ def test_a_phrase_is_mapped_to_the_tokens_it_touches(word_index) -> None:
         (lambda ix: ix.select(0, 3, float("inf"), 1, "c"), "threshold must be finite"),
         (lambda ix: ix.select(0, 3, 0.3), "say which state"),
         (lambda ix: ix.match(ix.select(1, 3, 1e4, 1, "c")), "pattern selected no units"),
+        (lambda ix: ix.match(ix.select(0, 3, 0.01, 1, "c")),
+         "reaches outside its document, where no unit counts as off: use padding 0"),
         (lambda ix: ix.find("   "), "phrase must be a non-blank string"),
         (lambda ix: ix.find("(", limit=0), "limit must be at least 1, got 0"),
         (lambda ix: ix.find("(", doc=10**6), "doc 1000000 out of range"),
