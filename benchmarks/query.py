@@ -10,8 +10,10 @@ reuses it). Then, on the same open index, it times
   ranking alone (`histogram=False`) and with the length histogram (the default);
 * neurons: `where` (count + first 50 hits with text), `top` (k = 20), `correlate` (the depth
   track against all units);
-* nearest (`Index.nearest`, k = 10) as it is, the first call apart (up to
-  `--nearest-limit` tokens: it holds the FAISS indexes in memory); SQL `count(*)`;
+* nearest (`Index.nearest`, k = 10: each segment's compressed FAISS codes, re-ranked exactly
+  on the stored states), the first call after opening apart, and its recall@10 against the
+  brute-force scan (`exact=True`, timed too, up to `--exact-limit` tokens) on the same
+  spans, beside the recall the build recorded; SQL `count(*)`;
 * LSTMVis's own match algorithm (`benchmarks/lstmvis_port.py`), fast and precise modes, on
   the same states and selections: the ratio of its time to lstmsearch's, and how many of
   the top 50 the two share (and, of those, how many get the same |A ∩ S|).
@@ -195,17 +197,28 @@ def bench_size(index: Index, args: argparse.Namespace, rng: np.random.Generator)
     print_row(timed("neurons.correlate depth, all units", [
         lambda: neurons.correlate("depth", store.layer, store.kind)], 3)[0])
     spans = [(p.start, p.end) for p in patterns["|S|~20"]]
-    if index.n_tokens > args.nearest_limit:
-        print(f"  nearest: skipped above {args.nearest_limit:,} tokens (--nearest-limit): it "
-              "reads every segment's FAISS index into memory and joins them, twice the "
-              "states in all (20 GB at 10^7 x 512, more than this machine holds)")
+    print_row(timed("nearest k=10, first call", [
+        lambda: index.nearest(*spans[0], store.layer, store.kind, 10)], 1,
+        warm_up=False)[0])
+    row, found = timed("nearest k=10", [
+        (lambda s=s: index.nearest(*s, store.layer, store.kind, 10)) for s in spans],
+        max(len(spans), args.repeat // 2))
+    print_row(row)
+    recorded = index.info().faiss[0]
+    if index.n_tokens <= args.exact_limit:
+        row, exact = timed("nearest k=10, brute force (exact=True)", [
+            (lambda s=s: index.nearest(*s, store.layer, store.kind, 10, exact=True))
+            for s in spans], len(spans), warm_up=False)
+        print_row(row)
+        hits = [np.mean([n.distance <= want[-1].distance * (1 + 1e-9) for n in got])
+                for got, want in zip(found[: len(spans)], exact)]
+        print(f"    recall@10 against brute force on these {len(spans)} spans: "
+              f"{np.mean(hits):.3f}; recorded by the build: {recorded['recall_at_10']:.3f} "
+              f"(lowest of {recorded['measured']} segments measured)")
     else:
-        print_row(timed("nearest k=10, first call", [
-            lambda: index.nearest(*spans[0], store.layer, store.kind, 10)], 1,
-            warm_up=False)[0])
-        print_row(timed("nearest k=10", [
-            (lambda s=s: index.nearest(*s, store.layer, store.kind, 10)) for s in spans],
-            max(3, args.repeat // 2))[0])
+        print(f"    recall@10 recorded by the build: {recorded['recall_at_10']:.3f} (lowest of "
+              f"{recorded['measured']} segments measured); brute force skipped above "
+              f"{args.exact_limit:,} tokens (--exact-limit)")
     print_row(timed("sql count(*) FROM tokens", [
         lambda: index.sql("SELECT count(*) FROM tokens")], args.repeat)[0])
 
@@ -264,8 +277,8 @@ def main() -> None:
                         help="timed runs of each LSTMVis mode")
     parser.add_argument("--precise-limit", type=int, default=10_000_000,
                         help="skip LSTMVis's precise mode above this many tokens")
-    parser.add_argument("--nearest-limit", type=int, default=2_000_000,
-                        help="skip nearest above this many tokens (memory)")
+    parser.add_argument("--exact-limit", type=int, default=2_000_000,
+                        help="skip the brute-force nearest above this many tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None,
                         help="build the indexes here (once) and keep them")

@@ -26,6 +26,7 @@ document ends its lane takes the next document with a zero state.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,14 +214,42 @@ def step_weights(rnn: nn.Module, lanes: int, embed: nn.Embedding | None = None,
     )
 
 
-def input_projection(w: StepWeights, inputs: torch.Tensor) -> torch.Tensor:
-    """`x @ W_ih^T + b` for a stretch of steps: inputs are token ids (S, B) when the layer
-    has a table, else x (S, B, in); the result is (S, B, gates x H)."""
+class Workspace:
+    """Arrays the fused pass reuses from block to block. A fresh array of tens of MB is
+    fresh pages from the system every time (the allocator maps them anew), and faulting
+    them in cost about a tenth of the pass; `None` instead of a workspace allocates anew."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised array of `shape` (the dtype and device of `like`) for `key`."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(key)
+        if (buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = self.buffers[key] = torch.empty(numel, dtype=like.dtype,
+                                                     device=like.device)
+        return buffer[:numel].view(shape)
+
+
+def empty(workspace: Workspace | None, key: tuple, shape: tuple[int, ...],
+          like: torch.Tensor) -> torch.Tensor:
+    """`workspace.take(...)`, or a new array without a workspace."""
+    if workspace is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return workspace.take(key, shape, like)
+
+
+def input_projection(w: StepWeights, inputs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`x @ W_ih^T + b` for a stretch of steps into `out` (S, B, gates x H): inputs are token
+    ids (S, B) when the layer has a table, else x (S, B, in)."""
+    flat = out.view(-1, out.shape[-1])
     if w.table is not None:
-        return w.table[inputs]
-    steps, batch, width = inputs.shape
-    return torch.addmm(w.b_in, inputs.reshape(steps * batch, width), w.w_ih_t).view(
-        steps, batch, -1)
+        torch.index_select(w.table, 0, inputs.reshape(-1), out=flat)
+    else:
+        torch.addmm(w.b_in, inputs.reshape(-1, inputs.shape[-1]), w.w_ih_t, out=flat)
+    return out
 
 
 def step_product(w: StepWeights, h: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
@@ -236,27 +265,33 @@ def step_product(w: StepWeights, h: torch.Tensor, add: torch.Tensor | None) -> t
 
 
 def fused_layer(w: StepWeights, inputs: torch.Tensor, state: tuple[torch.Tensor, ...],
-                kinds: set[str], backend: str
+                kinds: set[str], backend: str, workspace: Workspace | None = None,
+                layer: int = 0
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """One layer over a block, time-major: `inputs` are token ids (T, B) for a layer with a
     table, else x (T, B, in); `state` is (h, c) or (h,), each (B, H). Returns h (T, B, H),
-    the asked kinds (T, B, H) and the final state."""
+    the asked kinds (T, B, H) and the final state. With a `workspace` the outputs are its
+    arrays for `layer`, valid until the next block."""
     steps, batch = inputs.shape[:2]
     hidden = w.hidden
     lstm = w.arch == "lstm"
-    h_all = torch.empty(steps, batch, hidden, dtype=w.b_in.dtype, device=w.b_in.device)
-    c_all = torch.empty_like(h_all) if lstm and "c" in kinds else None
+    like = w.b_in
+    h_all = empty(workspace, ("h", layer), (steps, batch, hidden), like)
+    c_all = empty(workspace, ("c", layer), (steps, batch, hidden), like) if (
+        lstm and "c" in kinds) else None
     gate_kinds = LSTM_GATES if lstm else GRU_GATES
     gates = None
     if kinds & set(gate_kinds):
-        gates = torch.empty(steps, len(gate_kinds), batch, hidden, dtype=h_all.dtype,
-                            device=h_all.device)
+        gates = empty(workspace, ("gates", layer), (steps, len(gate_kinds), batch, hidden), like)
     h = state[0]
     c = state[1].clone() if lstm else None  # the running cell state, updated in place
     c_spare = torch.empty_like(h) if lstm and c_all is None else None
     every = max(1, PROJECTION_ROWS // max(1, batch))
+    width = (4 if lstm else 3) * hidden
     for a in range(0, steps, every):
-        projected = input_projection(w, inputs[a : a + every])
+        stretch = min(steps, a + every) - a
+        projected = input_projection(w, inputs[a : a + every], empty(
+            workspace, ("projected", layer), (stretch, batch, width), like))
         for t in range(a, min(steps, a + every)):
             gates_t = None if gates is None else gates[t]
             if lstm:
@@ -272,6 +307,8 @@ def fused_layer(w: StepWeights, inputs: torch.Tensor, state: tuple[torch.Tensor,
         out["c"] = c_all
     if gates is not None:
         out.update({k: gates[:, j] for j, k in enumerate(gate_kinds) if k in kinds})
+    if workspace is not None:
+        h = h.clone()  # the next block reuses h_all
     return h_all, out, ((h, c) if lstm else (h,))
 
 
@@ -357,9 +394,11 @@ def iter_states(
         if kernel == "fused":
             prepared = [step_weights(layers[i], min(lanes, len(order)) or 1,
                                      model.embed if i == 0 else None) for i in range(top + 1)]
+            # stored blocks are copies, so the float32 arrays can be reused for the next
+            workspace = Workspace() if stored else None
 
-            def run(i, inputs, state, kinds, prepared=prepared):
-                return fused_layer(prepared[i], inputs, state, kinds, backend)
+            def run(i, inputs, state, kinds, prepared=prepared, workspace=workspace):
+                return fused_layer(prepared[i], inputs, state, kinds, backend, workspace, i)
         else:
             def run(i, inputs, state, kinds, layers=layers):
                 return reference_layer(layers[i], inputs, state, kinds)
@@ -397,7 +436,7 @@ def run_lanes(
     module docstring); `ids_in`: the first layer takes token ids, not embeddings; the
     blocks' states come in `dtype`."""
     parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    device = parameter.device
     hidden = model.config.hidden
     parts = 2 if model.config.arch == "lstm" else 1  # (h, c) or (h,)
     queue = deque(order)
@@ -405,7 +444,8 @@ def run_lanes(
     lane_pos: list[int] = []
     lane_logp: list[torch.Tensor | None] = []
     # per layer, the carried state of every lane: (h, c) or (h,), each (lanes, H)
-    state = [tuple(torch.zeros(0, hidden, device=device, dtype=dtype) for _ in range(parts))
+    state = [tuple(torch.zeros(0, hidden, device=device, dtype=parameter.dtype)
+                   for _ in range(parts))
              for _ in range(n_layers)]
 
     while queue or lane_doc:
@@ -416,7 +456,7 @@ def run_lanes(
             lane_logp.append(None)
             joined += 1
         if joined:  # new documents start from a zero state
-            zeros = torch.zeros(joined, hidden, device=device, dtype=dtype)
+            zeros = torch.zeros(joined, hidden, device=device, dtype=parameter.dtype)
             state = [tuple(torch.cat([part, zeros]) for part in layer) for layer in state]
         remaining = [len(docs[d]) - p for d, p in zip(lane_doc, lane_pos)]
         steps = min(chunk, max(remaining))

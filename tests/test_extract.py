@@ -204,3 +204,27 @@ def test_names_and_errors():
         state_names(random_model("gru").config, kinds=["c"])
     with pytest.raises(ValueError, match="layer 5"):
         state_names(config, layers=[5])
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_stored_blocks_are_the_float32_states_rounded(arch):
+    """Blocks in the stored float16 (what a build writes; the pass reuses its arrays from
+    block to block) hold exactly the float32 states rounded once."""
+    model = random_model(arch, layers=2, hidden=9, bidirectional=True)
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, 11, size=n) for n in (1, 30, 7, 64, 13, 2, 41)]
+    names = state_names(model.config, gates=True)
+    want = extract(model, docs, names, chunk=5, lanes=3)
+    seen = {d: {name: np.zeros((len(doc), 18), np.float16) for name in names}
+            for d, doc in enumerate(docs)}
+    for block in iter_states(model, docs, names, chunk=5, lanes=3, stored=True):
+        for name, values in block.states.items():
+            assert values.dtype == np.float16
+            lo = block.unit_offset
+            for j, d in enumerate(block.docs):
+                s, n = int(block.starts[j]), int(block.lengths[j])
+                seen[d][name][s : s + n, lo : lo + 9] = values[j, :n]
+    for d in range(len(docs)):
+        for name in names:
+            np.testing.assert_array_equal(seen[d][name], want[d][name].astype(np.float16),
+                                          err_msg=name)
