@@ -44,10 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from extract import fused_copy  # noqa: E402  (benchmarks/extract.py: the bare forward's module)
 
 from indexer.build import build_index, choose_device, default_lanes  # noqa: E402
 from lstmsearch.corpus import Corpus, Document, load_corpus  # noqa: E402
@@ -95,18 +96,6 @@ def synthetic_case(work: Path, tokens: int, doc_chars: int, hidden: int, layers:
     path = work / "model.pt"
     save_checkpoint(path, model, tokenizer)
     return corpus, path, f"lstm {layers}x{hidden} (random weights), char"
-
-
-def fused_copy(model: LanguageModel) -> nn.Module:
-    """One multi-layer `nn.LSTM`/`nn.GRU` with the model's forward stack's weights."""
-    c = model.config
-    cls = nn.LSTM if c.arch == "lstm" else nn.GRU
-    fused = cls(c.embed_dim, c.hidden, num_layers=c.layers, batch_first=True)
-    with torch.no_grad():
-        for i, rnn in enumerate(model.forward_layers):
-            for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(fused, f"{w}_l{i}").copy_(getattr(rnn, f"{w}_l0"))
-    return fused.to(next(model.parameters()).device).eval()
 
 
 @torch.inference_mode()

@@ -8,6 +8,7 @@
 - `shared`: the web app's per-server `Shared` over the tiny index (one per test module);
   `named`, `analysis_view`: find a Bokeh model by name, show an analysis tab.
 - `states_only_index`: an index of stored states, which has no model.
+- `ArrayStore`: states held in memory with the StateStore protocol, for the query kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +163,28 @@ def edit_segment_rows(index_path: Path, sql: str, params: list | None = None) ->
                         [target.stat().st_size, file_sha256(target), rel])
     finally:
         con.close()
+
+
+class ArrayStore:
+    """States of one (layer, kind) held in memory, unit-major: ``values[unit, position]``."""
+
+    def __init__(self, values: np.ndarray, name: str = "layers.0.c") -> None:
+        self.values = np.ascontiguousarray(values, dtype=np.float16)
+        if self.values.ndim != 2:
+            raise ValueError(f"values must be (dim, n_tokens), got shape {self.values.shape}")
+        self.name = name
+        _, layer, kind = name.split(".")
+        self.layer, self.kind = int(layer), kind
+        self.dim, self.n_tokens = self.values.shape
+
+    def column(self, unit: int) -> np.ndarray:
+        return self.values[unit]
+
+    def block(self, units, start: int, end: int) -> np.ndarray:
+        return np.array(self.values[units, start:end])
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        return self.values[:, positions]
+
+    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
+        return [(0, self.values)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import pytest
+from conftest import ArrayStore
 
 from lstmsearch import kernels, query
 from lstmsearch.query import match, select
@@ -19,34 +19,12 @@ from lstmsearch.query import match, select
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Columns:
-    """States held in memory, unit-major (the StateColumns protocol)."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values
-        self.name, self.layer, self.kind = "layers.0.h", 0, "h"
-        self.dim, self.n_tokens = values.shape
-
-    def column(self, unit: int) -> np.ndarray:
-        return self.values[unit]
-
-    def block(self, units, start: int, end: int) -> np.ndarray:
-        return np.array(self.values[units, start:end])
-
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        return self.values[:, positions]
-
-    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
-        return [(0, self.values)]
-
-
-@pytest.mark.skipif(not kernels.COMPILED, reason="numba is not installed")
 def test_plain_python_kernels_give_the_same_matches() -> None:
     rng = np.random.default_rng(2)
     state = np.cumsum(rng.random((12, 300)) < 0.15, axis=1) % 2
     values = np.where(state == 1, np.float16(0.9), np.float16(-0.1)).astype(np.float16)
     docs = np.array([0, 50, 51, 200, 300])
-    store = Columns(values)
+    store = ArrayStore(values, "layers.0.h")
     plain = {name: getattr(kernels, name).py_func
              for name in ("count_pattern", "list_runs", "runs_from", "exact_overlaps")}
     for start, end, pad_left, pad_right in [(60, 63, 1, 0), (200, 202, 2, 1), (10, 11, 0, 3)]:

@@ -9,6 +9,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import ArrayStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,31 +28,6 @@ from lstmsearch.query import (
 # ---------------------------------------------------------------------------------------
 # An in-memory store with the StateStore protocol
 # ---------------------------------------------------------------------------------------
-
-
-class ArrayStore:
-    """States of one (layer, kind) held in memory, unit-major: ``values[unit, position]``."""
-
-    def __init__(self, values: np.ndarray, name: str = "layers.0.c") -> None:
-        self.values = np.ascontiguousarray(values, dtype=np.float16)
-        if self.values.ndim != 2:
-            raise ValueError(f"values must be (dim, n_tokens), got shape {self.values.shape}")
-        self.name = name
-        _, layer, kind = name.split(".")
-        self.layer, self.kind = int(layer), kind
-        self.dim, self.n_tokens = self.values.shape
-
-    def column(self, unit: int) -> np.ndarray:
-        return self.values[unit]
-
-    def block(self, units, start: int, end: int) -> np.ndarray:
-        return np.array(self.values[units, start:end])
-
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        return self.values[:, positions]
-
-    def parts(self, units, positions=None) -> list[tuple[int, np.ndarray]]:
-        return [(0, self.values)]
 
 
 class SegmentedStore(ArrayStore):
