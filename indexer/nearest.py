@@ -5,7 +5,7 @@ Vectors are the stored float16 states; ids are positions in the segment. Two kin
 - Compressed (the default): product quantisation with 4-bit codes, read by FAISS's fast-scan
   kernels (`IndexPQFastScan`): M = dim / 4 sub-quantisers of 4 units each, so a token costs
   dim / 8 bytes, a sixteenth of its float16 state, and the index never duplicates the states.
-  A query (`lstmsearch.nearest`) takes each segment's `shortlist(k)` nearest codes and
+  A query (`lstmsearch.nearest`) takes each segment's `shortlist(k, dim)` nearest codes and
   re-ranks them by their exact distance on the stored states; the recall@10 of exactly that
   procedure against brute force is measured at build time on every `RECALL_EVERY`-th segment
   (50 sample queries each) and recorded. The codebook of each state is trained once per index, before its
@@ -244,7 +244,8 @@ def recall_at_10(index: faiss.Index, store: StateStore, seed: int = 1) -> float:
         return float("nan")
     queries = store.vectors(sample_positions(n, RECALL_QUERIES, seed)).astype(np.float32)
     k = min(10, n)
-    wanted = min(n, shortlist(k)) if isinstance(index, faiss.IndexPQFastScan) else k
+    wanted = (min(n, shortlist(k, store.dim)) if isinstance(index, faiss.IndexPQFastScan)
+              else k)
     with one_faiss_thread():
         _, found = index.search(queries, wanted)
     q = torch.from_numpy(queries)

@@ -32,8 +32,10 @@ __all__ = ["Neighbor", "exact_distances", "nearest", "neighbor_key"]
 OVERSAMPLE = 2
 """FAISS candidates fetched per neighbour wanted (plus `SPARE`), re-ranked exactly."""
 SPARE = 32
-SHORTLIST = 512
-"""Least codes taken from each segment's compressed index to be re-ranked exactly."""
+RERANK_VALUES = 1 << 19
+"""Stored values (candidates x units) re-ranked per segment of a compressed index: 1,024
+candidates of 512 units, 8,192 of 64 (a narrow state's codes are coarser, its candidates
+cheaper to measure)."""
 SCAN_BLOCK = 1 << 15
 """Tokens per block of the exact scan used when there is no FAISS index."""
 
@@ -67,10 +69,10 @@ def exact_distances(store: StateStore, query: np.ndarray, positions: np.ndarray)
     return np.sqrt(((vectors - query[None, :]) ** 2).sum(axis=1))
 
 
-def shortlist(wanted: int) -> int:
-    """Codes re-ranked per segment of a compressed index when `wanted` candidates are
-    wanted (the build measures recall@10 with `shortlist(10)`)."""
-    return max(SHORTLIST, 16 * wanted)
+def shortlist(wanted: int, dim: int) -> int:
+    """Codes re-ranked per segment of a compressed index of `dim` units when `wanted`
+    candidates are wanted (the build measures recall@10 with `shortlist(10, dim)`)."""
+    return max(16 * wanted, RERANK_VALUES // max(1, dim))
 
 
 def has_faiss(index: IndexReader, store: StateStore) -> bool:
@@ -82,13 +84,14 @@ def has_faiss(index: IndexReader, store: StateStore) -> bool:
 def faiss_candidates(index: IndexReader, store: StateStore, query: np.ndarray,
                      n: int) -> np.ndarray:
     """Positions FAISS proposes for `query`: the `n` nearest of exact indexes, the
-    `shortlist(n)` nearest codes of each segment's compressed one."""
+    `shortlist(n, dim)` nearest codes of each segment's compressed one."""
     found = index.faiss(store.layer, store.kind)
     q = query[None, :].astype(np.float32)
     if found.joined is not None:
         searches = [(0, found.joined, min(n, int(found.joined.ntotal)))]
     else:
-        searches = [(start, part, min(shortlist(n) if compressed else n, int(part.ntotal)))
+        searches = [(start, part, min(shortlist(n, store.dim) if compressed else n,
+                                      int(part.ntotal)))
                     for start, part, compressed in
                     zip(found.starts, found.parts, found.compressed, strict=True)]
     out = []

@@ -220,7 +220,7 @@ def test_faiss_finds_stored_states(tiny_index):
     store = tiny_index.store(1, "h")
     for start, part in zip(found.starts, found.parts, strict=True):
         positions = start + np.array([0, part.ntotal // 2, part.ntotal - 1])
-        _, ids = part.search(store.vectors(positions).astype(np.float32), shortlist(10))
+        _, ids = part.search(store.vectors(positions).astype(np.float32), shortlist(10, store.dim))
         for position, row in zip(positions, ids, strict=True):
             assert position - start in row
 
