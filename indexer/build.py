@@ -65,8 +65,19 @@ from lstmsearch.store import to_stored
 from lstmsearch.tokenize import Tokenizer
 
 SEGMENT_TOKENS = 65_536
-"""Default least number of tokens in a segment (the unit of commit, and of work lost to a
+"""Least number of tokens in a segment by default (the unit of commit, and of work lost to a
 kill; `lstmsearch compact` merges small segments later)."""
+SEGMENTS_PER_BUILD = 16
+"""A large build takes segments of about 1/16 of its tokens (up to `MAX_SEGMENT_TOKENS`):
+a query reads every segment, so their number, not only their size, sets its cost."""
+MAX_SEGMENT_TOKENS = 1 << 20
+
+
+def default_segment_tokens(n_tokens: int) -> int:
+    """Least tokens per segment for a build of `n_tokens`: `SEGMENT_TOKENS`, or for a large
+    build the power of two near n / `SEGMENTS_PER_BUILD`, at most `MAX_SEGMENT_TOKENS`."""
+    share = max(1, n_tokens // SEGMENTS_PER_BUILD)
+    return int(min(MAX_SEGMENT_TOKENS, max(SEGMENT_TOKENS, 2 ** round(math.log2(share)))))
 SEGMENT_LANES = 4
 """A segment also holds at least this many documents per lane, so that the model's lanes
 stay full: documents run side by side only within a segment."""
@@ -179,7 +190,8 @@ def build_index(
       the index's own model (a `model` given must be the same checkpoint).
 
     `layers`/`kinds` choose the stored states (default: every layer's h and, for an LSTM, c).
-    A segment is whole documents, at least `segment_tokens` tokens (default 65,536) and
+    A segment is whole documents, at least `segment_tokens` tokens (default 65,536, or about
+    a sixteenth of a larger build, up to 2^20) and
     `segment_docs` documents (default 4 per lane); `on_segment(number)` is called after each
     segment is written and listed. With `surprisal` (the default) each token's surprisal
     under the model, -ln p(token | the tokens before it) in nats, is stored as the track
@@ -261,7 +273,7 @@ class Job:
         states = [(n, *split_name(n), dims[n]) for n in names]
         try:
             writer.create(meta, states, loaded.tokenizer.vocab())
-            segment_tokens = sizes[0] or SEGMENT_TOKENS
+            segment_tokens = sizes[0] or default_segment_tokens(sum(len(d) for d in docs))
             segment_docs = sizes[1] or SEGMENT_LANES * self.lanes
             plans = plan_segments([len(d) for d in docs], segment_tokens, segment_docs, 0, 0, 0)
             codebooks = self.codebooks_for(loaded, names, docs)

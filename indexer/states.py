@@ -43,6 +43,7 @@ from tqdm import tqdm
 from indexer.annotate import Track, read_track_file
 from indexer.build import (
     BuildResult,
+    default_segment_tokens,
     merge_pending_stats,
     read_corpus,
     write_stats_and_publish,
@@ -376,8 +377,9 @@ def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
     try:
         writer.create(full_meta, layer_rows, list(vocab))
         docs = tokens.planned()
-        plans = plan_segments([len(d) for d in docs], SEGMENT_TOKENS, 1, 0, 0, 0)
-        writer.plan(docs, plans, {"segment_tokens": str(SEGMENT_TOKENS), "segment_docs": "1"})
+        segment_tokens = max(SEGMENT_TOKENS, default_segment_tokens(tokens.n_tokens))
+        plans = plan_segments([len(d) for d in docs], segment_tokens, 1, 0, 0, 0)
+        writer.plan(docs, plans, {"segment_tokens": str(segment_tokens), "segment_docs": "1"})
         segments = [SegmentWriter(tmp, plan, layer_rows) for plan in plans]
         ends = np.array([plan.tok_end for plan in plans], dtype=np.int64)
         dims = dict(states)

@@ -107,7 +107,8 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", nargs="+", help="state kinds to store (default: h c; gates: i f g o)")
     p.add_argument("--limit", type=L.COUNT, default=None, help="index only the first N documents")
     p.add_argument("--segment-tokens", type=int, default=None,
-                   help="least tokens per segment (default 65536; whole documents)")
+                   help="least tokens per segment (default 65536, or about a sixteenth of a "
+                   "larger build up to 1048576; whole documents)")
     p.add_argument("--segment-docs", type=L.COUNT, default=None,
                    help="least documents per segment (default: 4 per lane of the model)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
+from lstmsearch.kernels import run_tasks
 from lstmsearch.models import file_sha256
 from lstmsearch.store import CorruptStoreError, StateStore
 
@@ -1029,8 +1030,8 @@ class Index:
                     raise IndexOpenError(f"index {self.path} is damaged: FAISS indexes of "
                                          f"{store.name} are missing for some segments")
                 files = {f.path: f for f in self.files}
-                parts = []
-                for s in self.segments:
+
+                def load(s: SegmentInfo) -> Any:
                     rel = by_segment[s.segment]
                     if rel not in files:
                         raise DamagedFileError(f"index {self.path} is damaged: the manifest "
@@ -1046,7 +1047,10 @@ class Index:
                         raise DamagedFileError(
                             f"index {self.path} is damaged: {rel} holds {part.ntotal} vectors "
                             f"of {part.d} units, the segment {s.n_tokens} of {store.dim}")
-                    parts.append(part)
+                    return part
+
+                # hashing and reading free the GIL: the segments' files on every core
+                parts = run_tasks(load, [(s,) for s in self.segments])
                 self._faiss[store.name] = FaissIndexes(
                     tuple(s.tok_start for s in self.segments), tuple(parts), join_exact(parts))
             return self._faiss[store.name]

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 
 __all__ = [
     "COMPILED",
+    "candidate_distances",
     "column_moments",
     "count_pattern",
     "count_where",
@@ -551,6 +552,27 @@ def column_moments(part, first, unit_start, unit_end, table, y, weight, shift, o
 
 
 # ---------------------------------------------------------------------------------------
+# nearest: exact distances of candidates
+# ---------------------------------------------------------------------------------------
+
+
+@_jit
+def candidate_distances(part, ids, query, table, out):
+    """Squared Euclidean distances (float64) from ``query`` (float64, one per unit) to the
+    stored states of the tokens ``ids`` (sorted) of ``part`` (uint16 float16 bits, units x
+    positions; ``table`` maps bits to float32 values), into ``out``: a unit at a time, so
+    every read stays in one column."""
+    for i in range(ids.shape[0]):
+        out[i] = 0.0
+    for u in range(part.shape[0]):
+        row = part[u]
+        q = query[u]
+        for i in range(ids.shape[0]):
+            d = np.float64(table[row[ids[i]]]) - q
+            out[i] += d * d
+
+
+# ---------------------------------------------------------------------------------------
 # Warm-up
 # ---------------------------------------------------------------------------------------
 
@@ -581,6 +603,7 @@ def warm_up() -> float:
     moments = np.zeros((3, 4))
     column_moments(part, 0, 0, 3, table, np.zeros(8, np.float32), np.ones(8, np.float32),
                    np.zeros(3), moments, np.zeros((3, 3), np.float32))
+    candidate_distances(part, units, np.zeros(3), table, np.zeros(2))
     _warm.set()
     return time.perf_counter() - began
 

@@ -16,10 +16,12 @@ stored float16 values, ties by position, and the span's own positions are left o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lstmsearch.kernels import candidate_distances, float16_table, run_tasks
 from lstmsearch.limits import MAX_RESULTS
 from lstmsearch.spans import DEFAULT_CONTEXT, check_count, check_span, contexts
 
@@ -64,9 +66,33 @@ def mean_state(store: StateStore, start: int, end: int) -> np.ndarray:
 
 
 def exact_distances(store: StateStore, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Euclidean distances (float64) from ``query`` to the stored states at ``positions``."""
-    vectors = np.asarray(store.vectors(positions), dtype=np.float64)
-    return np.sqrt(((vectors - query[None, :]) ** 2).sum(axis=1))
+    """Euclidean distances (float64) from ``query`` to the stored states at ``positions``,
+    read in place segment by segment by a compiled loop, the segments on every core."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if positions.size and (positions.min() < 0 or positions.max() >= store.n_tokens):
+        bad = positions[(positions < 0) | (positions >= store.n_tokens)][0]
+        raise ValueError(f"position {bad} out of range: the index has tokens "
+                         f"0..{store.n_tokens - 1}")
+    order = np.argsort(positions, kind="stable")
+    ordered = positions[order]
+    query = np.ascontiguousarray(query, dtype=np.float64)
+    squared = np.empty(len(ordered))
+    tasks = []
+    for first, view in store.parts(slice(None), ordered):
+        a, b = np.searchsorted(ordered, [first, first + view.shape[1]])
+        if a < b:
+            tasks.append((view.view(np.uint16), ordered[a:b] - first, query, float16_values(),
+                          squared[a:b]))
+    run_tasks(candidate_distances, tasks)
+    out = np.empty(len(positions))
+    out[order] = np.sqrt(squared)
+    return out
+
+
+@cache
+def float16_values() -> np.ndarray:
+    """The float32 value of every float16 bit pattern (what the compiled loops read)."""
+    return float16_table()
 
 
 def shortlist(wanted: int, dim: int) -> int:
@@ -94,12 +120,12 @@ def faiss_candidates(index: IndexReader, store: StateStore, query: np.ndarray,
                                       int(part.ntotal)))
                     for start, part, compressed in
                     zip(found.starts, found.parts, found.compressed, strict=True)]
-    out = []
-    for start, part, wanted in searches:
-        if wanted > 0:
-            _, ids = part.search(q, wanted)
-            ids = ids[0]
-            out.append(ids[ids >= 0].astype(np.int64) + start)
+
+    def search(start: int, part, wanted: int) -> np.ndarray:
+        _, ids = part.search(q, wanted)
+        return ids[0][ids[0] >= 0].astype(np.int64) + start
+
+    out = run_tasks(search, [s for s in searches if s[2] > 0])  # FAISS frees the GIL
     if not out:
         return np.zeros(0, dtype=np.int64)
     ids = np.concatenate(out)
