@@ -73,11 +73,11 @@ a query reads every segment, so their number, not only their size, sets its cost
 MAX_SEGMENT_TOKENS = 1 << 20
 
 
-def default_segment_tokens(n_tokens: int) -> int:
-    """Least tokens per segment for a build of `n_tokens`: `SEGMENT_TOKENS`, or for a large
-    build the power of two near n / `SEGMENTS_PER_BUILD`, at most `MAX_SEGMENT_TOKENS`."""
-    share = max(1, n_tokens // SEGMENTS_PER_BUILD)
-    return int(min(MAX_SEGMENT_TOKENS, max(SEGMENT_TOKENS, 2 ** round(math.log2(share)))))
+def default_segment_tokens(n_tokens: int, least: int = SEGMENT_TOKENS) -> int:
+    """Least tokens per segment for a build of `n_tokens`: `least`, or for a large build
+    the power of two near n / `SEGMENTS_PER_BUILD`, at most `MAX_SEGMENT_TOKENS`."""
+    share = 2 ** round(math.log2(max(1, n_tokens // SEGMENTS_PER_BUILD)))
+    return int(max(least, min(MAX_SEGMENT_TOKENS, share)))
 SEGMENT_LANES = 4
 """A segment also holds at least this many documents per lane, so that the model's lanes
 stay full: documents run side by side only within a segment."""

@@ -377,7 +377,7 @@ def fill_index(tmp: Path, tokens: TokenTable, vocab: Sequence[str],
     try:
         writer.create(full_meta, layer_rows, list(vocab))
         docs = tokens.planned()
-        segment_tokens = max(SEGMENT_TOKENS, default_segment_tokens(tokens.n_tokens))
+        segment_tokens = default_segment_tokens(tokens.n_tokens, least=SEGMENT_TOKENS)
         plans = plan_segments([len(d) for d in docs], segment_tokens, 1, 0, 0, 0)
         writer.plan(docs, plans, {"segment_tokens": str(segment_tokens), "segment_docs": "1"})
         segments = [SegmentWriter(tmp, plan, layer_rows) for plan in plans]
