@@ -427,7 +427,7 @@ class Job:
         if not self.faiss or self.exact_nearest:
             return {}
         t0 = time.perf_counter()
-        sample = codebook_sample(loaded.model, [d.ids for d in docs], names)
+        sample = codebook_sample(loaded.model, [d.ids for d in docs], names, lanes=self.lanes)
         t1 = time.perf_counter()
         files = train_codebooks(sample, self.out)
         self.finalize_seconds += time.perf_counter() - t0
@@ -719,17 +719,20 @@ def free_bytes(path: Path) -> int:
 
 
 def codebook_sample(model: torch.nn.Module, docs: Sequence[np.ndarray], names: Sequence[str],
-                    tokens: int = CODEBOOK_TOKENS) -> dict[str, np.ndarray]:
-    """The stored values (clipped, rounded to float16) of every state at the first `tokens`
-    tokens of `docs`, as float32 (tokens, dim): what the codebooks are trained on. The
-    first documents make the sample the same for every engine and every resume."""
+                    tokens: int = CODEBOOK_TOKENS, lanes: int = 64) -> dict[str, np.ndarray]:
+    """The stored values (clipped, rounded to float16) of every state over about `tokens`
+    tokens, as float32 (tokens, dim): what the codebooks are trained on. They are the
+    prefixes of the first documents, `tokens / lanes` tokens of each (all of a shorter one),
+    run side by side: one block of the model rather than a few long documents in a few
+    lanes. The first documents make the sample the same for every engine and every resume."""
+    per_doc = -(-tokens // max(1, min(lanes, len(docs))))
     prefix, total = [], 0
     for ids in docs:
         if total >= tokens:
             break
-        prefix.append(np.asarray(ids[: tokens - total]))
+        prefix.append(np.asarray(ids[:per_doc]))
         total += len(prefix[-1])
-    states = extract(model, prefix, names)
+    states = extract(model, prefix, names, lanes=max(1, len(prefix)))
     return {name: to_stored(np.concatenate([s[name] for s in states])).T.float().numpy()
             for name in names}
 

@@ -448,12 +448,39 @@ def save_partials(path, parts: dict[str, PartialStats], compress: bool = True) -
     """Write the partial statistics of every state to one `.npz` file (deflated at the
     fastest level, or stored as they are for a file that lives only until it is merged).
 
-    Written entry by entry with a fixed timestamp, so equal statistics give equal bytes
-    (and equal checksums) whenever and wherever they are written.
+    Each unit's histogram keys are stored as steps from the key before (`key_steps`: mostly
+    1, so they deflate to a sixth). Written entry by entry with a fixed timestamp, so equal
+    statistics give equal bytes (and equal checksums) whenever and wherever they are written.
     """
-    save_arrays(path, {f"{name}/{field}": compact_dtype(field, getattr(p, field))
+    save_arrays(path, {f"{name}/{STORED_FIELD.get(field, field)}": stored_form(field, p)
                        for name, p in sorted(parts.items()) for field in PARTIAL_FIELDS},
                 compress)
+
+
+STORED_FIELD = {"keys": "key_steps"}
+"""Fields saved in another form than they are held (read back by `load_partials`)."""
+
+
+def stored_form(field: str, part: PartialStats) -> np.ndarray:
+    """One field of `part` as it is saved: keys as steps within each unit's row, counts and
+    positions in their narrowest type."""
+    if field != "keys":
+        return compact_dtype(field, getattr(part, field))
+    steps = part.keys.astype(np.int64)
+    steps[1:] -= part.keys[:-1]
+    firsts = part.ptr[:-1][np.diff(part.ptr) > 0]
+    steps[firsts] = part.keys[firsts]  # each unit's first key as it is
+    return steps.astype(np.uint16)
+
+
+def held_keys(steps: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """The keys back from their steps (each unit's row a running sum)."""
+    keys = np.cumsum(steps.astype(np.int64))
+    firsts = ptr[:-1][np.diff(ptr) > 0]
+    if len(firsts):  # subtract, within each row, what the rows before it summed to
+        before = np.concatenate([[0], keys[firsts[1:] - 1]])
+        keys -= np.repeat(before, np.diff(np.append(firsts, len(keys))))
+    return keys.astype(np.uint16)
 
 
 def save_checksums(path, checksums: dict[str, np.ndarray]) -> None:
@@ -493,9 +520,16 @@ WIDE = {"ptr": np.int64, "keys": np.uint16, "counts": np.int64, "top_pos": np.in
 
 
 def load_partials(path) -> dict[str, PartialStats]:
-    """Read a segment's partial statistics (plain arrays only: no pickle)."""
+    """Read partial statistics (plain arrays only: no pickle); keys saved as steps or, by
+    older versions, as they are."""
+    out = {}
     with np.load(path, allow_pickle=False) as data:
-        names = sorted({key.rsplit("/", 1)[0] for key in data.files})
-        return {name: PartialStats(**{f: data[f"{name}/{f}"].astype(WIDE[f])
-                                      for f in PARTIAL_FIELDS})
-                for name in names}
+        names = sorted({key.rsplit("/", 1)[0] for key in data.files
+                        if not key.endswith(CHECKSUM_FIELD)})
+        for name in names:
+            fields = {f: data[f"{name}/{f}"].astype(WIDE[f]) for f in PARTIAL_FIELDS
+                      if f"{name}/{f}" in data.files}
+            if "keys" not in fields:
+                fields["keys"] = held_keys(data[f"{name}/key_steps"], fields["ptr"])
+            out[name] = PartialStats(**fields)
+    return out

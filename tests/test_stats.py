@@ -48,3 +48,22 @@ def test_many_distinct_values_and_a_long_column():
     got, want = segment_partials(columns, 0), partial_stats(columns, 0)
     assert_same(got, want)
     assert got.ptr[1] == len(np.unique(every.astype(np.float16) + 0.0))  # -0 merged into +0
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_saved_partials_read_back_the_same(tmp_path, compress):
+    from indexer.stats import load_partials, save_arrays, save_partials
+
+    rng = np.random.default_rng(7)
+    values = np.stack([rng.standard_normal(3000) * 2, np.full(3000, 0.5),
+                       rng.choice([-1.0, 0.0, 1.0], 3000)], axis=1)
+    parts = {"layers.0.c": segment_partials(columns_of(values), 10),
+             "layers.1.h": segment_partials(columns_of(values[:7]), 0)}
+    save_partials(tmp_path / "p.npz", parts, compress=compress)
+    for name, got in load_partials(tmp_path / "p.npz").items():
+        assert_same(got, parts[name])
+    # a file written before keys were saved as steps reads the same
+    save_arrays(tmp_path / "old.npz", {f"{name}/{field}": getattr(p, field)
+                                       for name, p in parts.items() for field in PARTIAL_FIELDS})
+    for name, got in load_partials(tmp_path / "old.npz").items():
+        assert_same(got, parts[name])
