@@ -134,6 +134,55 @@ def histogram_stats(counts: np.ndarray, k: int) -> dict[str, np.ndarray]:
     }
 
 
+def row_stats(ptr: np.ndarray, keys: np.ndarray, counts: np.ndarray, k: int
+              ) -> dict[str, np.ndarray]:
+    """`histogram_stats` of sparse key histograms (unit u's keys are `keys[ptr[u]:ptr[u + 1]]`,
+    ascending), all units at once: the cost of the keys present, not of 65,536 bins a unit."""
+    units = len(ptr) - 1
+    rows = np.repeat(np.arange(units), np.diff(ptr))
+    finite = (keys >= FINITE_KEYS.start) & (keys < FINITE_KEYS.stop)
+    c = np.where(finite, counts, 0).astype(np.int64)
+    v = np.where(finite, VALUE_OF_KEY[keys], 0.0)
+    cum = np.cumsum(c)
+    base = np.concatenate([[0], cum])[ptr[:-1]]  # counted before each unit's row
+    n = np.concatenate([[0], cum])[ptr[1:]] - base
+    valid = n > 0
+    safe_n = np.maximum(n, 1)
+    mean = np.bincount(rows, c * v, minlength=units) / safe_n
+    var = np.bincount(rows, c * (v - mean[rows]) ** 2, minlength=units) / safe_n
+
+    def order_statistic(rank: np.ndarray) -> np.ndarray:
+        """Key of the rank-th smallest value (0-based) of each unit; rank is (units, r)."""
+        at = np.searchsorted(cum, base[:, None] + rank, side="right")
+        return keys[np.minimum(at, len(keys) - 1)] if len(keys) else np.zeros_like(rank)
+
+    p = np.asarray(QUANTILES)[None, :] * (safe_n[:, None] - 1)
+    lo, hi = np.floor(p).astype(np.int64), np.ceil(p).astype(np.int64)
+    v_lo, v_hi = VALUE_OF_KEY[order_statistic(lo)], VALUE_OF_KEY[order_statistic(hi)]
+    key_at = FINITE_KEYS.start + np.searchsorted(
+        VALUE_OF_KEY[FINITE_KEYS], np.asarray(ON_THRESHOLDS), side="left"
+    )  # the first key whose value is >= each threshold
+    # counted below each threshold: keys sorted within rows, so search row * 2^16 + key
+    code = rows.astype(np.int64) * N_KEYS + keys
+    below = np.searchsorted(code, np.arange(units)[:, None] * N_KEYS + key_at[None, :])
+    n_below = np.concatenate([[0], cum])[below] - base[:, None]
+    ends = np.stack([np.zeros(units, np.int64), safe_n - 1], axis=1)
+    extremes = VALUE_OF_KEY[order_statistic(ends)]
+    kk = np.minimum(k, safe_n)
+    kth = order_statistic(np.stack([safe_n - kk, kk - 1], axis=1))
+    nan = np.where(valid, 1.0, np.nan)
+    return {
+        "mean": mean * nan,
+        "std": np.sqrt(var) * nan,
+        "min": extremes[:, 0] * nan,
+        "max": extremes[:, 1] * nan,
+        "quantiles": (v_lo + (v_hi - v_lo) * (p - lo)) * nan[:, None],
+        "on": (n[:, None] - n_below) / safe_n[:, None] * nan[:, None],
+        "kth_high": VALUE_OF_KEY[kth[:, 0]],
+        "kth_low": VALUE_OF_KEY[kth[:, 1]],
+    }
+
+
 def top_positions(bits: np.ndarray, kth: float, k: int, lowest: bool) -> tuple[np.ndarray, np.ndarray]:
     """The k highest (or lowest) positions of one unit, given the k-th value; ties by position."""
     beyond = compare(bits, kth, "<" if lowest else ">")
@@ -160,7 +209,8 @@ def unit_stats(store: StateStore, k: int = TOP_K) -> UnitStats:
     for first in range(0, dim, UNITS_PER_BLOCK):
         last = min(first + UNITS_PER_BLOCK, dim)
         bits = columns[first:last].view(np.uint16)
-        s = histogram_stats(key_histograms(bits), k)
+        lengths, keys, counts = sparse_rows(key_histograms(bits))
+        s = row_stats(np.concatenate([[0], np.cumsum(lengths)]), keys, counts, k)
         block = slice(first, last)
         out["mean"][block], out["std"][block] = s["mean"], s["std"]
         out["min"][block], out["max"][block] = s["min"], s["max"]
@@ -426,21 +476,12 @@ def merge_partials(parts: list[PartialStats], k: int = TOP_K) -> PartialStats:
 
 def stats_of(part: PartialStats, k: int = TOP_K) -> UnitStats:
     """The unit statistics of everything a (merged) `PartialStats` covers."""
-    dim = part.dim
-    n_keys = len(QUANTILES)
-    out = {"mean": np.empty(dim), "std": np.empty(dim), "min": np.empty(dim, np.float32),
-           "max": np.empty(dim, np.float32), "quantiles": np.empty((dim, n_keys), np.float32),
-           "on_fraction": np.empty((dim, len(ON_THRESHOLDS)))}
-    for first in range(0, dim, UNITS_PER_BLOCK):
-        last = min(first + UNITS_PER_BLOCK, dim)
-        s = histogram_stats(part.dense(first, last), k)
-        block = slice(first, last)
-        out["mean"][block], out["std"][block] = s["mean"], s["std"]
-        out["min"][block], out["max"][block] = s["min"], s["max"]
-        out["quantiles"][block] = s["quantiles"]
-        out["on_fraction"][block] = s["on"]
+    s = row_stats(part.ptr, part.keys, part.counts, k)
     kk = min(k, part.top_pos.shape[1])
-    return UnitStats(**out, top_pos=part.top_pos[:, :kk], top_value=part.top_value[:, :kk],
+    return UnitStats(mean=s["mean"], std=s["std"], min=s["min"].astype(np.float32),
+                     max=s["max"].astype(np.float32),
+                     quantiles=s["quantiles"].astype(np.float32), on_fraction=s["on"],
+                     top_pos=part.top_pos[:, :kk], top_value=part.top_value[:, :kk],
                      bottom_pos=part.bottom_pos[:, :kk], bottom_value=part.bottom_value[:, :kk])
 
 

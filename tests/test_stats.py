@@ -67,3 +67,25 @@ def test_saved_partials_read_back_the_same(tmp_path, compress):
                                        for name, p in parts.items() for field in PARTIAL_FIELDS})
     for name, got in load_partials(tmp_path / "old.npz").items():
         assert_same(got, parts[name])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_row_statistics_equal_the_dense_histogram_ones(seed):
+    """The statistics of sparse histogram rows, all units at once, against the dense
+    65,536-bin computation (the same order statistics; sums in another order)."""
+    from indexer.stats import histogram_stats, key_histograms, row_stats, sparse_rows
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    values = np.stack([rng.standard_normal(n) * 3, rng.choice([-1.0, -0.0, 0.0, 2.0], n),
+                       np.full(n, 0.25), rng.standard_normal(n) * 1e5, np.linspace(-2, 2, n)],
+                      axis=1)
+    bits = columns_of(values).view(np.uint16)
+    dense = key_histograms(bits)
+    want = histogram_stats(dense, 100)
+    lengths, keys, counts = sparse_rows(dense)
+    got = row_stats(np.concatenate([[0], np.cumsum(lengths)]), keys, counts, 100)
+    for field in ("min", "max", "quantiles", "on", "kth_high", "kth_low"):
+        np.testing.assert_array_equal(got[field], want[field], err_msg=field)
+    for field in ("mean", "std"):
+        np.testing.assert_allclose(got[field], want[field], rtol=1e-12, atol=1e-12)
