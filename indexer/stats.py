@@ -18,6 +18,7 @@ numpy, kept as the tests' reference.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numba
@@ -536,12 +537,13 @@ def save_arrays(path, arrays: dict[str, np.ndarray], compress: bool = True) -> N
     import zipfile
 
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", compression=method, compresslevel=1) as archive:
+    with zipfile.ZipFile(path, "w", compression=method, allowZip64=True) as archive:
         for key, values in arrays.items():
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.ascontiguousarray(values), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = method
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(values), allow_pickle=False)
+            # writestr takes the level (ZipFile.open of a ZipInfo deflated at level 6)
+            archive.writestr(info, data.getbuffer(), compress_type=method, compresslevel=1)
 
 
 def compact_dtype(field: str, values: np.ndarray) -> np.ndarray:

@@ -490,7 +490,7 @@ def run_lanes(
             starts=starts,
             lengths=lengths.copy(),
             unit_offset=unit_offset,
-            states={k: v.to(dtype).cpu().numpy() for k, v in states.items()},
+            states={k: as_block(v, dtype) for k, v in states.items()},
             surprisal=block_surprisal,
         )
         # carry each lane's state to its next stretch; finished lanes make room
@@ -503,6 +503,16 @@ def run_lanes(
             lane_doc = [lane_doc[j] for j in keep]
             lane_pos = [lane_pos[j] for j in keep]
             lane_logp = [lane_logp[j] for j in keep]
+
+
+def as_block(values: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A block's states (lanes, steps, units) as a host array of `dtype`. Stored blocks
+    (float16) are laid out lane by unit by step, so that each lane's stretch of a unit is
+    contiguous, as a segment's columns are: the writer copies rows, not scattered values."""
+    if dtype == torch.float32:
+        return values.to(dtype).cpu().numpy()
+    lane_major = values.permute(0, 2, 1).to(dtype).contiguous()  # (lanes, units, steps)
+    return lane_major.cpu().numpy().transpose(0, 2, 1)
 
 
 def flip_rows(x: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
