@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lstmsearch.index import CODEBOOKS_DIR
+from lstmsearch.kernels import float16_table
 from lstmsearch.models import file_sha256
 from lstmsearch.nearest import shortlist
 from lstmsearch.store import StateStore
@@ -151,15 +152,21 @@ def centroids_of(codebook: faiss.IndexPQFastScan) -> torch.Tensor:
 
 
 @numba.njit(fastmath=True, error_model="numpy", nogil=True, cache=True)
-def nearest_centroids(x, centroids, codes):
-    """For every token (column of `x`, float32 (dim, tokens)) and sub-quantiser m, the index
-    of the centroid (M, 16, 4) nearest to its units 4m .. 4m + 3 into `codes` (M, tokens):
-    a loop over tokens per centroid, which vectorises (ties: the first centroid)."""
+def nearest_centroids(bits, table, centroids, codes):
+    """For every token (column of `bits`, the float16 bit patterns (dim, tokens); `table`
+    maps them to float32 values) and sub-quantiser m, the index of the centroid (M, 16, 4)
+    nearest to its units 4m .. 4m + 3 into `codes` (M, tokens): a loop over tokens per
+    centroid, which vectorises (ties: the first centroid)."""
     m_count, k_count, _ = centroids.shape
-    n = x.shape[1]
+    n = bits.shape[1]
     best = np.empty(n, np.float32)
+    x = np.empty((4, n), np.float32)
     for m in range(m_count):
-        x0, x1, x2, x3 = x[4 * m], x[4 * m + 1], x[4 * m + 2], x[4 * m + 3]
+        for s in range(4):
+            row = bits[4 * m + s]
+            for t in range(n):
+                x[s, t] = table[row[t]]
+        x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
         code = codes[m]
         for t in range(n):
             best[t] = np.inf
@@ -180,10 +187,11 @@ def encode_columns(codebook: faiss.IndexPQFastScan, columns: np.ndarray) -> np.n
     centroids = centroids_of(codebook).numpy()
     n = columns.shape[1]
     codes = np.empty((centroids.shape[0], n), dtype=np.uint8)
+    table = float16_table()
     for start in range(0, n, ENCODE_BLOCK):
         end = min(n, start + ENCODE_BLOCK)
-        x = np.asarray(columns[:, start:end], dtype=np.float32)
-        nearest_centroids(x, centroids, codes[:, start:end])
+        bits = np.ascontiguousarray(columns[:, start:end]).view(np.uint16)
+        nearest_centroids(bits, table, centroids, codes[:, start:end])
     return np.ascontiguousarray(codes.T)
 
 

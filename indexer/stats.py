@@ -327,7 +327,7 @@ def unit_partial(bits, key_of_bits, k, first_key, end_key, keys_of_tokens):
     highest and lowest keys, and ties at them are taken from the start until k are found.
     """
     n = bits.shape[0]
-    counts = np.zeros(65536, np.int64)
+    counts = np.zeros(65536, np.uint32)  # a segment holds fewer than 2^32 tokens
     touched = np.zeros(1024, np.uint64)
     distinct = 0
     for t in range(n):
