@@ -194,15 +194,14 @@ def pack_for_steps(w_hh: torch.Tensor, lanes: int) -> torch.Tensor | None:
     return packed
 
 
-def step_weights(rnn: nn.Module, lanes: int, embed: nn.Embedding | None = None,
-                 packed: bool = True) -> StepWeights:
+def step_weights(rnn: nn.Module, lanes: int, embed: nn.Embedding | None = None) -> StepWeights:
     """The fused pass's view of one single-layer `nn.LSTM`/`nn.GRU` (see `StepWeights`);
     `embed` is the model's embedding when this is the first layer."""
     arch = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
     w_ih, w_hh = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach()
     b_ih, b_hh = rnn.bias_ih_l0.detach(), rnn.bias_hh_l0.detach()
     b_in = b_ih + b_hh if arch == "lstm" else b_ih
-    w_packed = pack_for_steps(w_hh, lanes) if packed else None
+    w_packed = pack_for_steps(w_hh, lanes)
     table = None
     if embed is not None and embed.num_embeddings * w_ih.shape[0] * 4 <= TABLE_BYTES:
         table = torch.addmm(b_in, embed.weight.detach(), w_ih.t())
