@@ -124,6 +124,11 @@ def make_server(
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
+    from bokeh.settings import settings
+
+    # Bokeh validates every new session's document (0.1 s of Python per session, as much as
+    # copying the page): the page is validated once, when the server builds it (server.app)
+    settings.perform_document_validation.set_value(False)
 
     from lstmsearch.index import Index, open_index
 

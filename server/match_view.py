@@ -62,14 +62,17 @@ class MatchView:
         hist.xgrid.visible = False
         self.hist = hist
         self.legend = Div(name="match-legend", width=230, text="")
-        self.strips.cells.selected.on_change("indices", self._on_tap)
-        self.mode.on_change("active", self._on_mode)
         self.layout = column(
             row(self.summary),
             row(self.mode),
             row(self.strips.fig, column(self.legend, self.hist)),
             name="match-view",
         )
+
+    def wire(self) -> None:
+        """Listen to the page: taps on rows, the mode (once per copy of the view)."""
+        self.strips.cells.selected.on_change("indices", self._on_tap)
+        self.mode.on_change("active", self._on_mode)
 
     @property
     def mode_name(self) -> str:

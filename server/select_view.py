@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from bokeh.core.properties import value
@@ -236,10 +237,13 @@ class SelectView:
             text=self._pattern_html(None, ()), styles={"overflow-y": "auto"},
         )
 
+    def wire(self) -> None:
+        """Listen to the page: brushes, taps on lines, the dragged threshold line (once per
+        copy of the view: a copy's models start without callbacks)."""
         self.tokens.selected.on_change("indices", self._on_selected)
         self.plot_quads.selected.on_change("indices", self._on_plot_brushed)
-        self.set_lines.selected.on_change("indices", self._on_line_tapped(self.set_lines))
-        self.lines.selected.on_change("indices", self._on_line_tapped(self.lines))
+        self.set_lines.selected.on_change("indices", partial(self._on_line_tapped, self.set_lines))
+        self.lines.selected.on_change("indices", partial(self._on_line_tapped, self.lines))
         self.threshold_span.on_change("location", self._on_span_dragged)
 
     # --- events ------------------------------------------------------------------------------
@@ -262,21 +266,19 @@ class SelectView:
         if self.on_span is not None:
             self.on_span(self.window.start + first, self.window.start + last + 1)
 
-    def _on_line_tapped(self, source: ColumnDataSource) -> Callable[[str, object, object], None]:
-        def handler(attr: str, old: Sequence[int], new: Sequence[int]) -> None:
-            if self._quiet or not new:
-                return
-            units = source.data["unit"]
-            unit = int(units[new[0]]) if new[0] < len(units) else None
-            self._quiet = True
-            try:
-                source.selected.indices = []
-            finally:
-                self._quiet = False
-            if unit is not None and self.on_unit is not None:
-                self.on_unit(unit)
-
-        return handler
+    def _on_line_tapped(self, source: ColumnDataSource, attr: str, old: Sequence[int],
+                        new: Sequence[int]) -> None:
+        if self._quiet or not new:
+            return
+        units = source.data["unit"]
+        unit = int(units[new[0]]) if new[0] < len(units) else None
+        self._quiet = True
+        try:
+            source.selected.indices = []
+        finally:
+            self._quiet = False
+        if unit is not None and self.on_unit is not None:
+            self.on_unit(unit)
 
     def _on_span_dragged(self, attr: str, old: float, new: float) -> None:
         if self._quiet or self.on_threshold is None or new is None:
