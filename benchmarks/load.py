@@ -12,15 +12,18 @@
    server's cores, cost little). Each GETs the page, opens its session's websocket and pulls
    the document, waits for its first window of tokens to arrive (page ready), brushes a span
    whose pattern S is not empty (the patch a page sends when the box select changes the token
-   source's selection), and waits for the match rows to arrive.
-4. The clients close; the server discards their sessions (it logs each one) and its memory
-   is read again.
+   source's selection; the sessions take the first window's two-token spans in turn, as
+   different users would), and waits for the match rows to arrive.
+4. The clients close; once the server has discarded their sessions (it logs each one) and
+   given their memory back, its memory is read again.
 
 Prints errors, page-ready and match times (p50, p95, max), the total time, the CPU time the
-server and the clients used meanwhile, the server's
-resident memory (start, with the sessions open, after they closed) and the machine's load
-average; writes `benchmarks/out/load.json`. Every wait has a deadline, so the script always
-ends by itself.
+server and the clients used meanwhile, the server's resident memory (all of it and its
+anonymous part; at start, after one session, with the N sessions open, after they closed)
+and the machine's load average; writes `benchmarks/out/load.json`. Every wait has a
+deadline, so the script always ends by itself. The server's memory after close depends on
+Python's allocator: run with `PYTHONMALLOC=malloc` to measure the server with the system
+allocator, which gives freed memory back (see README, Reliability).
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ def build_demo_index(folder: Path, docs: int) -> Path:
     return out
 
 
-def choose_span(index_path: Path) -> tuple[int, int]:
-    """A two-token span of the first page's window with a non-empty pattern (window-relative
-    token indices), chosen with the Python API the way the page will select it."""
+def choose_spans(index_path: Path) -> list[tuple[int, int]]:
+    """Every two-token span of the first page's window with a non-empty pattern (first and
+    last window-relative token index), found with the Python API the way the page selects
+    it: the sessions brush different ones, as different users would."""
     from lstmsearch.index import open_index
     from server.app import DEFAULT_THRESHOLD, default_state, default_window
 
@@ -68,9 +72,10 @@ def choose_span(index_path: Path) -> tuple[int, int]:
         state = default_state(list(index.state_names))
         width = min(index.n_tokens, default_window(
             index.meta.get("tokenizer_kind", "char") == "char"))
-        for i in range(1, width - 1):
-            if index.select(i, i + 2, DEFAULT_THRESHOLD, state=state).units:
-                return i, i + 1
+        spans = [(i, i + 1) for i in range(1, width - 1)
+                 if index.select(i, i + 2, DEFAULT_THRESHOLD, state=state).units]
+    if spans:
+        return spans
     raise SystemExit(f"no two-token span of the first window of {index_path} selects units")
 
 
@@ -104,7 +109,7 @@ class Server:
         )
         self.lines: list[str] = []
         self.ready = threading.Event()
-        self.open_sessions: int | None = None
+        self.times_all_closed = 0  # how often the server logged that no session is open
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -114,19 +119,20 @@ class Server:
             if "serving" in line:
                 self.ready.set()
             found = CLOSED.search(line)
-            if found:
-                self.open_sessions = int(found.group(1))
+            if found and int(found.group(1)) == 0:
+                self.times_all_closed += 1
 
     def wait_ready(self, timeout: float) -> None:
         if not self.ready.wait(timeout):
             self.stop()
             raise SystemExit("the server did not start:\n" + "\n".join(self.lines[-20:]))
 
-    def wait_closed(self, timeout: float) -> bool:
-        """Wait until the server has discarded every session; whether it did in time."""
+    def wait_closed(self, since: int, timeout: float) -> bool:
+        """Wait until the server has discarded every session again (it had `since` times
+        before the sessions in question closed); whether it did in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.open_sessions == 0:
+            if self.times_all_closed > since:
                 return True
             time.sleep(0.5)
         return False
@@ -297,11 +303,11 @@ async def one_client(url: str, span: tuple[int, int], timeout: float,
     return record
 
 
-async def run_clients(url: str, span: tuple[int, int], n: int, timeout: float,
+async def run_clients(url: str, spans: list[tuple[int, int]], n: int, timeout: float,
                       clients: list[PageClient]) -> list[dict]:
-    """`n` pages at once, all on this thread's event loop."""
-    return list(await asyncio.gather(*(one_client(url, span, timeout, clients)
-                                       for _ in range(n))))
+    """`n` pages at once, all on this thread's event loop; page k brushes span k (cycling)."""
+    return list(await asyncio.gather(*(one_client(url, spans[k % len(spans)], timeout, clients)
+                                       for k in range(n))))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -330,7 +336,7 @@ def own_cpu_seconds() -> float:
 
 
 def run(index: Path, n: int, timeout: float, linger: float) -> dict[str, Any]:
-    span = choose_span(index)
+    spans = choose_spans(index)
     port = free_port()
     server = Server(index, port)
     url = f"http://127.0.0.1:{port}/"
@@ -343,22 +349,25 @@ def run(index: Path, n: int, timeout: float, linger: float) -> dict[str, Any]:
         # filled once, then it is closed; the figures below are for the N sessions
         loop = asyncio.new_event_loop()
         warm_clients: list[PageClient] = []
-        warm = loop.run_until_complete(run_clients(url, span, 1, timeout, warm_clients))
+        warm = loop.run_until_complete(run_clients(url, spans[-1:], 1, timeout, warm_clients))
+        closed = server.times_all_closed
         loop.run_until_complete(close_all(warm_clients))
-        server.wait_closed(linger)
+        server.wait_closed(closed, linger)
+        time.sleep(3.0)  # the server gives memory back a second after the last close
         mem_warm = memory_mb(pid)
 
         clients: list[PageClient] = []
         server_cpu, client_cpu = cpu_seconds(pid), own_cpu_seconds()
         t0 = time.perf_counter()
-        results = loop.run_until_complete(run_clients(url, span, n, timeout, clients))
+        results = loop.run_until_complete(run_clients(url, spans, n, timeout, clients))
         total = time.perf_counter() - t0
         server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, own_cpu_seconds() - client_cpu
         mem_open = memory_mb(pid)
+        closed = server.times_all_closed
         loop.run_until_complete(close_all(clients))
         loop.close()
-        discarded = server.wait_closed(linger)
-        time.sleep(1.0)
+        discarded = server.wait_closed(closed, linger)
+        time.sleep(3.0)  # the server gives memory back a second after the last close
         mem_closed = memory_mb(pid)
     finally:
         server.stop()
@@ -366,7 +375,8 @@ def run(index: Path, n: int, timeout: float, linger: float) -> dict[str, Any]:
     ready = [r["page_ready_s"] for r in results if "page_ready_s" in r]
     match = [r["match_s"] for r in results if "match_s" in r]
     return {
-        "index": str(index), "sessions": n, "errors": len(errors), "error_samples": errors[:5],
+        "index": str(index), "sessions": n, "distinct_spans": min(n, len(spans)),
+        "errors": len(errors), "error_samples": errors[:5],
         "page_ready_s": {"p50": percentile(ready, 50), "p95": percentile(ready, 95),
                          "max": max(ready, default=float("nan"))},
         "match_s": {"p50": percentile(match, 50), "p95": percentile(match, 95),
@@ -402,7 +412,8 @@ def main() -> None:
         index = Path(args.index) if args.index else build_demo_index(Path(tmp), args.docs)
         result = run(index, args.sessions, args.timeout, args.linger)
     ready, match = result["page_ready_s"], result["match_s"]
-    print(f"sessions {result['sessions']}: errors {result['errors']}"
+    print(f"sessions {result['sessions']} ({result['distinct_spans']} different spans brushed): "
+          f"errors {result['errors']}"
           + (f" (e.g. {result['error_samples'][0]})" if result["errors"] else ""))
     print(f"page ready  p50 {ready['p50']:.2f} s  p95 {ready['p95']:.2f} s  "
           f"max {ready['max']:.2f} s")

@@ -126,9 +126,12 @@ def make_server(
     from bokeh.server.server import Server
     from bokeh.settings import settings
 
+    from server.bokeh_defaults import cache_defaults
+
     # Bokeh validates every new session's document (0.1 s of Python per session, as much as
     # copying the page): the page is validated once, when the server builds it (server.app)
     settings.perform_document_validation.set_value(False)
+    cache_defaults()  # property defaults worked out once per class (server/bokeh_defaults.py)
 
     from lstmsearch.index import Index, open_index
 

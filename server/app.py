@@ -45,7 +45,7 @@ from server.neuron_view import NeuronView
 from server.prototype import Prototype, answer_first_pull
 from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
-from server.session import Runner, Session, release_memory
+from server.session import Runner, Session, release_memory_soon
 from server.surprisal_view import SurprisalView
 from server.trajectory_view import TrajectoryView
 from server.unit_view import UnitView
@@ -356,7 +356,7 @@ class App:
         """The server discarded this session (its page closed): let go of everything."""
         self.close()
         log.info("lstmsearch: session closed (%d open)", self.shared.session_closed())
-        release_memory()
+        release_memory_soon()
 
     def close(self) -> None:
         """Drop this session's jobs, results and views, so that its memory is freed now."""

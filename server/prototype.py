@@ -39,9 +39,12 @@ from bokeh.model import Model
 
 P = TypeVar("P")
 
-VALUE_SLOTS = ("_property_values", "_unstable_default_values", "_unstable_themed_values")
-"""Where a Bokeh model keeps its values: set ones, and defaults made for it (mutable
-containers and model instances, which Bokeh makes once per model)."""
+SET_VALUES = "_property_values"
+"""Where a Bokeh model keeps the values set on it (a container changed in place moves here)."""
+MADE_DEFAULTS = ("_unstable_default_values", "_unstable_themed_values")
+"""Where it keeps the defaults it made for itself, once each: model instances (which are
+serialized with it) and empty or default containers (which are not, and which Bokeh makes
+again when first read)."""
 
 
 def all_models(roots: Iterable[Model]) -> dict[int, Model]:
@@ -56,7 +59,9 @@ def all_models(roots: Iterable[Model]) -> dict[int, Model]:
 def copy_models(originals: dict[int, Model]) -> dict[int, Model]:
     """A copy of each model of `originals` (by `id()` of the original), referring to the
     copies of the models it referred to; same types, ids and property values, no document
-    and no Python callbacks."""
+    and no Python callbacks. Default containers a model made for itself are left for the
+    copy to make when it first reads them (most never are: they are a third of a page's
+    memory)."""
     copies: dict[int, Model] = {key: object.__new__(type(m)) for key, m in originals.items()}
 
     def value(v: Any) -> Any:
@@ -80,8 +85,6 @@ def copy_models(originals: dict[int, Model]) -> dict[int, Model]:
         return copy.copy(v)  # small value objects (bokeh's Value, Field, ...)
 
     def container(v: PropertyValueContainer) -> PropertyValueContainer:
-        if not v:  # most are: a model's tags, styles, callbacks, ...
-            return type(v)()
         if isinstance(v, (dict, PropertyValueColumnData)):
             return type(v)({value(k): value(x) for k, x in v.items()})
         return type(v)([value(x) for x in v])
@@ -96,14 +99,16 @@ def copy_models(originals: dict[int, Model]) -> dict[int, Model]:
         state["_callbacks"] = {}
         state["_event_callbacks"] = defaultdict(list)
         target = copies[key]
-        for slot in VALUE_SLOTS:
-            values = {}
-            for name, v in original.__dict__[slot].items():
-                new = value(v)
-                if isinstance(new, PropertyValueContainer):
-                    new._register_owner(target, original.lookup(name))
-                values[name] = new
-            state[slot] = values
+        values = {}
+        for name, v in original.__dict__[SET_VALUES].items():
+            new = value(v)
+            if isinstance(new, PropertyValueContainer):
+                new._register_owner(target, original.lookup(name))
+            values[name] = new
+        state[SET_VALUES] = values
+        for slot in MADE_DEFAULTS:
+            state[slot] = {name: value(v) for name, v in original.__dict__[slot].items()
+                           if not isinstance(v, PropertyValueContainer)}
         target.__dict__.update(state)
     return copies
 
