@@ -13,7 +13,6 @@ update method per result that assigns its sources' data.
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -40,6 +39,7 @@ from server import analyses, fetch
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
+from server.inputs import clamped, finite, text
 from server.match_view import RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.prototype import Prototype, answer_first_pull
@@ -60,11 +60,15 @@ TEMPLATE_DIR = HERE / "templates"
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
 MAX_PAD = 50
+MAX_THRESHOLD = 65504.0
+"""The largest float16: the stored values never reach a larger threshold, so none selects
+differently (and a larger one would overflow the float16 and float32 comparisons)."""
 WINDOW_RANGE = (8, 200)
 """Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
+SIGNS = {"1": 1, "-1": -1}
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
 FIRST_ANALYSIS_TAB = 2
@@ -105,22 +109,6 @@ def default_track(names: list[str]) -> str | None:
     """The annotation track a session starts with: the first one other than the model's
     surprisal, which has a strip of its own."""
     return next((n for n in names if n != SURPRISAL_TRACK), None)
-
-
-def finite(value: object) -> float | None:
-    """A widget's number as a float, or None when it is empty, not a number or not finite
-    (a page can send anything, whatever the widget's own bounds say)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def clamped(value: object, low: int, high: int) -> int | None:
-    """A widget's whole number clamped to [low, high], or None when it is not a number."""
-    number = finite(value)
-    return None if number is None else int(min(max(number, low), high))
 
 
 def default_window(char_level: bool) -> int:
@@ -415,7 +403,7 @@ class App:
         self.threshold_slider.on_change("value_throttled",
                                         lambda a, o, n: self.set_threshold(n))
         self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
-        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(int(n)))
+        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(SIGNS.get(n)))
         self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
         self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
         self.track_select.on_change("value", lambda a, o, n: self.set_track(n))
@@ -456,6 +444,10 @@ class App:
         """Switch the layer/kind every view shows; the pattern is selected again on it."""
         if self._quiet or state == self.session.state:
             return
+        if state not in self.shared.state_names:
+            self._show_error(f"no state {text(state)!r} in this index")
+            self._quietly(self.state_select, value=self.session.state)
+            return
         store = self.shared.index.store(state)
         self.session.state = state
         _, high = self.shared.values_range(state)
@@ -476,9 +468,7 @@ class App:
         if value is None:
             self._sync_threshold_widgets()  # back to the threshold in use
             return
-        value = round(value, 3)
-        if value < 0:
-            value = -value
+        value = min(round(abs(value), 3), MAX_THRESHOLD)
         if value == self.session.threshold:
             self._sync_threshold_widgets()
             return
@@ -508,9 +498,13 @@ class App:
         if self._neuron_view is not None:
             self._neuron_view.set_threshold(value, sign)
 
-    def set_sign(self, sign: int) -> None:
-        """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ)."""
+    def set_sign(self, sign: int | None) -> None:
+        """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ); None: not a sign the page
+        offers (the widget shows the sign in use again)."""
         if self._quiet or sign == self.session.sign:
+            return
+        if sign not in (1, -1):
+            self._quietly(self.sign_select, value=str(self.session.sign))
             return
         self.session.sign = sign
         self._sync_threshold_widgets()
@@ -534,6 +528,10 @@ class App:
     def set_track(self, name: str) -> None:
         """The annotation track drawn under tokens and match rows."""
         if self._quiet:
+            return
+        if name != NO_TRACK and name not in self.shared.track_names:
+            self._show_error(f"no track {text(name)!r} in this index")
+            self._quietly(self.track_select, value=self.session.track or NO_TRACK)
             return
         self.session.track = None if name == NO_TRACK else name
         self.neuron_stale = True
@@ -571,25 +569,39 @@ class App:
     def go_to_document(self, doc: int | None) -> None:
         """Show the start of document `doc`."""
         number = finite(doc)
-        if self._quiet or number is None:
+        if self._quiet:
+            return
+        if number is None:
+            self._show_place()
             return
         try:
             start, _ = fetch.document_window(self.shared, int(number), self.width)
         except ValueError as exc:
             self._show_error(str(exc))
+            self._show_place()
             return
         self._set_window(start)
 
     def go_to_position(self, pos: int | None) -> None:
         """Show token position `pos` (a third into the window)."""
         number = finite(pos)
-        if self._quiet or number is None:
+        if self._quiet:
+            return
+        if number is None or not 0 <= number < self.shared.index.n_tokens:
+            if number is not None:
+                self._show_error(f"position {number:.0f} out of range "
+                                 f"0..{self.shared.index.n_tokens - 1}")
+            self._show_place()
             return
         pos = int(number)
-        if not 0 <= pos < self.shared.index.n_tokens:
-            self._show_error(f"position {pos} out of range 0..{self.shared.index.n_tokens - 1}")
-            return
         self._set_window(pos - self.width // 3, focus=(pos, pos + 1))
+
+    def _show_place(self) -> None:
+        """The document and position fields show where the window is (again)."""
+        s = self.session
+        shown = s.focus[0] if s.focus is not None else s.window[0]
+        self._quietly(self.doc_input, value=int(self.shared.index.doc_of(shown)))
+        self._quietly(self.pos_input, value=int(s.window[0]))
 
     def show_span(self, start: int, end: int) -> None:
         """Show tokens [start, end) outlined in the select view (from an analysis view)."""
@@ -616,7 +628,7 @@ class App:
 
     def find_phrase(self) -> None:
         """Search the corpus for the phrase and show the first occurrence."""
-        phrase = self.phrase_input.value or ""
+        phrase = text(self.phrase_input.value)
         if not phrase.strip():
             return
         self.runner.submit("find", lambda: fetch.find_phrase(self.shared, phrase),

@@ -23,6 +23,7 @@ from server.display import (
     gradient_legend,
 )
 from server.fetch import MatchRow, PatternResult
+from server.inputs import chosen_index
 
 MODES = ("match", "nearest")
 RIGHT_CELLS, RIGHT_WORDS = 22, 10
@@ -76,11 +77,11 @@ class MatchView:
 
     @property
     def mode_name(self) -> str:
-        return MODES[self.mode.active or 0]
+        return MODES[chosen_index(self.mode.active, len(MODES))]
 
     def _on_mode(self, attr: str, old: int, new: int) -> None:
         if self.on_mode is not None:
-            self.on_mode(MODES[new or 0])
+            self.on_mode(MODES[chosen_index(new, len(MODES))])
 
     def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
         if not new:

@@ -49,6 +49,7 @@ from server.display import (
     unit_colour,
 )
 from server.fetch import Window
+from server.inputs import selected_range, tapped
 from server.surprisal_view import SURPRISAL_PALETTE
 
 PLOT_WIDTH = 1140
@@ -257,12 +258,17 @@ class SelectView:
             self.plot_quads.selected.indices = []
         finally:
             self._quiet = False
-        self.tokens.selected.indices = list(range(min(new), max(new) + 1))
+        span = selected_range(new, len(self.plot_quads.data["left"]))
+        if span is not None:
+            self.tokens.selected.indices = list(range(span[0], span[1] + 1))
 
     def _on_selected(self, attr: str, old: Sequence[int], new: Sequence[int]) -> None:
         if self._quiet or not new or self.window is None:
             return
-        first, last = min(new), max(new)
+        span = selected_range(new, self.window.end - self.window.start)
+        if span is None:
+            return
+        first, last = span
         if self.on_span is not None:
             self.on_span(self.window.start + first, self.window.start + last + 1)
 
@@ -270,15 +276,14 @@ class SelectView:
                         new: Sequence[int]) -> None:
         if self._quiet or not new:
             return
-        units = source.data["unit"]
-        unit = int(units[new[0]]) if new[0] < len(units) else None
+        unit = tapped(source, "unit", new)
         self._quiet = True
         try:
             source.selected.indices = []
         finally:
             self._quiet = False
         if unit is not None and self.on_unit is not None:
-            self.on_unit(unit)
+            self.on_unit(int(unit))
 
     def _on_span_dragged(self, attr: str, old: float, new: float) -> None:
         if self._quiet or self.on_threshold is None or new is None:
