@@ -329,7 +329,7 @@ def token_texts(shared: Shared, spans: Sequence[tuple[int, int]]) -> list[tuple[
         result = index.sql(
             "SELECT t.pos, t.text FROM tokens t "
             "SEMI JOIN (SELECT unnest(?::BIGINT[]) AS pos) p ON t.pos = p.pos",
-            [unique.tolist()],
+            [unique.tolist()], max_rows=None,
         )
         texts = {int(p): t for p, t in result.rows}
     return [tuple(texts.get(int(p), "") for p in range(a, b)) for a, b in spans]
