@@ -111,7 +111,8 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                    help="least tokens per segment (default 65536; whole documents)")
     p.add_argument("--segment-docs", type=L.COUNT, default=None,
                    help="least documents per segment (default: 4 per lane of the model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
@@ -487,6 +488,28 @@ def run_index_states(args: argparse.Namespace) -> None:
 CONTEXT_WIDTH = 24
 """Characters of context shown on each side of a match in the terminal."""
 STYLES = {"match": ("\033[1m", "\033[0m"), "context": ("\033[2m", "\033[0m")}
+
+
+def torch_device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has CUDA devices "
+                                             f"0..{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no MPS device")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
 
 
 def number(text: str, flag: str) -> float:

@@ -69,6 +69,10 @@ def assert_clean(code: int, err: str, argv: list[str]) -> None:
      "--max-segments: must be a whole number, got 'many'"),
     (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "inf", "--layer", "1",
       "--kind", "c"], "--threshold must be a finite number, got 'inf'"),
+    (["index", "parens", "--out", "x", "--device", "bogus"],
+     "argument --device: must be cpu, cuda, cuda:N or mps, got 'bogus'"),
+    (["index", "parens", "--out", "x", "--device", "cuda:99"], "argument --device: 'cuda:99'"),
+    (["serve", "{index}", "--host", "999.1.1.1", "--port", "0"], "999.1.1.1"),
 ])
 def test_bad_numbers_are_refused_at_the_boundary(tiny_index_path, argv, message) -> None:
     argv = [a.replace("{index}", str(tiny_index_path)) for a in argv]
