@@ -66,7 +66,7 @@ def fingerprint(path: Path) -> dict:
     out = {}
     with open_index(path) as index:
         for table, order in TABLES.items():
-            rows = index.sql(f"SELECT * FROM {table} ORDER BY {order}").rows
+            rows = index.sql(f"SELECT * FROM {table} ORDER BY {order}", max_rows=None).rows
             if table == "tracks":  # float32 loss: compare to its precision
                 rows = [(n, p, None if v is None else round(v, 4), lab) for n, p, v, lab in rows]
             out[table] = hashlib.sha256(repr(rows).encode()).hexdigest()

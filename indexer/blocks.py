@@ -115,7 +115,8 @@ def track_columns(index: Index, name: str, n_tokens: int) -> tuple[np.ndarray, l
     labels: list | None = None
     for start in range(0, n_tokens, TOKEN_BLOCK):
         rows = index.sql("SELECT pos, value, label FROM tracks WHERE name = ? AND pos >= ? "
-                         "AND pos < ? ORDER BY pos", [name, start, start + TOKEN_BLOCK]).rows
+                         "AND pos < ? ORDER BY pos", [name, start, start + TOKEN_BLOCK],
+                         max_rows=None).rows
         for pos, value, label in rows:
             if value is not None:
                 values[pos] = value

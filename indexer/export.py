@@ -177,10 +177,11 @@ def export_parquet(index: Index, out: str | os.PathLike, *, states: Sequence[str
                            "token_id": t.token_id, "text": np.array(t.text, dtype=object),
                            "char_start": t.char_start, "char_end": t.char_end},
                           tmp / "tokens" / f"part-{part:05d}.parquet")
-        tracks = index.sql("SELECT name, pos, value, label FROM tracks ORDER BY name, pos")
+        tracks = index.sql("SELECT name, pos, value, label FROM tracks ORDER BY name, pos",
+                           max_rows=None)
         write_parquet({c: np.array(tracks.column(c), dtype=object) for c in tracks.columns},
                       tmp / "tracks.parquet", TRACK_COLUMNS)
-        stats = index.sql("SELECT * FROM unit_stats ORDER BY layer, kind, unit")
+        stats = index.sql("SELECT * FROM unit_stats ORDER BY layer, kind, unit", max_rows=None)
         write_parquet({c: np.array(stats.column(c), dtype=object if c == "kind" else None)
                        for c in stats.columns}, tmp / "unit_stats.parquet")
         bar = progress_bar(n * len(states), progress, "export parquet")

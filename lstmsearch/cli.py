@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 from lstmsearch import limits as L
 
@@ -106,12 +107,13 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=L.INDEX, nargs="+", help="layers to store (default: all)")
     p.add_argument("--kinds", nargs="+", help="state kinds to store (default: h c; gates: i f g o)")
     p.add_argument("--limit", type=L.COUNT, default=None, help="index only the first N documents")
-    p.add_argument("--segment-tokens", type=int, default=None,
+    p.add_argument("--segment-tokens", type=L.COUNT, default=None,
                    help="least tokens per segment (default 65536, or about a sixteenth of a "
                    "larger build up to 1048576; whole documents)")
     p.add_argument("--segment-docs", type=L.COUNT, default=None,
                    help="least documents per segment (default: 4 per lane of the model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--no-faiss", action="store_true", help="skip the FAISS indexes")
     p.add_argument("--exact-nearest", action="store_true",
                    help="exact FAISS indexes (a second copy of the states on disk) instead of "
@@ -126,9 +128,11 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                    "or a cluster (pip install 'lstmsearch[ray]')")
     p.add_argument("--address", help="with --engine ray: the cluster to join (HOST:PORT of "
                    "its head, or auto); default: start Ray on this machine")
-    p.add_argument("--workers", type=int, default=None, help="with --engine ray: actors that "
+    p.add_argument("--workers", type=L.int_arg(1, L.MAX_WORKERS), default=None,
+                   help="with --engine ray: actors that "
                    "write segments (default: one per CPU, or per GPU with --gpus-per-worker)")
-    p.add_argument("--gpus-per-worker", type=float, default=0, help="with --engine ray: GPUs "
+    p.add_argument("--gpus-per-worker", type=L.float_arg(0.0, L.MAX_GPUS_PER_WORKER), default=0,
+                   help="with --engine ray: GPUs "
                    "each actor runs the model on (default 0: CPU)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_index)
@@ -211,15 +215,14 @@ def add_compact(sub: argparse._SubParsersAction) -> None:
         "after the new manifest is committed, and readers holding a snapshot keep working.",
     )
     p.add_argument("index", help="index directory")
-    p.add_argument("--max-segments", type=int, default=None, help="at most N segments after")
+    p.add_argument("--max-segments", type=L.COUNT, default=None,
+                   help="at most N segments after")
     p.set_defaults(run=run_compact)
 
 
 def run_compact(args: argparse.Namespace) -> None:
     from indexer.compact import compact_index
 
-    if args.max_segments is not None and args.max_segments < 1:
-        raise UsageError(f"--max-segments must be at least 1, got {args.max_segments}")
     print(compact_index(args.index, args.max_segments).summary())
 
 
@@ -495,12 +498,37 @@ CONTEXT_WIDTH = 24
 STYLES = {"match": ("\033[1m", "\033[0m"), "context": ("\033[2m", "\033[0m")}
 
 
+def torch_device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has CUDA devices "
+                                             f"0..{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no MPS device")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
 def number(text: str, flag: str) -> float:
     """A command-line number, or a one-line error naming the flag and the value."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UsageError(f"{flag} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {text!r}")
+    return value
 
 
 def visible(text: str) -> str:
@@ -796,11 +824,14 @@ def add_sql(sub: argparse._SubParsersAction) -> None:
         description="Run one SELECT (or WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) over the "
         "index's tables: documents, tokens, vocab, layers, unit_stats, unit_on, unit_top, "
         "unit_top_tokens, tracks, faiss_indexes; unit_value(layer, kind, unit, pos) reads a "
-        "stored state value. Anything that writes is refused.",
+        f"stored state value. Anything that writes is refused. The table shows at most "
+        f"{L.MAX_SQL_ROWS:,} rows (page with LIMIT and OFFSET); --json writes every row, a "
+        "batch at a time.",
     )
     p.add_argument("index", help="index directory")
     p.add_argument("query", help='e.g. "SELECT unit, mean FROM unit_stats ORDER BY mean LIMIT 5"')
-    p.add_argument("--json", action="store_true", help="print the rows as JSON objects")
+    p.add_argument("--json", action="store_true",
+                   help="print every row as a JSON object (to a file: > rows.json)")
     p.set_defaults(run=run_sql)
 
 
@@ -808,15 +839,33 @@ def run_sql(args: argparse.Namespace) -> None:
     from lstmsearch.index import open_index
 
     with open_index(args.index, allow_partial=True) as index:
+        if args.json:
+            write_json_rows(index.sql_batches(args.query, batch_rows=L.SQL_BATCH_ROWS))
+            return
         result = index.sql(args.query)
-    if args.json:
-        print(json.dumps(result.to_dicts(), indent=2, default=str, ensure_ascii=False))
-        return
     rows = [[visible(str(v))[:60] for v in row] for row in result.rows]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
     for row in [list(result.columns), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
+    if result.truncated:
+        print(f"(the first {len(result.rows):,} rows: the query has more; page with LIMIT and "
+              "OFFSET, or write them all with --json > FILE)")
+    else:
+        print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
+
+
+def write_json_rows(batches: Iterator[Any]) -> None:
+    """A JSON array of row objects, written a batch at a time (any number of rows, in the
+    memory of one batch)."""
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for batch in batches:
+        for row in batch.to_dicts():
+            out.write(("\n  " if first else ",\n  ")
+                      + json.dumps(row, default=str, ensure_ascii=False))
+            first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [

@@ -52,7 +52,9 @@ import duckdb
 import numpy as np
 
 from lstmsearch.kernels import run_tasks
+from lstmsearch.limits import MAX_SQL_ROWS, SQL_BATCH_ROWS
 from lstmsearch.models import file_sha256
+from lstmsearch.spans import check_count
 from lstmsearch.store import CorruptStoreError, StateStore
 
 if TYPE_CHECKING:
@@ -308,10 +310,12 @@ class Tokens:
 
 @dataclass(frozen=True)
 class SqlResult:
-    """Rows of a read-only query, with the column names."""
+    """Rows of a read-only query, with the column names; `truncated` when the query had more
+    rows than were asked for (see `Index.sql`)."""
 
     columns: tuple[str, ...]
     rows: list[tuple]
+    truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -1141,20 +1145,61 @@ class Index:
 
     # --- SQL -------------------------------------------------------------------------------
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> SqlResult:
+    def sql(self, query: str, params: Sequence[Any] | None = None, *,
+            max_rows: int | None = MAX_SQL_ROWS) -> SqlResult:
         """Run one read-only query (SELECT/WITH/DESCRIBE/SHOW/SUMMARIZE, or EXPLAIN of one).
 
-        Values go in `params` (`?` placeholders), never into the query text.
+        Values go in `params` (`?` placeholders), never into the query text. At most
+        `max_rows` rows come back (None: all of them; a table of the index can have one row
+        per token): `truncated` says that there were more. Page through them with LIMIT and
+        OFFSET, or read them all a batch at a time with `sql_batches`.
         """
         check_read_only(query)
+        if max_rows is not None:
+            check_count("max_rows", max_rows, minimum=0)
         with self._lock:
             try:
                 cursor = self._query(query, params)
                 columns = tuple(d[0] for d in cursor.description or ())
-                rows = cursor.fetchall() if columns else []
+                if not columns:
+                    rows = []
+                elif max_rows is None:
+                    rows = cursor.fetchall()
+                else:
+                    rows = cursor.fetchmany(max_rows + 1)
             except duckdb.Error as exc:
                 raise ValueError(f"SQL error: {exc}") from exc
+        if max_rows is not None and len(rows) > max_rows:
+            return SqlResult(columns, rows[:max_rows], truncated=True)
         return SqlResult(columns, rows)
+
+    def sql_batches(self, query: str, params: Sequence[Any] | None = None, *,
+                    batch_rows: int = SQL_BATCH_ROWS) -> Iterator[SqlResult]:
+        """All rows of one read-only query, `batch_rows` at a time, for results too large to
+        hold at once (`lstmsearch sql --json` writes them so). The query runs on a cursor of
+        its own, so other queries of the index go on meanwhile."""
+        check_read_only(query)
+        check_count("batch_rows", batch_rows, minimum=1)
+        if self._con is None:
+            raise RuntimeError(f"index {self.path} is closed")
+        with self._lock:
+            cursor = self._con.cursor()
+        try:
+            try:
+                cursor.execute(query, params or [])
+                columns = tuple(d[0] for d in cursor.description or ())
+            except duckdb.Error as exc:
+                raise ValueError(f"SQL error: {exc}") from exc
+            while columns:
+                try:
+                    rows = cursor.fetchmany(batch_rows)
+                except duckdb.Error as exc:
+                    raise ValueError(f"SQL error: {exc}") from exc
+                if not rows:
+                    break
+                yield SqlResult(columns, rows)
+        finally:
+            cursor.close()
 
     # --- info ------------------------------------------------------------------------------
 

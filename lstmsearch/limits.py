@@ -9,6 +9,10 @@ the same values with the same words:
   a narrower query instead (or use `sql` for counts).
 - MAX_CONTEXT (1,000): tokens of context either side of a result.
 - MAX_PADDING (10,000): off-padding tokens of a pattern.
+- MAX_SQL_ROWS (100,000): rows of a `sql` query, printed or returned (`Index.sql`): a
+  table of an index has a row per token; page with LIMIT/OFFSET, or write every row with
+  `lstmsearch sql --json` (`Index.sql_batches`, SQL_BATCH_ROWS at a time).
+- MAX_WORKERS (10,000) and MAX_GPUS_PER_WORKER (1,024): the Ray engine's actors.
 
 The `*_arg` functions are argparse types: `--limit 1000000000` stops at the command line with
 a one-line message naming the flag and the value.
@@ -24,6 +28,10 @@ MAX_RESULTS = 100_000
 MAX_CONTEXT = 1_000
 MAX_PADDING = 10_000
 MAX_PORT = 65_535
+MAX_SQL_ROWS = 100_000
+SQL_BATCH_ROWS = 10_000
+MAX_WORKERS = 10_000
+MAX_GPUS_PER_WORKER = 1_024.0
 
 
 def int_arg(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:

@@ -126,13 +126,24 @@ def make_server(
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
+    from bokeh.settings import settings
+
+    from server.bokeh_defaults import cache_defaults
+
+    # Bokeh validates every new session's document (0.1 s of Python per session, as much as
+    # copying the page): the page is validated once, when the server builds it (server.app)
+    settings.perform_document_validation.set_value(False)
+    cache_defaults()  # property defaults worked out once per class (server/bokeh_defaults.py)
 
     from lstmsearch.index import Index, open_index
 
     if not isinstance(index, Index):
         index = open_index(index)
     if port == 0:
-        port = free_port(host)
+        try:
+            port = free_port(host)
+        except OSError as exc:  # a host that is not this machine's
+            raise OSError(exc.errno, exc.strerror or str(exc), host) from exc
     from server.fetch import Shared
 
     shared = Shared(index)  # opened once per server: every session shares it and its caches
@@ -144,12 +155,16 @@ def make_server(
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
     origins += list(allow_origin or [])
     application = Application(FunctionHandler(app_handler(shared, executor)))
-    server = Server(
-        {"/": application}, port=port, address=host, allow_websocket_origin=origins,
-        io_loop=io_loop,
-        check_unused_sessions_milliseconds=max(100, min(10_000, session_linger_ms // 2)),
-        unused_session_lifetime_milliseconds=session_linger_ms,
-    )
+    try:
+        server = Server(
+            {"/": application}, port=port, address=host, allow_websocket_origin=origins,
+            io_loop=io_loop,
+            check_unused_sessions_milliseconds=max(100, min(10_000, session_linger_ms // 2)),
+            unused_session_lifetime_milliseconds=session_linger_ms,
+        )
+    except OSError as exc:  # a port in use, a host that is not this machine's
+        executor.shutdown(wait=False)
+        raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from exc
     server.lstmsearch_index = index
     server.lstmsearch_shared = shared
     server.lstmsearch_executor = executor

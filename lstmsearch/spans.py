@@ -126,7 +126,7 @@ def _find_phrase(index: IndexReader, phrase: str, limit: int, document: int | No
     else:
         found = index.sql(
             "SELECT doc FROM documents WHERE contains(text, ?) AND tok_end <= ? ORDER BY doc",
-            [phrase, index.n_tokens],
+            [phrase, index.n_tokens], max_rows=None,
         )
         candidates = [int(d) for d in found.column("doc")]
     spans: list[Span] = []

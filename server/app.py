@@ -13,9 +13,8 @@ update method per result that assigns its sources' data.
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,13 @@ from server import analyses, fetch
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
+from server.inputs import clamped, finite, text
 from server.match_view import MAX_LENGTH, RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
+from server.prototype import Prototype, answer_first_pull
 from server.saliency_view import SaliencyView
 from server.select_view import PLOT_WIDTH, SelectView
-from server.session import Runner, Session, release_memory
+from server.session import Runner, Session, release_memory_soon
 from server.surprisal_view import SurprisalView
 from server.trajectory_view import TrajectoryView
 from server.unit_view import UnitView
@@ -59,11 +60,15 @@ TEMPLATE_DIR = HERE / "templates"
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
 MAX_PAD = 50
+MAX_THRESHOLD = 65504.0
+"""The largest float16: the stored values never reach a larger threshold, so none selects
+differently (and a larger one would overflow the float16 and float32 comparisons)."""
 WINDOW_RANGE = (8, 200)
 """Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
 SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
+SIGNS = {"1": 1, "-1": -1}
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
 FIRST_ANALYSIS_TAB = 2
@@ -106,159 +111,240 @@ def default_track(names: list[str]) -> str | None:
     return next((n for n in names if n != SURPRISAL_TRACK), None)
 
 
-def finite(value: object) -> float | None:
-    """A widget's number as a float, or None when it is empty, not a number or not finite
-    (a page can send anything, whatever the widget's own bounds say)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def clamped(value: object, low: int, high: int) -> int | None:
-    """A widget's whole number clamped to [low, high], or None when it is not a number."""
-    number = finite(value)
-    return None if number is None else int(min(max(number, low), high))
-
-
 def default_window(char_level: bool) -> int:
     """Tokens per window: enough to see structure, few enough for readable labels."""
     return 64 if char_level else 28
 
 
+@dataclass
+class Page:
+    """The models a page opens with: the header's widgets, the select and match views
+    showing the first window of the default state, and the tabs (all but the first are
+    placeholders until shown). Built once per server and copied for each session
+    (`open_page`); `App` wires a page's widgets to one session."""
+
+    title: Div
+    busy: Div
+    status: Div
+    state_select: Select
+    threshold_slider: Slider
+    threshold_input: NumericInput
+    sign_select: Select
+    pad_left: Spinner
+    pad_right: Spinner
+    track_select: Select
+    doc_input: NumericInput
+    pos_input: NumericInput
+    window_size: Spinner
+    prev_button: Button
+    next_button: Button
+    phrase_input: TextInput
+    phrase_button: Button
+    phrase_next: Button
+    phrase_status: Div
+    select_view: SelectView
+    match_view: MatchView
+    tab_panels: list[TabPanel]
+    tabs: Tabs
+    root: Any
+    window: fetch.Window
+    """The window shown (its arrays are shared by every copy of the page)."""
+
+
+def build_page(shared: fetch.Shared) -> Page:
+    """A new page over `shared`'s index, in the state a session starts in."""
+    index = shared.index
+    char_level = shared.char_level
+    state = default_state(shared.state_names)
+    track = default_track(shared.track_names)
+    width = min(index.n_tokens, default_window(char_level))
+    style = stylesheet()
+    # --- header ------------------------------------------------------------------------------
+    model = shared.model_config
+    title = (
+        f"<div class='brand'>lstmsearch</div><div class='subtitle'>"
+        f"{index.path.name} · {index.meta.get('corpus', '')} · "
+        f"{index.n_docs:,} documents · {index.n_tokens:,} tokens · "
+        f"{model.get('arch', '')} {model.get('layers', '')}×{model.get('hidden', '')}</div>"
+    )
+    _, high = shared.values_range(state)
+    window = fetch.load_window(shared, state, 0, width, track)
+    # --- views -------------------------------------------------------------------------------
+    # the stored surprisal has a strip of its own: the track row is for the other tracks
+    has_surprisal = analyses.has_stored_surprisal(shared)
+    has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
+    select_view = SelectView(char_level=char_level, has_track=has_track,
+                             has_surprisal=has_surprisal)
+    select_view.set_threshold(DEFAULT_THRESHOLD, 1)
+    select_view.pattern_div.stylesheets = [style]
+    select_view.show_window(window, shared.track_range(track))
+    select_view.show_pattern(None, None, (0, 0), None)
+    match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
+    match_view.summary.stylesheets = [style]
+    match_view.legend.stylesheets = [style]
+    plots = column(select_view.fig, select_view.tok_fig, name="select-plots")
+    select_tab = column(row(plots, select_view.pattern_div), match_view.layout,
+                        name="select-tab")
+    # the other tabs are built when first shown: a page starts with the models of the
+    # first tab only, which keeps opening a session (and its memory) small
+    tab_panels = [TabPanel(title="Select & match", child=select_tab),
+                  TabPanel(title="Neuron", child=placeholder())]
+    tab_panels += [TabPanel(title=v.title, child=placeholder()) for v in ANALYSIS_VIEWS]
+    page = Page(
+        title=Div(text=title, name="title", stylesheets=[style], width=860),
+        busy=Div(text=busy_html(()), name="busy", stylesheets=[style], width=500,
+                 styles={"text-align": "right"}),
+        status=Div(text="", name="status", stylesheets=[style], width=500,
+                   styles={"text-align": "right"}),
+        state_select=Select(title="State", value=state, options=shared.state_names,
+                            width=120, name="state-select"),
+        threshold_slider=Slider(title="Threshold θ", start=0.0, end=max(1.0, high),
+                                step=0.01, value=DEFAULT_THRESHOLD, width=230,
+                                name="threshold-slider"),
+        threshold_input=NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
+                                     width=80, name="threshold-input"),
+        sign_select=Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
+                           name="sign-select"),
+        pad_left=Spinner(title="Pad left", low=0, high=MAX_PAD, step=1, value=1, width=80,
+                         name="pad-left"),
+        pad_right=Spinner(title="Pad right", low=0, high=MAX_PAD, step=1, value=0,
+                          width=80, name="pad-right"),
+        track_select=Select(title="Track", value=track or NO_TRACK,
+                            options=[NO_TRACK, *shared.track_names], width=110,
+                            name="track-select"),
+        doc_input=NumericInput(title="Document", value=int(window.docs[0]), low=0,
+                               high=max(0, index.n_docs - 1), width=90, name="doc-input"),
+        pos_input=NumericInput(title="Position", value=window.start, low=0,
+                               high=max(0, index.n_tokens - 1), width=110,
+                               name="pos-input"),
+        window_size=Spinner(title="Window", low=WINDOW_RANGE[0], high=WINDOW_RANGE[1],
+                            step=4, value=default_window(char_level), width=80,
+                            name="window-size"),
+        prev_button=Button(label="◀", width=40, name="prev-window", align="end"),
+        next_button=Button(label="▶", width=40, name="next-window", align="end"),
+        phrase_input=TextInput(title="Find a phrase", placeholder="text to find…",
+                               width=200, name="phrase-input"),
+        phrase_button=Button(label="Find", width=60, name="phrase-find", align="end",
+                             button_type="primary"),
+        phrase_next=Button(label="Next", width=60, name="phrase-next", align="end",
+                           disabled=True),
+        phrase_status=Div(text="", width=140, name="phrase-status", align="end",
+                          stylesheets=[style]),
+        select_view=select_view,
+        match_view=match_view,
+        tab_panels=tab_panels,
+        tabs=Tabs(tabs=tab_panels, name="tabs", width=PAGE_WIDTH,
+                  styles={"background": "#ffffff", "border": "1px solid #d0d7de",
+                          "border-radius": "6px", "padding": "4px 10px 10px 10px"}),
+        root=None,
+        window=window,
+    )
+    header = column(
+        row(page.title, column(page.busy, page.status)),
+        row(page.state_select, page.threshold_slider, page.threshold_input,
+            page.sign_select, page.pad_left, page.pad_right, page.track_select),
+        row(page.doc_input, page.pos_input, page.window_size, page.prev_button,
+            page.next_button, Div(width=30), page.phrase_input, page.phrase_button,
+            page.phrase_next, page.phrase_status),
+        name="header", width=PAGE_WIDTH,
+        styles={"background": "#ffffff", "border": "1px solid #d0d7de",
+                "border-radius": "6px", "padding": "6px 12px 8px 12px",
+                "margin-bottom": "8px"},
+    )
+    page.root = column(header, page.tabs, name="root")
+    return page
+
+
+def placeholder() -> Any:
+    """A tab's holder until its view is built: a column whose only child is swapped for the
+    view (a page redraws a changed column; a tab panel's own child is not watched)."""
+    return column(Div(text="<span class='hint'>loading…</span>", width=300))
+
+
+def busy_html(labels: tuple[str, ...]) -> str:
+    """The busy indicator: ready, or the labels of the work running."""
+    if not labels:
+        return "<span class='ready'>● ready</span>"
+    return f"<span class='busy'><span class='spinner'></span>working… {', '.join(sorted(set(labels)))}</span>"
+
+
+def prepare_document(doc: Document, shared: fetch.Shared) -> None:
+    """What a session's document has besides the page: title, theme, page template."""
+    doc.title = f"lstmsearch · {shared.index.path.name}"
+    doc.theme = page_theme()
+    doc.template = page_template()
+
+
+def page_prototype(shared: fetch.Shared) -> Prototype[Page] | None:
+    """The server's page, built once; None when copies of it cannot stand for new pages (see
+    `server.prototype`), and every session builds its own."""
+
+    def make() -> Prototype[Page] | None:
+        page = build_page(shared)
+        prototype = Prototype(page, page.root, shared=[page.window])
+        try:
+            first, reference = Document(), Document()
+            App(first, shared, None, prototype.copy())
+            prototype.serialize(first)
+            App(reference, shared, None, build_page(shared))
+            why = prototype.check(reference)
+        except Exception as exc:  # see Prototype.check
+            why = f"copying a page failed ({type(exc).__name__}: {exc})"
+        if why is not None:
+            log.warning("lstmsearch: pages are built for each session: %s", why)
+            return None
+        return prototype
+
+    prototype, _ = shared.remember("page-prototype", make)
+    return prototype
+
+
 class App:
     """One browser session's app: views, header widgets and how they talk to each other."""
 
-    def __init__(self, doc: Document, shared: fetch.Shared, executor: Executor | None) -> None:
+    def __init__(self, doc: Document, shared: fetch.Shared, executor: Executor | None,
+                 page: Page) -> None:
         self.doc = doc
         self.shared = shared
-        index = shared.index
-        char_level = shared.char_level
-        state = default_state(shared.state_names)
-        self.session = Session(state=state, threshold=DEFAULT_THRESHOLD,
+        self.page = page
+        self.session = Session(state=page.state_select.value, threshold=DEFAULT_THRESHOLD,
                                track=default_track(shared.track_names))
-        self.width = default_window(char_level)
-        self.session.window = (0, min(index.n_tokens, self.width))
+        self.width = int(page.window_size.value)
+        self.session.window = (page.window.start, page.window.end)
         self._quiet = 0
         self.neuron_stale = True
         self.correlations_shown: tuple[str, str | None] | None = None
         self.phrase_hits: list[tuple[int, int]] = []
         self.phrase_at = -1
 
-        style = stylesheet()
-        # --- header --------------------------------------------------------------------------
-        model = shared.model_config
-        title = (
-            f"<div class='brand'>lstmsearch</div><div class='subtitle'>"
-            f"{index.path.name} · {index.meta.get('corpus', '')} · "
-            f"{index.n_docs:,} documents · {index.n_tokens:,} tokens · "
-            f"{model.get('arch', '')} {model.get('layers', '')}×{model.get('hidden', '')}</div>"
-        )
-        self.title = Div(text=title, name="title", stylesheets=[style], width=860)
-        self.busy = Div(text=self._busy_html(()), name="busy", stylesheets=[style], width=500,
-                        styles={"text-align": "right"})
-        self.status = Div(text="", name="status", stylesheets=[style], width=500,
-                          styles={"text-align": "right"})
-
-        _, high = shared.values_range(state)
-        self.state_select = Select(title="State", value=state, options=shared.state_names,
-                                   width=120, name="state-select")
-        self.threshold_slider = Slider(title="Threshold θ", start=0.0, end=max(1.0, high),
-                                       step=0.01, value=DEFAULT_THRESHOLD, width=230,
-                                       name="threshold-slider")
-        self.threshold_input = NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
-                                            width=80, name="threshold-input")
-        self.sign_select = Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
-                                  name="sign-select")
-        self.pad_left = Spinner(title="Pad left", low=0, high=MAX_PAD, step=1, value=1,
-                                width=80, name="pad-left")
-        self.pad_right = Spinner(title="Pad right", low=0, high=MAX_PAD, step=1, value=0,
-                                 width=80, name="pad-right")
-        self.track_select = Select(
-            title="Track", value=self.session.track or NO_TRACK,
-            options=[NO_TRACK, *shared.track_names], width=110, name="track-select",
-        )
-        self.doc_input = NumericInput(title="Document", value=0, low=0,
-                                      high=max(0, index.n_docs - 1), width=90, name="doc-input")
-        self.pos_input = NumericInput(title="Position", value=0, low=0,
-                                      high=max(0, index.n_tokens - 1), width=110,
-                                      name="pos-input")
-        self.window_size = Spinner(title="Window", low=WINDOW_RANGE[0], high=WINDOW_RANGE[1],
-                                   step=4, value=self.width, width=80, name="window-size")
-        self.prev_button = Button(label="◀", width=40, name="prev-window", align="end")
-        self.next_button = Button(label="▶", width=40, name="next-window", align="end")
-        self.phrase_input = TextInput(title="Find a phrase", placeholder="text to find…",
-                                      width=200, name="phrase-input")
-        self.phrase_button = Button(label="Find", width=60, name="phrase-find", align="end",
-                                    button_type="primary")
-        self.phrase_next = Button(label="Next", width=60, name="phrase-next", align="end",
-                                  disabled=True)
-        self.phrase_status = Div(text="", width=140, name="phrase-status", align="end",
-                                 stylesheets=[style])
-
-        # --- views ---------------------------------------------------------------------------
-        # the stored surprisal has a strip of its own: the track row is for the other tracks
-        has_surprisal = analyses.has_stored_surprisal(shared)
-        has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
-        self.select_view = SelectView(char_level=char_level, has_track=has_track,
-                                      has_surprisal=has_surprisal)
-        self.select_view.set_threshold(DEFAULT_THRESHOLD, 1)
-        self.select_view.pattern_div.stylesheets = [style]
-        self.match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
-        self.match_view.summary.stylesheets = [style]
-        self.match_view.legend.stylesheets = [style]
-
-        plots = column(self.select_view.fig, self.select_view.tok_fig, name="select-plots")
-        select_tab = column(
-            row(plots, self.select_view.pattern_div),
-            self.match_view.layout,
-            name="select-tab",
-        )
-        # the other tabs are built when first shown: a page starts with the models of the
-        # first tab only, which keeps opening a session (and its memory) small
+        self.title, self.busy, self.status = page.title, page.busy, page.status
+        self.state_select, self.sign_select = page.state_select, page.sign_select
+        self.threshold_slider, self.threshold_input = page.threshold_slider, page.threshold_input
+        self.pad_left, self.pad_right = page.pad_left, page.pad_right
+        self.track_select = page.track_select
+        self.doc_input, self.pos_input = page.doc_input, page.pos_input
+        self.window_size = page.window_size
+        self.prev_button, self.next_button = page.prev_button, page.next_button
+        self.phrase_input, self.phrase_button = page.phrase_input, page.phrase_button
+        self.phrase_next, self.phrase_status = page.phrase_next, page.phrase_status
+        self.select_view, self.match_view = page.select_view, page.match_view
+        self.tab_panels, self.tabs, self.root = page.tab_panels, page.tabs, page.root
         self._neuron_view: NeuronView | None = None
         self.analysis_views: list[Any] = [None] * len(ANALYSIS_VIEWS)
         self.analysis_shown: dict[str, object] = {}  # view name -> parameters last fetched
-        self.tab_panels = [TabPanel(title="Select & match", child=select_tab),
-                           TabPanel(title="Neuron", child=self._placeholder())]
-        self.tab_panels += [TabPanel(title=v.title, child=self._placeholder())
-                            for v in ANALYSIS_VIEWS]
-        self.tabs = Tabs(tabs=self.tab_panels, name="tabs")
-        header = column(
-            row(self.title, column(self.busy, self.status)),
-            row(self.state_select, self.threshold_slider, self.threshold_input,
-                self.sign_select, self.pad_left, self.pad_right, self.track_select),
-            row(self.doc_input, self.pos_input, self.window_size, self.prev_button,
-                self.next_button, Div(width=30), self.phrase_input, self.phrase_button,
-                self.phrase_next, self.phrase_status),
-            name="header", width=PAGE_WIDTH,
-            styles={"background": "#ffffff", "border": "1px solid #d0d7de",
-                    "border-radius": "6px", "padding": "6px 12px 8px 12px",
-                    "margin-bottom": "8px"},
-        )
-        self.tabs.width = PAGE_WIDTH
-        self.tabs.styles = {"background": "#ffffff", "border": "1px solid #d0d7de",
-                            "border-radius": "6px", "padding": "4px 10px 10px 10px"}
-        self.root = column(header, self.tabs, name="root")
 
         self.runner = Runner(doc, executor, self._show_busy, self._show_error)
         self._wire()
 
-        doc.title = f"lstmsearch · {index.path.name}"
-        doc.theme = page_theme()
-        doc.template = page_template()
+        prepare_document(doc, shared)
         doc.add_root(self.root)
         doc.on_session_destroyed(self._on_session_destroyed)
-        shared.apps.add(self)
-        log.info("lstmsearch: session opened (%d open)", shared.session_opened())
-        self.refresh_window()
 
     def _on_session_destroyed(self, session_context: object) -> None:
         """The server discarded this session (its page closed): let go of everything."""
         self.close()
         log.info("lstmsearch: session closed (%d open)", self.shared.session_closed())
-        release_memory()
+        release_memory_soon()
 
     def close(self) -> None:
         """Drop this session's jobs, results and views, so that its memory is freed now."""
@@ -268,12 +354,6 @@ class App:
         self.analysis_shown.clear()
 
     # --- tabs built when first shown -----------------------------------------------------------
-
-    @staticmethod
-    def _placeholder() -> Any:
-        """A tab's holder until its view is built: a column whose only child is swapped for
-        the view (a page redraws a changed column; a tab panel's own child is not watched)."""
-        return column(Div(text="<span class='hint'>loading…</span>", width=300))
 
     @property
     def neuron_view(self) -> NeuronView:
@@ -310,6 +390,8 @@ class App:
 
     def _wire(self) -> None:
         sv, mv = self.select_view, self.match_view
+        sv.wire()
+        mv.wire()
         sv.on_span = self.set_span
         sv.on_unit = self.open_unit
         sv.on_threshold = self.set_threshold
@@ -324,7 +406,7 @@ class App:
         self.threshold_slider.on_change("value_throttled",
                                         lambda a, o, n: self.set_threshold(n))
         self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
-        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(int(n)))
+        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(SIGNS.get(n)))
         self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
         self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
         self.track_select.on_change("value", lambda a, o, n: self.set_track(n))
@@ -349,14 +431,8 @@ class App:
 
     # --- busy indicator and errors -------------------------------------------------------------
 
-    @staticmethod
-    def _busy_html(labels: tuple[str, ...]) -> str:
-        if not labels:
-            return "<span class='ready'>● ready</span>"
-        return f"<span class='busy'><span class='spinner'></span>working… {', '.join(sorted(set(labels)))}</span>"
-
     def _show_busy(self, labels: tuple[str, ...]) -> None:
-        self.busy.text = self._busy_html(labels)
+        self.busy.text = busy_html(labels)
 
     def _show_error(self, message: str) -> None:
         self.status.text = f"<span class='error'>{message}</span>"
@@ -370,6 +446,10 @@ class App:
     def set_state(self, state: str) -> None:
         """Switch the layer/kind every view shows; the pattern is selected again on it."""
         if self._quiet or state == self.session.state:
+            return
+        if state not in self.shared.state_names:
+            self._show_error(f"no state {text(state)!r} in this index")
+            self._quietly(self.state_select, value=self.session.state)
             return
         store = self.shared.index.store(state)
         self.session.state = state
@@ -391,9 +471,7 @@ class App:
         if value is None:
             self._sync_threshold_widgets()  # back to the threshold in use
             return
-        value = round(value, 3)
-        if value < 0:
-            value = -value
+        value = min(round(abs(value), 3), MAX_THRESHOLD)
         if value == self.session.threshold:
             self._sync_threshold_widgets()
             return
@@ -423,9 +501,13 @@ class App:
         if self._neuron_view is not None:
             self._neuron_view.set_threshold(value, sign)
 
-    def set_sign(self, sign: int) -> None:
-        """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ)."""
+    def set_sign(self, sign: int | None) -> None:
+        """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ); None: not a sign the page
+        offers (the widget shows the sign in use again)."""
         if self._quiet or sign == self.session.sign:
+            return
+        if sign not in (1, -1):
+            self._quietly(self.sign_select, value=str(self.session.sign))
             return
         self.session.sign = sign
         self._sync_threshold_widgets()
@@ -470,6 +552,10 @@ class App:
         """The annotation track drawn under tokens and match rows."""
         if self._quiet:
             return
+        if name != NO_TRACK and name not in self.shared.track_names:
+            self._show_error(f"no track {text(name)!r} in this index")
+            self._quietly(self.track_select, value=self.session.track or NO_TRACK)
+            return
         self.session.track = None if name == NO_TRACK else name
         self.neuron_stale = True
         self.refresh_window()
@@ -506,25 +592,39 @@ class App:
     def go_to_document(self, doc: int | None) -> None:
         """Show the start of document `doc`."""
         number = finite(doc)
-        if self._quiet or number is None:
+        if self._quiet:
+            return
+        if number is None:
+            self._show_place()
             return
         try:
             start, _ = fetch.document_window(self.shared, int(number), self.width)
         except ValueError as exc:
             self._show_error(str(exc))
+            self._show_place()
             return
         self._set_window(start)
 
     def go_to_position(self, pos: int | None) -> None:
         """Show token position `pos` (a third into the window)."""
         number = finite(pos)
-        if self._quiet or number is None:
+        if self._quiet:
+            return
+        if number is None or not 0 <= number < self.shared.index.n_tokens:
+            if number is not None:
+                self._show_error(f"position {number:.0f} out of range "
+                                 f"0..{self.shared.index.n_tokens - 1}")
+            self._show_place()
             return
         pos = int(number)
-        if not 0 <= pos < self.shared.index.n_tokens:
-            self._show_error(f"position {pos} out of range 0..{self.shared.index.n_tokens - 1}")
-            return
         self._set_window(pos - self.width // 3, focus=(pos, pos + 1))
+
+    def _show_place(self) -> None:
+        """The document and position fields show where the window is (again)."""
+        s = self.session
+        shown = s.focus[0] if s.focus is not None else s.window[0]
+        self._quietly(self.doc_input, value=int(self.shared.index.doc_of(shown)))
+        self._quietly(self.pos_input, value=int(s.window[0]))
 
     def show_span(self, start: int, end: int) -> None:
         """Show tokens [start, end) outlined in the select view (from an analysis view)."""
@@ -551,7 +651,7 @@ class App:
 
     def find_phrase(self) -> None:
         """Search the corpus for the phrase and show the first occurrence."""
-        phrase = self.phrase_input.value or ""
+        phrase = text(self.phrase_input.value)
         if not phrase.strip():
             return
         self.runner.submit("find", lambda: fetch.find_phrase(self.shared, phrase),
@@ -781,5 +881,12 @@ def build(doc: Document, index: Index | fetch.Shared, executor: Executor | None 
     loop; without one, every query runs at once (what tests do).
     """
     shared = index if isinstance(index, fetch.Shared) else fetch.Shared(index)
-    return App(doc, shared, executor)
+    prototype = page_prototype(shared)
+    page = prototype.copy() if prototype is not None else build_page(shared)
+    app = App(doc, shared, executor, page)
+    if prototype is not None:
+        answer_first_pull(doc, prototype)
+    shared.apps.add(app)
+    log.info("lstmsearch: session opened (%d open)", shared.session_opened())
+    return app
 

@@ -22,6 +22,8 @@ from bokeh.models import (
 from bokeh.palettes import Category10_10, Greys256, Viridis256
 from bokeh.plotting import figure
 
+from server.inputs import tapped
+
 # --- colours -------------------------------------------------------------------------------
 
 ACCENT = "#1f6fb2"
@@ -358,11 +360,8 @@ class StripList:
 
     def tapped_row(self) -> StripRow | None:
         """The row of the tapped cell, if any."""
-        indices = self.cells.selected.indices
-        if not indices:
-            return None
-        i = self.cells.data["row"][indices[0]]
-        return self.rows[i] if 0 <= i < len(self.rows) else None
+        i = tapped(self.cells, "row", self.cells.selected.indices)
+        return self.rows[i] if i is not None and 0 <= i < len(self.rows) else None
 
 
 STYLE_CSS = """

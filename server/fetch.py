@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from lstmsearch.index import Index
 
 MATCH_CONTEXT = 5
 """Tokens of context shown before each match (and after it, up to the row's width)."""
+RECENT_RESULTS = 64
+"""Query results a server keeps for its sessions (`Shared.recent`), latest first."""
 
 
 class Shared:
@@ -40,6 +43,7 @@ class Shared:
         self.state_names: list[str] = list(names() if callable(names) else names)
         self.value_range: dict[str, tuple[float, float]] = {}
         self.cache: dict[Any, Any] = {}
+        self._recent: OrderedDict[Any, Any] = OrderedDict()
         self.open_sessions = 0
         self.apps: weakref.WeakSet[Any] = weakref.WeakSet()  # the sessions' apps, while alive
         try:
@@ -98,6 +102,21 @@ class Shared:
         with self._lock:
             self.open_sessions = max(0, self.open_sessions - 1)
             return self.open_sessions
+
+    def recent(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` for `key`, kept among the RECENT_RESULTS latest such results of the
+        server (a query that several sessions run at once, or again, is computed once;
+        the index is a snapshot, so a kept result stays right)."""
+        with self._lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return self._recent[key]
+        value = compute()
+        with self._lock:
+            self._recent[key] = value
+            while len(self._recent) > RECENT_RESULTS:
+                self._recent.popitem(last=False)
+        return value
 
     def recall(self, key: Any) -> Any:
         """What `remember` kept for `key`, or None (never computes)."""
@@ -322,7 +341,7 @@ def token_texts(shared: Shared, spans: Sequence[tuple[int, int]]) -> list[tuple[
         result = index.sql(
             "SELECT t.pos, t.text FROM tokens t "
             "SEMI JOIN (SELECT unnest(?::BIGINT[]) AS pos) p ON t.pos = p.pos",
-            [unique.tolist()],
+            [unique.tolist()], max_rows=None,
         )
         texts = {int(p): t for p, t in result.rows}
     return [tuple(texts.get(int(p), "") for p in range(a, b)) for a, b in spans]
@@ -352,7 +371,13 @@ def rows_around(
 
 
 def run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) -> PatternResult:
-    """Select S on the span, then match it; the matches come with their tokens to draw."""
+    """Select S on the span, then match it; the matches come with their tokens to draw.
+    Kept among the server's recent results (sessions often brush the same spans)."""
+    return shared.recent(("pattern", q, track, width),
+                         lambda: _run_pattern(shared, q, track, width))
+
+
+def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) -> PatternResult:
     import time
 
     t0 = time.perf_counter()

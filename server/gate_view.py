@@ -52,9 +52,12 @@ from server.display import (
     stylesheet,
     token_labels,
 )
+from server.inputs import chosen, chosen_indices, tapped, text
 
 MAX_UNIT_PLOTS = 6
 """Units drawn as line plots at most (the statistics table lists every chosen unit)."""
+MAX_UNITS = 256
+"""Units one request may list."""
 PLOT_WIDTH, UNIT_HEIGHT, BORDER_LEFT = 940, 150, 60
 GATE_COLOURS = {"i": Category10_10[0], "f": Category10_10[2], "o": Category10_10[1],
                 "g": Category10_10[4], "r": Category10_10[0], "z": Category10_10[2],
@@ -249,12 +252,15 @@ class GateView:
 
     def params(self, context: analyses.Context) -> analyses.GatesParams:
         """The gates of the window; the typed units, else the neuron view's unit."""
-        units = parse_units(self.units_input.value or "") or (int(context.unit),)
-        shown = tuple(self.letters[i] for i in sorted(self.gates_choice.active))
+        units = parse_units(text(self.units_input.value)) or (int(context.unit),)
+        if len(units) > MAX_UNITS:
+            raise ValueError(f"at most {MAX_UNITS} units at a time, got {len(units)}")
+        active = chosen_indices(self.gates_choice.active, len(self.letters))
+        shown = tuple(self.letters[i] for i in active)
         if not shown:
             raise ValueError("choose at least one gate to draw")
         return analyses.GatesParams(state=context.state, window=context.window, units=units,
-                                    shown=shown, heat=self.heat_select.value)
+                                    shown=shown, heat=chosen(self.heat_select))
 
     def show(self, data: analyses.GatesData) -> None:
         """Draw the chosen units' gates, the tokens, the heatmap and the statistics."""
@@ -454,24 +460,24 @@ class GateView:
             self.on_params()
 
     def _on_token(self, attr: str, old: list[int], new: list[int]) -> None:
-        if self._quiet or not new:
+        pos = tapped(self.tokens, "x", new)
+        if self._quiet or pos is None:
             return
-        pos = int(self.tokens.data["x"][new[0]])
         self._quiet = True
         try:
             self.tokens.selected.indices = []
         finally:
             self._quiet = False
         if self.on_span is not None:
-            self.on_span(pos, pos + 1)
+            self.on_span(int(pos), int(pos) + 1)
 
     def _on_heat(self, attr: str, old: list[int], new: list[int]) -> None:
-        if self._quiet or not new:
+        unit = tapped(self.heat, "y", new)
+        if self._quiet or unit is None:
             return
-        unit = int(self.heat.data["y"][new[0]])
         self._quiet = True
         try:
             self.heat.selected.indices = []
         finally:
             self._quiet = False
-        self.units_input.value = str(unit)  # fires _on_choice: the unit is drawn
+        self.units_input.value = str(int(unit))  # fires _on_choice: the unit is drawn

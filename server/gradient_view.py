@@ -28,6 +28,7 @@ from bokeh.plotting import figure
 from lstmsearch.analysis.gradients import MAX_DOC_TOKENS, LagProfile
 from server import analyses
 from server.display import MUTED_TEXT, fmt, set_rows, stylesheet, unit_colour
+from server.inputs import bounded, chosen
 
 SCOPE_OPTIONS = [("sample", "sample of documents"), ("document", "this document")]
 BANDS = ((0.1, 0.9, 0.10), (0.25, 0.75, 0.20))
@@ -193,11 +194,12 @@ class GradientView:
 
     def params(self, context: analyses.Context) -> analyses.GradientParams:
         """The document of the window (or a sample), the positions and the largest lag."""
-        document = context.document if self.scope.value == "document" else None
-        return analyses.GradientParams(
-            document=document, max_lag=int(self.max_lag.value or 1),
-            n_positions=int(self.positions.value or 1),
-        )
+        document = context.document if chosen(self.scope) == "document" else None
+        max_lag, positions = bounded(self.max_lag), bounded(self.positions)
+        if max_lag is None or positions is None:
+            raise ValueError("give the number of positions and the largest lag")
+        return analyses.GradientParams(document=document, max_lag=max_lag,
+                                       n_positions=positions)
 
     def show(self, data: analyses.GradientsData) -> None:
         """Draw the median lines, the quantile bands and the table."""

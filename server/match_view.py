@@ -23,6 +23,7 @@ from server.display import (
     gradient_legend,
 )
 from server.fetch import MatchRow, PatternResult
+from server.inputs import chosen_index
 
 MODES = ("match", "nearest")
 RIGHT_CELLS, RIGHT_WORDS = 22, 10
@@ -69,8 +70,6 @@ class MatchView:
         hist.xgrid.visible = False
         self.hist = hist
         self.legend = Div(name="match-legend", width=230, text="")
-        self.strips.cells.selected.on_change("indices", self._on_tap)
-        self.mode.on_change("active", self._on_mode)
         self.layout = column(
             row(self.summary),
             row(self.mode, self.min_length, self.length),
@@ -78,13 +77,18 @@ class MatchView:
             name="match-view",
         )
 
+    def wire(self) -> None:
+        """Listen to the page: taps on rows, the mode (once per copy of the view)."""
+        self.strips.cells.selected.on_change("indices", self._on_tap)
+        self.mode.on_change("active", self._on_mode)
+
     @property
     def mode_name(self) -> str:
-        return MODES[self.mode.active or 0]
+        return MODES[chosen_index(self.mode.active, len(MODES))]
 
     def _on_mode(self, attr: str, old: int, new: int) -> None:
         if self.on_mode is not None:
-            self.on_mode(MODES[new or 0])
+            self.on_mode(MODES[chosen_index(new, len(MODES))])
 
     def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
         if not new:

@@ -34,6 +34,7 @@ from server.display import (
     set_rows,
 )
 from server.fetch import MatchRow, NeuronData
+from server.inputs import bounded, tapped
 
 CONTEXT_CHARS, CONTEXT_WORDS = 8, 4
 """Cells shown each side of a row's anchor, for character / word tokens (a hit run longer
@@ -111,8 +112,9 @@ class NeuronView:
     # --- events ------------------------------------------------------------------------------
 
     def _on_unit(self, attr: str, old: int, new: int) -> None:
-        if not self._quiet and new is not None and self.on_unit is not None:
-            self.on_unit(int(new))
+        unit = bounded(self.unit)
+        if not self._quiet and unit is not None and self.on_unit is not None:
+            self.on_unit(unit)
 
     def _on_span(self, attr: str, old: float, new: float) -> None:
         if not self._quiet and new is not None and self.on_threshold is not None:
@@ -127,9 +129,9 @@ class NeuronView:
         return handler
 
     def _on_corr(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new and self.on_unit is not None:
-            unit = int(self.corr_source.data["unit"][new[0]])
-            self.on_unit(unit)
+        unit = tapped(self.corr_source, "unit", new)
+        if unit is not None and self.on_unit is not None:
+            self.on_unit(int(unit))
 
     # --- updates -----------------------------------------------------------------------------
 

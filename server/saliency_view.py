@@ -37,6 +37,7 @@ from server.display import (
     stylesheet,
     token_label,
 )
+from server.inputs import chosen, finite, tapped
 
 METHOD_OPTIONS = [("grad_x_input", "gradient × input"),
                   ("integrated_gradients", "integrated gradients")]
@@ -155,11 +156,12 @@ class SaliencyView:
                 self.position.value = analyses.saliency_position(context)
             finally:
                 self._quiet = False
-        if self.position.value is None:
+        position = finite(self.position.value)  # out of range: the analysis says so
+        if position is None:
             raise ValueError("enter the position of the token whose prediction to explain")
         return analyses.SaliencyParams(
-            position=int(self.position.value), method=self.method.value,
-            target=self.target.value, window=self.window,
+            position=int(position), method=chosen(self.method), target=chosen(self.target),
+            window=self.window,
         )
 
     def show(self, data: analyses.SaliencyData) -> None:
@@ -252,10 +254,9 @@ class SaliencyView:
             self.on_params()
 
     def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
-        if not new or self.on_span is None:
-            return
-        pos = int(self.strip.cells.data["pos"][new[0]])
-        self.on_span(pos, pos + 1)
+        pos = tapped(self.strip.cells, "pos", new)
+        if pos is not None and self.on_span is not None:
+            self.on_span(int(pos), int(pos) + 1)
 
     def _set_visible(self, visible: bool) -> None:
         self.message.visible = not visible

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from bokeh.core.properties import value
@@ -48,6 +49,7 @@ from server.display import (
     unit_colour,
 )
 from server.fetch import Window
+from server.inputs import selected_range, tapped
 from server.surprisal_view import SURPRISAL_PALETTE
 
 PLOT_WIDTH = 1140
@@ -236,10 +238,13 @@ class SelectView:
             text=self._pattern_html(None, ()), styles={"overflow-y": "auto"},
         )
 
+    def wire(self) -> None:
+        """Listen to the page: brushes, taps on lines, the dragged threshold line (once per
+        copy of the view: a copy's models start without callbacks)."""
         self.tokens.selected.on_change("indices", self._on_selected)
         self.plot_quads.selected.on_change("indices", self._on_plot_brushed)
-        self.set_lines.selected.on_change("indices", self._on_line_tapped(self.set_lines))
-        self.lines.selected.on_change("indices", self._on_line_tapped(self.lines))
+        self.set_lines.selected.on_change("indices", partial(self._on_line_tapped, self.set_lines))
+        self.lines.selected.on_change("indices", partial(self._on_line_tapped, self.lines))
         self.threshold_span.on_change("location", self._on_span_dragged)
 
     # --- events ------------------------------------------------------------------------------
@@ -253,30 +258,32 @@ class SelectView:
             self.plot_quads.selected.indices = []
         finally:
             self._quiet = False
-        self.tokens.selected.indices = list(range(min(new), max(new) + 1))
+        span = selected_range(new, len(self.plot_quads.data["left"]))
+        if span is not None:
+            self.tokens.selected.indices = list(range(span[0], span[1] + 1))
 
     def _on_selected(self, attr: str, old: Sequence[int], new: Sequence[int]) -> None:
         if self._quiet or not new or self.window is None:
             return
-        first, last = min(new), max(new)
+        span = selected_range(new, self.window.end - self.window.start)
+        if span is None:
+            return
+        first, last = span
         if self.on_span is not None:
             self.on_span(self.window.start + first, self.window.start + last + 1)
 
-    def _on_line_tapped(self, source: ColumnDataSource) -> Callable[[str, object, object], None]:
-        def handler(attr: str, old: Sequence[int], new: Sequence[int]) -> None:
-            if self._quiet or not new:
-                return
-            units = source.data["unit"]
-            unit = int(units[new[0]]) if new[0] < len(units) else None
-            self._quiet = True
-            try:
-                source.selected.indices = []
-            finally:
-                self._quiet = False
-            if unit is not None and self.on_unit is not None:
-                self.on_unit(unit)
-
-        return handler
+    def _on_line_tapped(self, source: ColumnDataSource, attr: str, old: Sequence[int],
+                        new: Sequence[int]) -> None:
+        if self._quiet or not new:
+            return
+        unit = tapped(source, "unit", new)
+        self._quiet = True
+        try:
+            source.selected.indices = []
+        finally:
+            self._quiet = False
+        if unit is not None and self.on_unit is not None:
+            self.on_unit(int(unit))
 
     def _on_span_dragged(self, attr: str, old: float, new: float) -> None:
         if self._quiet or self.on_threshold is None or new is None:

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from bokeh.document import Document
+from tornado.ioloop import IOLoop
 
 log = logging.getLogger("lstmsearch.server")
 
@@ -28,15 +29,34 @@ BUSY_DELAY_MS = 150
 """Work that finishes sooner than this never shows the busy indicator."""
 
 
+RELEASE_DELAY_S = 1.0
+"""How long after a session closed its memory is given back: sessions closing meanwhile
+share one release, and Bokeh has finished discarding them by then."""
+_release_pending = False
+
+
 def release_memory() -> None:
-    """Give freed memory back to the operating system after a session closed: collect
-    cycles, then ask glibc's allocator to return its free pages (`malloc_trim`), which it
-    otherwise keeps for reuse, so that the server's resident size falls back."""
+    """Give freed memory back to the operating system: collect cycles, then ask glibc's
+    allocator to return its free pages (`malloc_trim`), which it otherwise keeps for reuse,
+    so that the server's resident size falls back."""
+    global _release_pending
+    _release_pending = False
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
         pass
+
+
+def release_memory_soon() -> None:
+    """`release_memory()` RELEASE_DELAY_S from now on the current event loop, once for all
+    the sessions that close until then (a full collection per closed session, 50 at once,
+    held the server for seconds)."""
+    global _release_pending
+    if _release_pending:
+        return
+    _release_pending = True
+    IOLoop.current().call_later(RELEASE_DELAY_S, release_memory)
 
 
 @dataclass

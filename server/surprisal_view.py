@@ -41,6 +41,7 @@ from server.display import (
     token_label,
 )
 from server.fetch import MatchRow, Shared
+from server.inputs import bounded, tapped
 
 SURPRISAL_PALETTE: tuple[str, ...] = tuple(reversed(YlOrRd9))
 """Surprisal: pale yellow (well predicted) to dark red (the model was surprised)."""
@@ -171,12 +172,12 @@ class SurprisalView:
 
     def params(self, context: analyses.Context) -> analyses.SurprisalParams:
         """The view's settings (the analysis is over the whole index, whatever the window)."""
-        values = {}
-        for key, spinner in (("k", self.k), ("width", self.width),
-                             ("min_count", self.min_count)):
-            if spinner.value is None or int(spinner.value) < 1:
-                raise ValueError(f"{spinner.title} must be a whole number ≥ 1, got {spinner.value}")
-            values[key] = int(spinner.value)
+        spinners = {"k": self.k, "width": self.width, "min_count": self.min_count}
+        values = {key: bounded(spinner) for key, spinner in spinners.items()}
+        for key, spinner in spinners.items():
+            if values[key] is None:
+                raise ValueError(f"{spinner.title} must be a whole number from {spinner.low} "
+                                 f"to {spinner.high}, got {spinner.value}")
         return analyses.SurprisalParams(context=self.context, **values)
 
     def show_message(self, text: str) -> None:
@@ -256,10 +257,9 @@ class SurprisalView:
         return handler
 
     def _on_doc(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new and self.on_span is not None:
-            at = new[0]
-            self.on_span(int(self.docs_source.data["start"][at]),
-                         int(self.docs_source.data["end"][at]))
+        start, end = (tapped(self.docs_source, c, new) for c in ("start", "end"))
+        if start is not None and end is not None and self.on_span is not None:
+            self.on_span(int(start), int(end))
 
     # --- drawing -----------------------------------------------------------------------------
 

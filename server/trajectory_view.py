@@ -36,6 +36,7 @@ from server.display import (
     stylesheet,
     token_label,
 )
+from server.inputs import chosen, tapped
 
 PLOT_WIDTH, PLOT_HEIGHT = 900, 620
 LABEL_POINTS = 80
@@ -170,10 +171,11 @@ class TrajectoryView:
 
     def params(self, context: analyses.Context) -> analyses.TrajectoryParams:
         """The path of the session's state over its window or document, by its track."""
-        method = self.method_select.value
+        method = chosen(self.method_select)
         return analyses.TrajectoryParams(
             state=context.state, window=context.window, document=context.document,
-            span=self.span_select.value, fit=self.fit_select.value if method == "pca" else "span",
+            span=chosen(self.span_select),
+            fit=chosen(self.fit_select) if method == "pca" else "span",
             method=method, track=context.track,
         )
 
@@ -252,9 +254,10 @@ class TrajectoryView:
             self.on_params()
 
     def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
-        if self._quiet or not new:
+        pos = tapped(self.points, "pos", new)
+        if self._quiet or pos is None:
             return
-        pos = int(self.points.data["pos"][new[0]])
+        pos = int(pos)
         self._quiet = True
         try:
             self.points.selected.indices = []

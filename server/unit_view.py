@@ -40,6 +40,7 @@ from server.display import (
     token_label,
 )
 from server.fetch import Shared
+from server.inputs import bounded, tapped
 
 WORDS_HIGH = 200
 CELL_COLUMNS = ("x", "y", "unit", "word", "value", "count", "word_cluster", "unit_cluster")
@@ -196,12 +197,11 @@ class UnitView:
     def params(self, context: analyses.Context) -> analyses.UnitParams:
         """The state and track of the session with this view's word, count and cluster
         settings."""
-        values = {}
-        for label, spinner in (("words", self.words), ("min count", self.min_count),
-                               ("clusters", self.clusters)):
-            if spinner.value is None:
+        spinners = {"words": self.words, "min count": self.min_count, "clusters": self.clusters}
+        values = {label: bounded(spinner) for label, spinner in spinners.items()}
+        for label, value in values.items():
+            if value is None:
                 raise ValueError(f"{label}: give a number")
-            values[label] = int(spinner.value)
         return analyses.UnitParams(
             state=context.state, words=values["words"], min_count=values["min count"],
             n_clusters=values["clusters"], track=context.track, max_tokens=self.max_tokens,
@@ -237,16 +237,16 @@ class UnitView:
             self.on_params()
 
     def _on_cell(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new and self.on_unit is not None:
-            unit = int(self.cells.data["unit"][new[0]])
+        unit = tapped(self.cells, "unit", new)
+        if unit is not None and self.on_unit is not None:
             self.cells.selected.indices = []  # so that the same cell opens again later
-            self.on_unit(unit)
+            self.on_unit(int(unit))
 
     def _on_ranked(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new and self.on_unit is not None:
-            unit = int(self.ranking_source.data["unit"][new[0]])
+        unit = tapped(self.ranking_source, "unit", new)
+        if unit is not None and self.on_unit is not None:
             self.ranking_source.selected.indices = []
-            self.on_unit(unit)
+            self.on_unit(int(unit))
 
     # --- updates -------------------------------------------------------------------------------
 

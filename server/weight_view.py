@@ -27,6 +27,7 @@ from lstmsearch.analysis.weights import MatrixStats
 from server import analyses
 from server.display import ACCENT, MUTED_TEXT, THRESHOLD_COLOR, fmt, set_rows, stylesheet
 from server.fetch import Shared
+from server.inputs import chosen, tapped
 
 TABLE_COLUMNS = ("name", "shape", "mean", "std", "spectral_norm", "spectral_radius")
 
@@ -63,6 +64,7 @@ class WeightView:
         self.on_unit: Callable[[int], None] | None = None
         self.data: analyses.WeightsData | None = None
         self.blocks: dict[str, MatrixStats] = {}
+        self.block_shown: str | None = None
         self._quiet = False
         style = stylesheet()
         self.select = Select(title="Weight block", options=[], value="", width=240,
@@ -183,16 +185,24 @@ class WeightView:
             model.visible = visible
 
     def _on_row(self, attr: str, old: list[int], new: list[int]) -> None:
-        if self._quiet or not new:
+        name = tapped(self.table_source, "name", new)
+        if self._quiet or name is None:
             return
-        name = self.table_source.data["name"][new[0]]
         if name != self.select.value:
             self.select.value = name  # fires show_block
 
     def show_block(self, name: str) -> None:
         """Draw one block's histogram and singular values; its table row selected."""
-        if self._quiet or name not in self.blocks:
+        if self._quiet or not self.blocks:
             return
+        if name not in self.blocks:  # not a block of this model: back to the one shown
+            self._quiet = True
+            try:
+                self.select.value = self.block_shown or chosen(self.select)
+            finally:
+                self._quiet = False
+            return
+        self.block_shown = name
         block = self.blocks[name]
         counts, edges = block.histogram_counts, block.histogram_edges
         self.hist_source.data = {"left": edges[:-1].tolist(), "right": edges[1:].tolist(),

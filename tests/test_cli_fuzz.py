@@ -53,6 +53,26 @@ def assert_clean(code: int, err: str, argv: list[str]) -> None:
     (["index", "parens", "--out", "x", "--limit", "-1"], "--limit: must be a whole number"),
     (["analyze", "gates", "{index}", "--high", "nan"], "--high: must be a finite number"),
     (["analyze", "surprisal", "{index}", "--top", "10000000"], "--top: must be a whole number"),
+    (["index", "parens", "--out", "x", "--segment-tokens", "0"],
+     "--segment-tokens: must be a whole number of at least 1, got '0'"),
+    (["index", "parens", "--out", "x", "--segment-tokens", "1e9"],
+     "--segment-tokens: must be a whole number, got '1e9'"),
+    (["index", "parens", "--out", "x", "--engine", "ray", "--workers", "0"],
+     "--workers: must be a whole number from 1 to 10,000, got '0'"),
+    (["index", "parens", "--out", "x", "--engine", "ray", "--gpus-per-worker", "nan"],
+     "--gpus-per-worker: must be a finite number, got 'nan'"),
+    (["index", "parens", "--out", "x", "--engine", "ray", "--gpus-per-worker=-1"],
+     "--gpus-per-worker: must be at least 0 and at most 1024, got '-1'"),
+    (["compact", "{index}", "--max-segments", "0"],
+     "--max-segments: must be a whole number of at least 1, got '0'"),
+    (["compact", "{index}", "--max-segments", "many"],
+     "--max-segments: must be a whole number, got 'many'"),
+    (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "inf", "--layer", "1",
+      "--kind", "c"], "--threshold must be a finite number, got 'inf'"),
+    (["index", "parens", "--out", "x", "--device", "bogus"],
+     "argument --device: must be cpu, cuda, cuda:N or mps, got 'bogus'"),
+    (["index", "parens", "--out", "x", "--device", "cuda:99"], "argument --device: 'cuda:99'"),
+    (["serve", "{index}", "--host", "999.1.1.1", "--port", "0"], "999.1.1.1"),
 ])
 def test_bad_numbers_are_refused_at_the_boundary(tiny_index_path, argv, message) -> None:
     argv = [a.replace("{index}", str(tiny_index_path)) for a in argv]
@@ -134,6 +154,7 @@ SQL = st.tuples(
         "SELECT unit_value(1, 'c', 0, 5)", "SELECT unit_value(9, 'c', 0, 5)",
         "SELECT unit_value(1, 'c', 0, -1)", "SELECT 1; SELECT 2", "ATTACH 'x.db'",
         "SELECT * FROM read_csv('/etc/passwd')", "SELECT 1/0", "SELECT",
+        "SELECT a.pos, b.pos FROM tokens a, tokens b",  # millions of rows: the first shown
     ])).map(lambda q: [q]),
 )
 INFO = st.tuples(st.just(["info"]), st.lists(st.sampled_from(["--json", "--bogus", "x"]),

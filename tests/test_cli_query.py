@@ -140,6 +140,26 @@ def test_neurons_correlate(capsys, tiny_index, tiny_index_path) -> None:
     assert [u["unit"] for u in json.loads(out)["units"]] == [c.unit for c in expected]
 
 
+def test_sql_table_is_cut_at_the_cap_and_says_how_to_get_more(capsys, tiny_index_path,
+                                                              monkeypatch) -> None:
+    from lstmsearch import limits
+
+    code, out, _ = run(capsys, "sql", tiny_index_path,
+                       f"SELECT range AS n FROM range({limits.MAX_SQL_ROWS + 5})")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].strip() == "n"
+    assert [int(x) for x in lines[1:-1]] == list(range(limits.MAX_SQL_ROWS))
+    assert lines[-1] == (f"(the first {limits.MAX_SQL_ROWS:,} rows: the query has more; page "
+                         "with LIMIT and OFFSET, or write them all with --json > FILE)")
+    # --json writes every row, a batch at a time
+    monkeypatch.setattr(limits, "SQL_BATCH_ROWS", 7)
+    code, out, _ = run(capsys, "sql", tiny_index_path,
+                       f"SELECT range AS n FROM range({limits.MAX_SQL_ROWS + 5})", "--json")
+    assert code == 0 and json.loads(out) == [{"n": i} for i in range(limits.MAX_SQL_ROWS + 5)]
+    code, out, _ = run(capsys, "sql", tiny_index_path, "SELECT 1 AS n WHERE false", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
 def test_sql(capsys, tiny_index, tiny_index_path) -> None:
     code, out, _ = run(capsys, "sql", tiny_index_path,
                        "SELECT doc, tok_start FROM documents ORDER BY doc LIMIT 2", "--json")
@@ -156,7 +176,9 @@ def test_sql(capsys, tiny_index, tiny_index_path) -> None:
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "high", *STATE],
          "--threshold must be a number, got 'high'"),
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "nan", *STATE],
-         "threshold must be finite, got nan"),
+         "--threshold must be a finite number, got 'nan'"),
+        (["neurons", "{index}", "--unit", "1", *STATE, "--above=-inf"],
+         "--above must be a finite number, got '-inf'"),
         (["match", "{index}", "--start", "{last}", "--end", "{past}", "--threshold", "0.3",
           *STATE], "crosses the end of document 0"),
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "1e4", *STATE],

@@ -236,6 +236,33 @@ def test_sql_reads_with_parameters(tiny_index):
     assert tiny_index.sql("EXPLAIN SELECT * FROM tokens").rows
 
 
+def test_sql_returns_at_most_max_rows_and_says_so(tiny_index):
+    from lstmsearch.limits import MAX_SQL_ROWS
+
+    many = f"SELECT range AS n FROM range({MAX_SQL_ROWS + 3})"
+    capped = tiny_index.sql(many)
+    assert capped.truncated and [r[0] for r in capped.rows] == list(range(MAX_SQL_ROWS))
+    assert not tiny_index.sql(many, max_rows=MAX_SQL_ROWS + 3).truncated
+    everything = tiny_index.sql(many, max_rows=None)
+    assert not everything.truncated and len(everything.rows) == MAX_SQL_ROWS + 3
+    assert tiny_index.sql(many, max_rows=0).rows == [] and tiny_index.sql(many, max_rows=0).truncated
+    exact = tiny_index.sql("SELECT count(*) FROM tokens", max_rows=1)
+    assert not exact.truncated and exact.rows == [(tiny_index.n_tokens,)]
+    with pytest.raises(ValueError, match="max_rows must be at least 0, got -1"):
+        tiny_index.sql(many, max_rows=-1)
+    # every row a batch at a time, the same rows in the same order
+    batches = list(tiny_index.sql_batches("SELECT pos, text FROM tokens ORDER BY pos",
+                                          batch_rows=1000))
+    assert [len(b.rows) for b in batches[:-1]] == [1000] * (len(batches) - 1)
+    assert [r for b in batches for r in b.rows] == tiny_index.sql(
+        "SELECT pos, text FROM tokens ORDER BY pos", max_rows=None).rows
+    assert all(b.columns == ("pos", "text") for b in batches)
+    with pytest.raises(SqlRefusedError):
+        list(tiny_index.sql_batches("DELETE FROM tokens"))
+    with pytest.raises(ValueError, match="SQL error"):
+        list(tiny_index.sql_batches("SELECT no_such_column FROM tokens"))
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -375,6 +376,38 @@ def test_phrase_search(app: App, tiny_index) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def test_recent_results_are_shared_by_sessions_and_bounded(tiny_index, monkeypatch) -> None:
+    from server import fetch
+
+    shared = Shared(tiny_index)
+    computed = []
+    run = fetch._run_pattern
+
+    def counted(*args):
+        computed.append(args[1])
+        return run(*args)
+
+    monkeypatch.setattr(fetch, "_run_pattern", counted)
+    first, second = build(Document(), shared), build(Document(), shared)
+    span = brush_pattern(first)
+    first_result = first.session.result
+    second.select_view.tokens.selected.indices = list(range(span[0] - first.session.window[0],
+                                                            span[1] - first.session.window[0]))
+    assert second.session.span == span
+    assert second.session.result is first_result  # the same query, computed once
+    assert len(computed) == len({q for q in computed})
+    # the server keeps only the latest RECENT_RESULTS queries
+    q = computed[-1]
+    for k in range(fetch.RECENT_RESULTS + 1):
+        fetch.run_pattern(shared, replace(q, threshold=0.01 * k + 0.001), None, 10)
+    assert len(shared._recent) == fetch.RECENT_RESULTS
+    again = len(computed)
+    fetch.run_pattern(shared, replace(q, threshold=0.01 * fetch.RECENT_RESULTS + 0.001), None, 10)
+    assert len(computed) == again  # kept
+    fetch.run_pattern(shared, replace(q, threshold=0.001), None, 10)
+    assert len(computed) == again + 1  # the oldest was dropped
 
 
 def test_display_grouping_helpers() -> None:

@@ -341,7 +341,7 @@ def index_token_texts(index: Index, positions: Sequence[int]) -> dict[int, str]:
     result = index.sql(
         "SELECT t.pos, t.text FROM tokens t "
         "SEMI JOIN (SELECT unnest(?::BIGINT[]) AS pos) p ON t.pos = p.pos",
-        [unique],
+        [unique], max_rows=None,
     )
     return {int(p): str(t) for p, t in result.rows}
 
