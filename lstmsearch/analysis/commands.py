@@ -428,3 +428,71 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--top", type=L.RESULTS, default=10, help="units to rank")
     u.add_argument("--seed", type=SEED, default=0)
     u.set_defaults(run=run_units)
+
+
+# --- probe (a top-level command: it reads an index, like the other queries) --------------------
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from lstmsearch.analysis.probe import index_probe
+    from lstmsearch.index import open_index
+
+    with open_index(args.index) as index:
+        result = index_probe(
+            index, args.track, args.layer, args.kind, target=args.target,
+            max_tokens=args.max_tokens, regularization=args.regularization,
+            control=not args.no_control, seed=args.seed,
+        )
+    shown = result.units[: args.top]
+    if args.json:
+        print(json.dumps(to_jsonable({**{f: getattr(result, f) for f in (
+            "state", "track", "target", "metric", "score", "baseline", "control",
+            "control_note", "classes", "n_train", "n_test", "train_docs", "test_docs",
+            "regularization", "seed", "seconds")}, "units": shown}), ensure_ascii=False))
+        return
+    metric = "accuracy" if result.metric == "accuracy" else "R²"
+    kind = ("logistic regression over " + f"{len(result.classes)} classes"
+            if result.target == "categorical" else "ridge regression")
+    baseline = "majority class" if result.target == "categorical" else "train mean"
+    control = ("-" if result.control is None else f"{result.control:.3f}")
+    lines = [
+        f"probe of track {result.track!r} from {result.state}: {kind}",
+        f"  trained on {result.n_train:,} tokens of {result.train_docs} documents, held out "
+        f"{result.n_test:,} tokens of {result.test_docs} documents ({result.seconds:.1f} s)",
+        f"  held-out {metric}: {result.score:.3f}   baseline ({baseline}): "
+        f"{result.baseline:.3f}   control: {control} ({result.control_note})",
+        "", f"units by probe weight on standardised states (top {len(shown)}):",
+    ]
+    lines += [f"  {u.state} unit {u.unit:4d}  weight {u.weight:+.3f}" for u in shown]
+    print("\n".join(lines))
+
+
+def add_probe_command(sub: argparse._SubParsersAction) -> None:
+    """Register `probe` on the top-level sub-parsers."""
+    from lstmsearch.analysis.probe import MAX_TOKENS, TARGETS
+
+    p = sub.add_parser(
+        "probe", help="train a linear probe of an annotation track on a state",
+        description="Fit a regularised linear probe (logistic regression for a categorical "
+        "track, ridge for a numeric one) on the stored states of a train split of "
+        "documents; report its held-out accuracy or R² against the majority class or the "
+        "mean, and against the same probe on the states of the model's architecture with "
+        "random weights (the control); rank units by probe weight.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--track", required=True, help="annotation track to predict, e.g. depth")
+    p.add_argument("--layer", type=L.INDEX, required=True, help="layer number (from 0)")
+    p.add_argument("--kind", required=True, help="state kind: c or h (or a stored gate)")
+    p.add_argument("--target", choices=TARGETS, default="auto",
+                   help="categorical (logistic) or numeric (ridge); auto: categorical for "
+                   "labels and for up to 20 integer values")
+    p.add_argument("--max-tokens", type=L.int_arg(2, 1 << 24), default=MAX_TOKENS,
+                   help=f"tokens sampled, train and held-out together (default {MAX_TOKENS:,})")
+    p.add_argument("--regularization", type=L.float_arg(1e-6, 1e6), default=1.0,
+                   help="L2 penalty strength (1/C for logistic, alpha for ridge; default 1)")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip the random-weight control (it runs the architecture)")
+    p.add_argument("--seed", type=SEED, default=0, help="sample, split and control weights")
+    p.add_argument("--top", type=L.RESULTS, default=20, help="units to list (default 20)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_probe)
