@@ -331,6 +331,34 @@ def run_units(args: argparse.Namespace) -> None:
                 "correlation": ranking}, "\n".join(lines))
 
 
+def run_ablate(args: argparse.Namespace) -> None:
+    from lstmsearch.analysis.ablation import index_ablation
+    from lstmsearch.index import open_index
+
+    with open_index(args.index) as index:
+        kind = args.kind
+        if kind is None:  # the memory of an LSTM, the only state of a GRU
+            kind = "c" if f"layers.{args.layer}.c" in index.state_names else "h"
+        span = None if args.span is None else tuple(args.span)
+        result = index_ablation(index, args.layer, kind, args.unit, value=args.value,
+                                span=span)
+    clamp = "zero" if result.value_kind == "zero" else f"its mean ({result.value:+.4f})"
+    lines = [
+        f"{result.state} unit {result.unit} clamped to {clamp} at every step: surprisal of "
+        f"{result.n_scored:,} tokens [{result.start}, {result.end}) ({result.seconds:.1f} s)",
+        f"  overall: {result.clean:.4f} -> {result.ablated:.4f} nats "
+        f"(change {result.change:+.4f})",
+    ]
+    track = None
+    for g in result.groups:
+        if g.track != track:
+            track = g.track
+            lines += ["", f"by {track}:", "  value               tokens    clean  ablated   change"]
+        lines.append(f"  {g.value:18s} {g.n:8,d} {g.clean:8.4f} {g.ablated:8.4f} "
+                     f"{g.change:+8.4f}")
+    emit(args, result, "\n".join(lines))
+
+
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -348,7 +376,7 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     """Register `analyze` and its sub-commands on the top-level sub-parsers."""
     p = sub.add_parser(
         "analyze", help="analyses of a model: surprisal, gradients, saliency, trajectory, "
-        "gates, weights, units",
+        "gates, weights, units, ablate",
         description="Analyses of a recurrent language model and its states. SOURCE is a model "
         "checkpoint or an index directory (its model.pt is used).",
     )
@@ -417,6 +445,25 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--bins", type=L.int_arg(1, 10_000), default=50)
     w.add_argument("--json", action="store_true", help="print the result as JSON")
     w.set_defaults(run=run_weights)
+
+    b = an.add_parser(
+        "ablate", help="clamp one unit and measure what the model's predictions lose",
+        description="Re-run the index's model with one unit of h or c of a layer clamped to "
+        "zero or to its mean at every step, and compare each token's surprisal with the "
+        "clean run: overall and per value of each annotation track.",
+    )
+    b.add_argument("index", metavar="INDEX", help="index directory (with its model.pt)")
+    b.add_argument("--layer", type=L.INDEX, required=True, help="layer number (from 0)")
+    b.add_argument("--unit", type=L.INDEX, required=True, help="unit to clamp")
+    b.add_argument("--kind", choices=["h", "c"], default=None,
+                   help="state to clamp (default: c for an LSTM, h for a GRU)")
+    b.add_argument("--span", type=L.INDEX, nargs=2, metavar=("START", "END"),
+                   help="compare the tokens [START, END) only (their documents run from "
+                   "their start)")
+    b.add_argument("--value", choices=["zero", "mean"], default="zero",
+                   help="clamp to zero (default) or to the unit's mean over the index")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(run=run_ablate)
 
     u = an.add_parser("units", help="per-word expected response, co-clusters, track correlation")
     add_inputs(u)
