@@ -368,6 +368,7 @@ class App:
             nv.on_unit = self.open_unit
             nv.on_row = self.jump_to
             nv.on_threshold = self.set_threshold
+            nv.ablation.on_ablate = self.ablate_unit
             nv.set_unit(min(s.unit, dim - 1), dim)
             nv.set_threshold(s.threshold, s.sign)
             self._neuron_view = nv
@@ -843,6 +844,15 @@ class App:
         self.runner.submit("neuron", lambda: fetch.neuron(self.shared, q, track),
                            self.neuron_view.show, label="neuron")
         self.refresh_correlations()
+
+    def ablate_unit(self, value: str) -> None:
+        """Clamp the neuron view's unit (to zero or its mean) and show what the model loses."""
+        s = self.session
+        state, unit, track = s.state, s.unit, s.track
+        panel = self.neuron_view.ablation
+        self.runner.submit("ablation", lambda: analyses.ablation(self.shared, state, unit, value),
+                           lambda result: panel.show(result, track), label="ablation",
+                           on_error=panel.show_message)
 
     def _refresh_neuron_if_visible(self) -> None:
         if self.tabs.active == NEURON_TAB:

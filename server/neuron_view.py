@@ -22,6 +22,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
+from server.ablation_panel import AblationPanel
 from server.display import (
     ACCENT,
     DIVERGING_PALETTE,
@@ -94,6 +95,7 @@ class NeuronView:
             index_position=None, visible=False, reorderable=False,
         )
         self.corr_title.visible = False
+        self.ablation = AblationPanel()
         self.unit.on_change("value", self._on_unit)
         self.top.cells.selected.on_change("indices", self._on_tap(self.top))
         self.hits.cells.selected.on_change("indices", self._on_tap(self.hits))
@@ -104,7 +106,7 @@ class NeuronView:
                    width=300)
         self.layout = column(
             row(column(self.unit, hint, self.stats, self.legend),
-                self.hist, column(self.corr_title, self.corr_table)),
+                self.hist, column(self.corr_title, self.corr_table, self.ablation.layout)),
             row(self.top.fig, self.hits.fig),
             name="neuron-view",
         )
@@ -158,6 +160,7 @@ class NeuronView:
         """Draw one unit."""
         self.data = data
         q = data.query
+        self.ablation.reset((q.state, q.unit))
         low, high = data.value_range
         bound = max(abs(low), abs(high))
         self.legend.text = gradient_legend("cells: the unit's value at the token",

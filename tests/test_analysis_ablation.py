@@ -81,6 +81,10 @@ def test_hand_set_model_clamps() -> None:
     want = [math.nan] + [math.log1p(math.exp(-1.0)) if x == 1 else math.log1p(math.e)
                          for x in DOC[1:]]
     np.testing.assert_allclose(ablated[0], want, rtol=1e-6)
+    # without the clean run, the clamped one is the same
+    none, alone = ablated_surprisal(model, docs, 0, "c", 0, 2.0, clean=False)
+    assert none is None
+    np.testing.assert_array_equal(alone[0], ablated_surprisal(model, docs, 0, "c", 0, 2.0)[1][0])
     # the dead unit: nothing changes, to the bit
     for kind, value in (("c", 0.0), ("c", 3.0), ("h", 0.0), ("h", -0.7)):
         clean, ablated = ablated_surprisal(model, docs, 0, kind, 1, value)
@@ -176,7 +180,13 @@ def test_index_ablation_over_the_tiny_index(tiny_index) -> None:
     assert result.value == pytest.approx(mean) and result.value_kind == "mean"
     assert result.n_scored == tiny_index.n_tokens - tiny_index.n_docs
     stored = tiny_index.track("surprisal")
-    assert result.clean == pytest.approx(np.nanmean(stored), rel=1e-3)
+    assert result.clean == pytest.approx(np.nanmean(stored), rel=1e-12)  # the stored track
+    computed = index_ablation(tiny_index, 0, "c", 3, value="mean", clean_from="computed")
+    assert computed.ablated == result.ablated
+    assert computed.clean == pytest.approx(result.clean, abs=1e-5)
+    for g, h in zip(result.groups, computed.groups):
+        assert (g.track, g.value, g.n) == (h.track, h.value, h.n)
+        assert g.change == pytest.approx(h.change, abs=1e-5)
     depth = [g for g in result.groups if g.track == "depth"]
     assert depth and sum(g.n for g in depth) == result.n_scored
     a, b = int(tiny_index.doc_starts[3]) + 2, int(tiny_index.doc_starts[5]) - 1

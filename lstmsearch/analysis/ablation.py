@@ -19,8 +19,10 @@ How, exactly and at the cost of the layers' own fused forward (no step-by-step l
   1 and 0), and each document starts with c[u] = v; so c_t[u] = v at every step and
   h_t[u] = o_t[u] * tanh(v), as the clamp says.
 
-The layers below the ablated one run once, for both runs; the clean run is computed here
-by the same code, so a unit the model ignores changes nothing at all.
+The clean surprisal over an index is its stored `surprisal` track, so an ablation costs one
+forward pass; without one (or when asked), the clean run is computed beside the clamped one
+by the same code, the layers below the ablated one shared, so that a unit the model ignores
+changes nothing at all.
 """
 
 from __future__ import annotations
@@ -157,11 +159,11 @@ def surprisal_of(head: nn.Module, top: torch.Tensor, ids: torch.Tensor) -> torch
 
 def ablated_surprisal(
     model: LanguageModel, docs: Sequence[np.ndarray], layer: int, kind: str, unit: int,
-    value: float, *, lanes: int = LANES, chunk: int = CHUNK,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Surprisal of every token of `docs` (token id arrays) in the clean model and with
-    `layers.{layer}.{kind}` unit `unit` clamped to `value` at every step: two lists of
-    float64 arrays, one per document, NaN at each document's first token."""
+    value: float, *, clean: bool = True, lanes: int = LANES, chunk: int = CHUNK,
+) -> tuple[list[np.ndarray] | None, list[np.ndarray]]:
+    """Surprisal of every token of `docs` (token id arrays) in the clean model (None unless
+    `clean`) and with `layers.{layer}.{kind}` unit `unit` clamped to `value` at every step:
+    lists of float64 arrays, one per document, NaN at each document's first token."""
     check_clamp(model, layer, kind, unit)
     value = float(value)
     if not np.isfinite(value):
@@ -171,7 +173,8 @@ def ablated_surprisal(
     ablated_layers[layer] = clamped_layer(clean_layers[layer], kind, unit, value)
     lstm = model.config.arch == "lstm"
     device = next(model.parameters()).device
-    out = ([np.full(len(d), np.nan) for d in docs], [np.full(len(d), np.nan) for d in docs])
+    n_runs = 2 if clean else 1
+    out = [[np.full(len(d), np.nan) for d in docs] for _ in range(n_runs)]
     order = sorted((d for d in range(len(docs)) if len(docs[d]) > 0),
                    key=lambda d: -len(docs[d]))
     with torch.inference_mode():
@@ -189,29 +192,34 @@ def ablated_surprisal(
             clean_state = [(zeros, zeros) if lstm else zeros for _ in clean_layers]
             ablated_state = [(zeros, clamped_c if kind == "c" and i == layer else zeros)
                              if lstm else zeros for i in range(len(clean_layers))]
-            runs = ((clean_layers, clean_state), (ablated_layers, ablated_state))
-            previous: list[torch.Tensor | None] = [None, None]  # each run's last output
+            runs = ((clean_layers, clean_state, False), (ablated_layers, ablated_state, True))
+            runs = runs[2 - n_runs :]
+            previous: list[torch.Tensor | None] = [None] * n_runs  # each run's last output
             for t0 in range(0, longest, chunk):
                 x = model.embed(ids_t[:, t0 : t0 + chunk])
                 for i in range(layer):
                     x, clean_state[i] = clean_layers[i](x, clean_state[i])
                 first = max(0, t0 - 1)  # the step whose output predicts the chunk's first
-                for r, (modules, state) in enumerate(runs):
+                tops = []
+                for r, (modules, state, clamped) in enumerate(runs):
                     y = x
                     for i in range(layer, len(modules)):
                         y, state[i] = modules[i](y, state[i])
-                        if r == 1 and i == layer and kind == "h":
+                        if clamped and i == layer and kind == "h":
                             y = y.clone()
                             y[..., unit] = value
-                    top = y if previous[r] is None else torch.cat([previous[r], y], dim=1)
+                    tops.append(y if previous[r] is None else torch.cat([previous[r], y], 1))
                     previous[r] = y[:, -1:]
-                    values = surprisal_of(model.head, top, ids_t[:, first : t0 + chunk])
-                    values = values.numpy()
+                # both runs through the head at once (one product, half the calls)
+                targets = ids_t[:, first : t0 + chunk]
+                values = surprisal_of(model.head, torch.cat(tops),
+                                      torch.cat([targets] * n_runs)).numpy()
+                for r in range(n_runs):
                     for j, d in enumerate(batch):
                         n = min(len(docs[d]), t0 + chunk) - (first + 1)
                         if n > 0:
-                            out[r][d][first + 1 : first + 1 + n] = values[j, :n]
-    return out
+                            out[r][d][first + 1 : first + 1 + n] = values[r * len(batch) + j, :n]
+    return (out[0] if clean else None), out[-1]
 
 
 # --- over an index -------------------------------------------------------------------------
@@ -279,13 +287,20 @@ def index_model(index: Index) -> LanguageModel:
 def index_ablation(
     index: Index, layer: int, kind: str, unit: int, *, value: str | float = "zero",
     span: tuple[int, int] | None = None, tracks: Sequence[str] | None = None,
-    model: LanguageModel | None = None,
+    model: LanguageModel | None = None, clean_from: str = "stored",
 ) -> AblationResult:
     """Clamp `layers.{layer}.{kind}` unit `unit` of the index's model to zero, its mean
     over the index, or a number (`value`), and compare the surprisal of the tokens
     [start, end) of `span` (default: all) with the clean run, overall and per value of each
     track (default: all but the stored surprisal). The documents the span touches run from
-    their start, clamped at every step."""
+    their start, clamped at every step.
+
+    The clean surprisal is the index's stored `surprisal` track (what the same model gave
+    when the index was built: the ablation then costs one forward pass) unless `clean_from`
+    is "computed" or the index stores none; then the clean run is computed beside the
+    clamped one. The two agree to float32 rounding (about 1e-6 nats per token)."""
+    if clean_from not in ("stored", "computed"):
+        raise ValueError(f"clean_from must be 'stored' or 'computed', got {clean_from!r}")
     t0 = time.perf_counter()
     model = index_model(index) if model is None else model
     check_clamp(model, layer, kind, unit)
@@ -310,9 +325,14 @@ def index_ablation(
     ids = np.asarray(index.tokens(a, b).token_id, np.int64)
     bounds = index.doc_starts[first : last + 2] - a
     docs = [ids[x:y] for x, y in zip(bounds[:-1], bounds[1:])]
-    clean_docs, ablated_docs = ablated_surprisal(model, docs, layer, kind, unit, number)
-    clean = np.concatenate(clean_docs)[start - a : end - a]
+    stored = SURPRISAL_TRACK in index.track_names() and clean_from == "stored"
+    clean_docs, ablated_docs = ablated_surprisal(model, docs, layer, kind, unit, number,
+                                                 clean=not stored)
     ablated = np.concatenate(ablated_docs)[start - a : end - a]
+    if stored:
+        clean = index.track(SURPRISAL_TRACK)[start:end]
+    else:
+        clean = np.concatenate(clean_docs)[start - a : end - a]
     scored = np.isfinite(clean)
     names = [t for t in index.track_names() if t != SURPRISAL_TRACK] if tracks is None \
         else list(tracks)

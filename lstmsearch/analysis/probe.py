@@ -44,7 +44,7 @@ with ridge) or a label set too fine to learn from a sample."""
 AUTO_CLASSES = 20
 """`target="auto"` treats a numeric track as categorical when it has at most this many
 distinct values, all integers (depth, inside a string or not); else as numeric."""
-MAX_TOKENS = 1 << 16
+MAX_TOKENS = 1 << 15
 """Tokens drawn from an index (train and held-out together)."""
 TEST_FRACTION = 0.2
 MAX_ITER = 200
