@@ -416,7 +416,7 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--top", type=L.RESULTS, default=15, help="tokens to list")
     a.set_defaults(run=run_saliency)
 
-    t = an.add_parser("trajectory", help="PCA (UMAP/t-SNE if installed) path of states")
+    t = an.add_parser("trajectory", help="PCA, t-SNE or UMAP path of states")
     add_inputs(t)
     t.add_argument("--doc", type=L.INDEX, default=0)
     t.add_argument("--start", type=L.INDEX, default=None, help="first token (in the document)")
