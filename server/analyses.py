@@ -28,6 +28,7 @@ import numpy as np
 from lstmsearch.analysis.ablation import AblationResult
 from lstmsearch.analysis.gates import MAX_PREFIX, GateActivity
 from lstmsearch.analysis.gradients import LagProfile
+from lstmsearch.analysis.probe import ProbeResult
 from lstmsearch.analysis.saliency import IndexSaliency
 from lstmsearch.analysis.surprisal import DocumentLoss, SurprisalReport
 from lstmsearch.analysis.trajectories import Trajectory
@@ -407,7 +408,7 @@ def trajectory(shared: Shared, params: TrajectoryParams) -> TrajectoryData:
     )
 
 
-# --- ablation (the neuron view's panel) --------------------------------------------------------
+# --- ablation and probe (the neuron view's panels) -----------------------------------------------
 
 ABLATION_TOKENS = 100_000
 """The panel compares the surprisal of the index's first this many tokens (their documents
@@ -428,6 +429,17 @@ def ablation(shared: Shared, state: str, unit: int, value: str) -> AblationResul
                               span=(0, min(index.n_tokens, ABLATION_TOKENS)), model=model)
 
     return shared.remember(("ablation", state, int(unit), value), compute)[0]
+
+
+def probe(shared: Shared, state: str, track: str) -> ProbeResult:
+    """`index_probe` of `track` from `state` (with its random-weight control), once per
+    server."""
+    from lstmsearch.analysis.probe import index_probe
+    from lstmsearch.extract import parse_state_name
+
+    layer, kind = parse_state_name(state)
+    return shared.remember(("probe", state, track),
+                           lambda: index_probe(shared.index, track, layer, kind))[0]
 
 
 # --- gates ----------------------------------------------------------------------------------

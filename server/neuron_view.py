@@ -36,6 +36,7 @@ from server.display import (
 )
 from server.fetch import MatchRow, NeuronData
 from server.inputs import bounded, tapped
+from server.probe_panel import ProbePanel
 
 CONTEXT_CHARS, CONTEXT_WORDS = 8, 4
 """Cells shown each side of a row's anchor, for character / word tokens (a hit run longer
@@ -96,6 +97,8 @@ class NeuronView:
         )
         self.corr_title.visible = False
         self.ablation = AblationPanel()
+        self.probe = ProbePanel()
+        self.probe.on_unit = self._open
         self.unit.on_change("value", self._on_unit)
         self.top.cells.selected.on_change("indices", self._on_tap(self.top))
         self.hits.cells.selected.on_change("indices", self._on_tap(self.hits))
@@ -106,7 +109,8 @@ class NeuronView:
                    width=300)
         self.layout = column(
             row(column(self.unit, hint, self.stats, self.legend),
-                self.hist, column(self.corr_title, self.corr_table, self.ablation.layout)),
+                self.hist, column(self.corr_title, self.corr_table, self.ablation.layout),
+                self.probe.layout),
             row(self.top.fig, self.hits.fig),
             name="neuron-view",
         )
@@ -116,6 +120,10 @@ class NeuronView:
     def _on_unit(self, attr: str, old: int, new: int) -> None:
         unit = bounded(self.unit)
         if not self._quiet and unit is not None and self.on_unit is not None:
+            self.on_unit(unit)
+
+    def _open(self, unit: int) -> None:
+        if self.on_unit is not None:
             self.on_unit(unit)
 
     def _on_span(self, attr: str, old: float, new: float) -> None:

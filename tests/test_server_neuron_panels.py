@@ -1,6 +1,8 @@
-"""The neuron view's ablation panel: nothing runs until its button is pressed; then one bar
-per value of the session's track shows the change in surprisal, as `index_ablation` says;
-another unit hides it; an index without a model says why in the panel."""
+"""The neuron view's ablation and probe panels: nothing runs until a button is pressed;
+then the ablation panel has one bar per value of the session's track with the change in
+surprisal `index_ablation` gives, and the probe panel the scores and top units of
+`index_probe`, a click on one opening it; another unit (ablation) or state (probe) hides
+the result; an index without a model says why in the panel."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from bokeh.document import Document
 from bokeh.events import ButtonClick
 
 from lstmsearch.analysis.ablation import index_ablation
+from lstmsearch.analysis.probe import index_probe
 from server import analyses
 from server.app import NEURON_TAB, App, build
 from server.fetch import Shared
@@ -56,3 +59,22 @@ def test_an_index_without_a_model_says_why(tmp_path) -> None:
     panel = app.neuron_view.ablation
     press(panel)
     assert "has no model.pt" in panel.text.text and not panel.fig.visible
+
+
+def test_the_probe_panel_lists_the_units_and_opens_them(app: App, tiny_index) -> None:
+    app.tabs.active = NEURON_TAB
+    panel = app.neuron_view.probe
+    assert app.session.track == "depth" and not panel.table.visible
+    press(panel)
+    want = index_probe(tiny_index, "depth", *_state(app))
+    assert panel.table.visible and not panel.button.disabled
+    assert panel.source.data["unit"] == [u.unit for u in want.units[:10]]
+    assert f"<b>{want.score:.3f}</b>" in panel.text.text
+    assert f"random weights {want.control:.3f}" in panel.text.text
+    unit = panel.source.data["unit"][2]
+    panel.source.selected.indices = [2]
+    assert app.session.unit == unit and app.neuron_view.unit.value == unit
+    assert panel.table.visible  # same state and track: the probe stays
+    other = next(n for n in tiny_index.state_names if n != app.session.state)
+    app.state_select.value = other
+    assert not panel.table.visible
