@@ -73,7 +73,9 @@ def forward_pass(model, docs: list[np.ndarray]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", default="parens")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the forward passes (default 1; the "
+                        "ablation runs on one, as the command does)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="first N documents only")
     args = parser.parse_args()
