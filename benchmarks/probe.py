@@ -1,15 +1,16 @@
 """Benchmark of `lstmsearch probe` at 10^6 tokens x 512 units (target: <= 30 s).
 
-A synthetic index (`benchmarks/synthetic.py`: recurrent-looking states, a depth track) is
-built with `index-states` into a temporary directory (`--keep DIR` builds it there once and
-reuses it), with a second track `depth_class` = min(depth, 9) for a categorical probe. Then,
-on the same open index, each repeated and the quietest run reported:
+A synthetic index (`benchmarks/synthetic.py`: recurrent-looking states) is built with
+`index-states` into a temporary directory (`--keep DIR` builds it there once and reuses
+it), with two tracks planted in its stored states: `planted` = unit 7 - 0.5 x unit 300 +
+noise, and `planted_class`, its quintile (5 classes). Then, on the same open index, each
+repeated and the quietest run reported:
 
-* the numeric probe of depth (ridge regression on the sample);
-* the categorical probe of depth_class (logistic regression over 10 classes);
-* the control: the random-weight 2 x 512 LSTM run over the sample's documents (an index
-  built from states has no architecture, so this times what `index_probe` runs for an
-  index built from a checkpoint of that shape);
+* the numeric probe of `planted` (ridge regression on the sample);
+* the categorical probe of `planted_class` (logistic regression over 5 classes);
+* the control: a random-weight 2 x 512 LSTM run over the sample's documents, and the
+  logistic fit on its states (an index built from states has no architecture, so this
+  times what `index_probe` runs for an index built from a checkpoint of that shape);
 * the baselines a user would otherwise run: ranking the units by correlation with the
   track over every token (`neurons --correlate`), and the same ridge probe fitted on every
   token of the train documents (no sample): its held-out R² says what the sample costs.
@@ -63,25 +64,33 @@ def quietest(name: str, call, repeat: int) -> tuple[float, object]:
     return best, result
 
 
-def add_class_track(path: Path) -> None:
-    """depth_class = min(depth, 9), an integer track of 10 values."""
+PLANTED = (7, 300)
+
+
+def add_planted_tracks(path: Path) -> None:
+    """`planted` (unit 7 - 0.5 x unit 300 + noise) and `planted_class` (its quintile)."""
     from indexer.annotate import annotate_index
 
     with open_index(path) as index:
-        if "depth_class" in index.track_names():
+        if "planted_class" in index.track_names():
             return
-        depth = index.track("depth")
-    values = path.parent / "depth_class.npy"
-    np.save(values, np.minimum(depth, 9.0))
-    annotate_index(path, "depth_class", values)
-    values.unlink()
+        store = index.store(STATE_NAME)
+        a, b = (store.column(u).astype(np.float64) for u in PLANTED)
+    rng = np.random.default_rng(1)
+    planted = a - 0.5 * b + 0.05 * rng.normal(size=len(a))
+    classes = np.digitize(planted, np.quantile(planted, [0.2, 0.4, 0.6, 0.8])).astype(float)
+    for name, values in (("planted", planted), ("planted_class", classes)):
+        file = path.parent / f"{name}.npy"
+        np.save(file, values)
+        annotate_index(path, name, file)
+        file.unlink()
 
 
 def full_ridge(index, sample_seed: int) -> float:
     """Held-out R² of ridge fitted on every token of the train documents (the test
     documents: those of the sample's held-out split), by normal equations in blocks."""
     store = index.store(STATE_NAME)
-    depth = index.track("depth")
+    target = index.track("planted")
     sample = draw_sample(index.doc_starts, index.n_tokens, seed=sample_seed)
     dim = store.dim
     gram = np.zeros((dim + 1, dim + 1))
@@ -92,10 +101,10 @@ def full_ridge(index, sample_seed: int) -> float:
         x = np.column_stack([x, np.ones(len(x))])
         if train:
             gram += x.T @ x
-            rhs += x.T @ depth[a:b]
+            rhs += x.T @ target[a:b]
         else:
             test_x.append(x)
-            test_y.append(depth[a:b])
+            test_y.append(target[a:b])
     gram[np.arange(dim), np.arange(dim)] += 1.0
     w = np.linalg.solve(gram, rhs)
     x, y = np.concatenate(test_x), np.concatenate(test_y)
@@ -118,16 +127,16 @@ def main() -> None:
         path = root / "index"
         if not path.exists():
             build_index(root, args.tokens, args.dim)
-        add_class_track(path)
+        add_planted_tracks(path)
         with open_index(path) as index:
             print(f"index: {index.n_tokens:,} tokens x {index.store(STATE_NAME).dim} units, "
                   f"{index.n_docs:,} documents; {os.cpu_count()} cores")
             t_num, num = quietest(
-                "probe depth, numeric (ridge)",
-                lambda: index_probe(index, "depth", LAYER, KIND, control=False), args.repeat)
+                "probe planted, numeric (ridge)",
+                lambda: index_probe(index, "planted", LAYER, KIND, control=False), args.repeat)
             t_cat, cat = quietest(
-                "probe depth_class, categorical (logistic, 10 classes)",
-                lambda: index_probe(index, "depth_class", LAYER, KIND, control=False),
+                "probe planted_class, categorical (logistic, 5 classes)",
+                lambda: index_probe(index, "planted_class", LAYER, KIND, control=False),
                 args.repeat)
             from lstmsearch.extract import extract
             from lstmsearch.models import ModelConfig
@@ -143,13 +152,13 @@ def main() -> None:
                 args.repeat)
             states = np.concatenate([index.store(STATE_NAME).block(slice(None), a, b).T
                                      for a, b in sample.runs]).astype(np.float32)
-            y = np.minimum(index.track("depth"), 9.0)[sample.positions].astype(np.int64)
+            y = index.track("planted_class")[sample.positions].astype(np.int64)
             t_fit, _ = quietest("control's logistic fit (same tokens and classes)",
                                 lambda: fit_probe(states[sample.is_train], y[sample.is_train],
                                                   states[~sample.is_train],
                                                   y[~sample.is_train], True), args.repeat)
-            t_corr, _ = quietest("baseline: neurons --correlate depth, every token",
-                                 lambda: index.neurons.correlate("depth", LAYER, KIND),
+            t_corr, _ = quietest("baseline: neurons --correlate planted, every token",
+                                 lambda: index.neurons.correlate("planted", LAYER, KIND),
                                  args.repeat)
             t_full, full = quietest("baseline: ridge on every token of the train documents",
                                     lambda: full_ridge(index, 0), 1)
@@ -159,7 +168,8 @@ def main() -> None:
               f"{num.n_train:,} + {num.n_test:,} tokens; ridge on every train token: "
               f"R² {full:.3f}")
         print(f"categorical probe:  held-out accuracy {cat.score:.3f} (majority "
-              f"{cat.baseline:.3f})")
+              f"{cat.baseline:.3f}); top units {[u.unit for u in cat.units[:2]]}, planted "
+              f"{list(PLANTED)}")
         print(f"categorical probe with its control: {total:.1f} s (target <= 30 s); "
               f"{total / t_corr:.1f} x neurons --correlate, {t_full / t_num:.1f} x faster "
               f"than ridge on every token ({load()})")

@@ -226,10 +226,6 @@ def ablated_surprisal(
 # --- over an index -------------------------------------------------------------------------
 
 
-def level_label(value: float) -> str:
-    return f"{value:g}"
-
-
 def track_groups(name: str, values: np.ndarray, clean: np.ndarray, ablated: np.ndarray
                  ) -> list[AblationGroup]:
     """Groups of tokens by `values` (numbers, NaN where absent, or labels, None where
@@ -249,7 +245,7 @@ def track_groups(name: str, values: np.ndarray, clean: np.ndarray, ablated: np.n
         return []
     distinct = np.unique(v)
     if len(distinct) <= MAX_LEVELS:
-        return [AblationGroup(name, level_label(x), int((v == x).sum()),
+        return [AblationGroup(name, f"{x:g}", int((v == x).sum()),
                               float(c[v == x].mean()), float(a[v == x].mean()))
                 for x in distinct]
     edges = np.unique(np.quantile(v, np.linspace(0, 1, BINS + 1)))
