@@ -162,6 +162,18 @@ def test_categorical_probe_of_a_track_with_thousands_of_values(tmp_path) -> None
         assert auto.control is None and "architecture" in auto.control_note
 
 
+def test_cli_categorical_probe_of_a_numeric_track(tmp_path, capsys) -> None:
+    test_categorical_probe_of_a_track_with_thousands_of_values(tmp_path)
+    args = ["probe", str(tmp_path / "index"), "--track", "x", "--layer", "0", "--kind", "h"]
+    assert main([*args, "--target", "categorical"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "distinct values" in err and "--target numeric" in err
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == "numeric" and out["control"] is None
+
+
 def test_cli_probe_json_and_errors(tiny_index_path, capsys) -> None:
     code = main(["probe", str(tiny_index_path), "--track", "depth", "--layer", "0",
                  "--kind", "c", "--json", "--top", "3"])
