@@ -9,9 +9,9 @@ t-SNE (openTSNE) and UMAP (umap-learn) are non-linear and slow to fit, so over a
 are fitted once per index and state on an even sample of its tokens (`fitted_projection`,
 kept in a per-process cache that every session of a server shares), and a window's states
 are placed into that map by their nearest fitted states (`FittedMap.place`). Windows then
-share one map, and a window costs milliseconds, not a fit. The packages were chosen by
-their speed on 2 cores (benchmarks/projection.py). Both are seeded: the same seed gives the
-same map.
+share one map, and a window costs a nearest-neighbour search, not a fit. openTSNE rather
+than scikit-learn's TSNE: 8.6x faster on 2 cores (benchmarks/projection.py). Both are
+seeded: the same seed gives the same map.
 
 `index_trajectory` reads the stored states of a span of an index (no model needed).
 """
@@ -151,9 +151,9 @@ class FittedMap:
     """A t-SNE or UMAP map fitted on `states` (N, D): their points `embedding` (N, n).
 
     New states are placed by their nearest fitted states (`place`), the way openTSNE starts
-    new points before optimising them: in milliseconds, where the packages' own transforms
-    took 3 s (UMAP) and 10 s (openTSNE) for 400 states on 2 busy cores; a fitted state is
-    placed exactly on its own point.
+    new points before optimising them: 0.2-0.4 s for 400 states on 2 busy cores, where the
+    packages' own transforms took 3 s (UMAP) and 10 s (openTSNE); a fitted state is placed
+    exactly on its own point.
     """
 
     embedding: np.ndarray
