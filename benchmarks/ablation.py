@@ -21,37 +21,21 @@ Every row prints the load average when it was measured. Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe import load, quietest  # noqa: E402
 
 from lstmsearch.analysis.ablation import LANES, index_ablation, index_model  # noqa: E402
 from lstmsearch.analysis.surprisal import compute_surprisal  # noqa: E402
 from lstmsearch.index import open_index  # noqa: E402
 from lstmsearch.serve import demo_index  # noqa: E402
-
-
-def load() -> str:
-    return f"load {os.getloadavg()[0]:.2f}"
-
-
-def quietest(name: str, call, repeat: int) -> float:
-    """Run `call` `repeat` times; print and return the fastest time."""
-    best, at = float("inf"), ""
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        seconds = time.perf_counter() - t0
-        if seconds < best:
-            best, at = seconds, load()
-    print(f"{name:52s} {best:8.2f} s   ({at})", flush=True)
-    return best
 
 
 @torch.inference_mode()
@@ -89,8 +73,8 @@ def main() -> None:
     config = model.config
     print(f"{args.demo}: {index.n_tokens:,} tokens in {index.n_docs:,} documents; "
           f"{config.arch} {config.layers} x {config.hidden}; torch threads {args.threads}")
-    forward = quietest("forward pass (model + log-softmax)", lambda: forward_pass(model, docs),
-                       args.repeat)
+    forward, _ = quietest("forward pass (model + log-softmax)",
+                          lambda: forward_pass(model, docs), args.repeat)
     quietest("the project's surprisal pass (compute_surprisal)",
              lambda: compute_surprisal(model, docs), args.repeat)
     layers = sorted({0, config.layers - 1})
@@ -99,7 +83,7 @@ def main() -> None:
     for clean_from in ("stored", "computed"):
         for layer in layers:
             for kind in kinds:
-                t = quietest(
+                t, _ = quietest(
                     f"ablate layers.{layer}.{kind} unit 0, clean {clean_from}",
                     lambda layer=layer, kind=kind, c=clean_from: index_ablation(
                         index, layer, kind, 0, model=model, clean_from=c), args.repeat)

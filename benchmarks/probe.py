@@ -48,11 +48,13 @@ from lstmsearch.index import open_index  # noqa: E402
 
 
 def load() -> str:
+    """The 1-minute load average, as the benchmarks print it beside each figure."""
     return f"load {os.getloadavg()[0]:.2f}"
 
 
 def quietest(name: str, call, repeat: int) -> tuple[float, object]:
-    """Run `call` `repeat` times; print and return the fastest time and its result."""
+    """Run `call` `repeat` times; print and return the fastest time and its result (the
+    benchmarks of the analyses share this)."""
     best, result, at = float("inf"), None, ""
     for _ in range(repeat):
         t0 = time.perf_counter()

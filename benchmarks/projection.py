@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe import load, quietest  # noqa: E402
 
 from lstmsearch.analysis.trajectories import (  # noqa: E402
     PROJECTION_SAMPLE,
@@ -37,22 +39,6 @@ from lstmsearch.analysis.trajectories import (  # noqa: E402
     sample_positions,
 )
 from lstmsearch.index import open_index  # noqa: E402
-
-
-def load() -> str:
-    return f"load {os.getloadavg()[0]:.2f}"
-
-
-def quietest(name: str, call, repeat: int) -> tuple[float, object]:
-    best, result, at = float("inf"), None, ""
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = call()
-        seconds = time.perf_counter() - t0
-        if seconds < best:
-            best, result, at = seconds, out, load()
-    print(f"{name:52s} {best:8.2f} s   ({at})", flush=True)
-    return best, result
 
 
 def sklearn_tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
