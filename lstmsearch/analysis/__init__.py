@@ -3,11 +3,16 @@
 - `surprisal`: per-token loss, worst tokens and spans, per-document perplexity, hardest types.
 - `gradients`: gradient flow through time, ||d loss_t / d h_{t-k}|| against k, per layer.
 - `saliency`: gradient x input (or integrated gradients) per input token of one prediction.
-- `trajectories`: PCA (UMAP/t-SNE when installed) of states as a 2-D path.
+- `trajectories`: PCA, t-SNE or UMAP of states as a 2-D path (t-SNE and UMAP maps fitted
+  once per index and state).
 - `gates`: LSTM input/forget/output and GRU reset/update activations, saturation per unit.
 - `weights`: histograms, singular values and spectral radius of every weight block.
 - `units`: per-word expected response of units, co-clustering of units and words, and
   units ranked by correlation with an annotation track.
+- `probe`: linear probes of a track from a state, against the majority or mean and against
+  the same probe on a random-weight model's states; units ranked by probe weight.
+- `ablation`: the model re-run with one unit clamped, the change in surprisal per track
+  value (does the model use the unit?).
 
 The analyses take plain arrays and tensors, so they serve a fresh extraction and an index
 alike. This file holds what they share: tokenized documents with their per-token texts and
