@@ -308,6 +308,13 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
     add_analyze_commands(sub)
 
 
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    """`lstmsearch probe`: defined with the analyses it belongs to."""
+    from lstmsearch.analysis.commands import add_probe_command
+
+    add_probe_command(sub)
+
+
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve the web UI for an index (select, match, neurons)",
@@ -871,7 +878,7 @@ def write_json_rows(batches: Iterator[Any]) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train, add_index, add_info, add_compact, add_upgrade, add_verify, add_annotate, add_analyze, add_serve, add_demo,
     add_import_lstmvis, add_export, add_index_states, add_match, add_nearest, add_neurons,
-    add_sql,
+    add_probe, add_sql,
 ]
 
 

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstmsearch.analysis.ablation import AblationResult
 from lstmsearch.analysis.gates import MAX_PREFIX, GateActivity
 from lstmsearch.analysis.gradients import LagProfile
+from lstmsearch.analysis.probe import ProbeResult
 from lstmsearch.analysis.saliency import IndexSaliency
 from lstmsearch.analysis.surprisal import DocumentLoss, SurprisalReport
 from lstmsearch.analysis.trajectories import Trajectory
@@ -404,6 +406,40 @@ def trajectory(shared: Shared, params: TrajectoryParams) -> TrajectoryData:
         cut=params.span == "document" and (start, end) != doc_span,
         value_range=shared.track_range(params.track), seconds=time.perf_counter() - t0,
     )
+
+
+# --- ablation and probe (the neuron view's panels) -----------------------------------------------
+
+ABLATION_TOKENS = 100_000
+"""The panel compares the surprisal of the index's first this many tokens (their documents
+run whole from their start): a few seconds for the shipped models."""
+
+
+def ablation(shared: Shared, state: str, unit: int, value: str) -> AblationResult:
+    """`index_ablation` of one unit over the index's first tokens, once per server."""
+    from lstmsearch.analysis.ablation import index_ablation
+    from lstmsearch.extract import parse_state_name
+
+    layer, kind = parse_state_name(state)
+    index = shared.index
+
+    def compute() -> AblationResult:
+        model = shared.model().model
+        return index_ablation(index, layer, kind, int(unit), value=value,
+                              span=(0, min(index.n_tokens, ABLATION_TOKENS)), model=model)
+
+    return shared.remember(("ablation", state, int(unit), value), compute)[0]
+
+
+def probe(shared: Shared, state: str, track: str) -> ProbeResult:
+    """`index_probe` of `track` from `state` (with its random-weight control), once per
+    server."""
+    from lstmsearch.analysis.probe import index_probe
+    from lstmsearch.extract import parse_state_name
+
+    layer, kind = parse_state_name(state)
+    return shared.remember(("probe", state, track),
+                           lambda: index_probe(shared.index, track, layer, kind))[0]
 
 
 # --- gates ----------------------------------------------------------------------------------

@@ -368,6 +368,8 @@ class App:
             nv.on_unit = self.open_unit
             nv.on_row = self.jump_to
             nv.on_threshold = self.set_threshold
+            nv.ablation.on_ablate = self.ablate_unit
+            nv.probe.on_probe = self.probe_track
             nv.set_unit(min(s.unit, dim - 1), dim)
             nv.set_threshold(s.threshold, s.sign)
             self._neuron_view = nv
@@ -840,9 +842,28 @@ class App:
         q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.threshold, sign=s.sign)
         track = s.track
         self.neuron_stale = False
+        self.neuron_view.probe.reset((s.state, track))
         self.runner.submit("neuron", lambda: fetch.neuron(self.shared, q, track),
                            self.neuron_view.show, label="neuron")
         self.refresh_correlations()
+
+    def ablate_unit(self, value: str) -> None:
+        """Clamp the neuron view's unit (to zero or its mean) and show what the model loses."""
+        s = self.session
+        state, unit, track = s.state, s.unit, s.track
+        panel = self.neuron_view.ablation
+        self.runner.submit("ablation", lambda: analyses.ablation(self.shared, state, unit, value),
+                           lambda result: panel.show(result, track), label="ablation",
+                           on_error=panel.show_message)
+
+    def probe_track(self) -> None:
+        """Fit a linear probe of the session's track on its state (and the control)."""
+        state, track = self.session.state, self.session.track
+        panel = self.neuron_view.probe
+        if not track:
+            return
+        self.runner.submit("probe", lambda: analyses.probe(self.shared, state, track),
+                           panel.show, label="probe", on_error=panel.show_message)
 
     def _refresh_neuron_if_visible(self) -> None:
         if self.tabs.active == NEURON_TAB:

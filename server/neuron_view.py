@@ -22,6 +22,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
+from server.ablation_panel import AblationPanel
 from server.display import (
     ACCENT,
     DIVERGING_PALETTE,
@@ -35,6 +36,7 @@ from server.display import (
 )
 from server.fetch import MatchRow, NeuronData
 from server.inputs import bounded, tapped
+from server.probe_panel import ProbePanel
 
 CONTEXT_CHARS, CONTEXT_WORDS = 8, 4
 """Cells shown each side of a row's anchor, for character / word tokens (a hit run longer
@@ -94,6 +96,9 @@ class NeuronView:
             index_position=None, visible=False, reorderable=False,
         )
         self.corr_title.visible = False
+        self.ablation = AblationPanel()
+        self.probe = ProbePanel()
+        self.probe.on_unit = self._open
         self.unit.on_change("value", self._on_unit)
         self.top.cells.selected.on_change("indices", self._on_tap(self.top))
         self.hits.cells.selected.on_change("indices", self._on_tap(self.hits))
@@ -104,7 +109,8 @@ class NeuronView:
                    width=300)
         self.layout = column(
             row(column(self.unit, hint, self.stats, self.legend),
-                self.hist, column(self.corr_title, self.corr_table)),
+                self.hist, column(self.corr_title, self.corr_table, self.ablation.layout),
+                self.probe.layout),
             row(self.top.fig, self.hits.fig),
             name="neuron-view",
         )
@@ -114,6 +120,10 @@ class NeuronView:
     def _on_unit(self, attr: str, old: int, new: int) -> None:
         unit = bounded(self.unit)
         if not self._quiet and unit is not None and self.on_unit is not None:
+            self.on_unit(unit)
+
+    def _open(self, unit: int) -> None:
+        if self.on_unit is not None:
             self.on_unit(unit)
 
     def _on_span(self, attr: str, old: float, new: float) -> None:
@@ -158,6 +168,7 @@ class NeuronView:
         """Draw one unit."""
         self.data = data
         q = data.query
+        self.ablation.reset((q.state, q.unit))
         low, high = data.value_range
         bound = max(abs(low), abs(high))
         self.legend.text = gradient_legend("cells: the unit's value at the token",

@@ -1,6 +1,6 @@
 """Trajectory view: the stored states of one state (layer and kind) over the select view's
-window, or over its whole document, projected to 2-D (PCA; UMAP or t-SNE when installed)
-and drawn as a path in token order.
+window, or over its whole document, projected to 2-D (PCA; or t-SNE or UMAP, whose map of
+the state is fitted once per index) and drawn as a path in token order.
 
 Points are coloured by the annotation track when one is chosen (else by position), carry
 their token as a label (for short paths) and in a tooltip; the first and last points are
@@ -20,7 +20,7 @@ from bokeh.models import ColumnDataSource, Div, HoverTool, Select, TapTool
 from bokeh.palettes import Plasma256
 from bokeh.plotting import figure
 
-from lstmsearch.analysis.trajectories import available_methods
+from lstmsearch.analysis.trajectories import PROJECTION_SAMPLE, available_methods
 from server import analyses
 from server.display import (
     ACCENT,
@@ -288,6 +288,10 @@ class TrajectoryView:
             whose = "their documents'" if p.fit == "document" else "the points'"
             lines.append(f"<div>the two axes hold <b>{100 * traj.explained:.0f}%</b> of "
                          f"{whose} variance</div>")
+        else:
+            lines.append(f"<div class='hint'>the points placed in one {method} map of "
+                         f"{traj.name}, fitted once on {PROJECTION_SAMPLE:,} tokens of the "
+                         "index</div>")
         names = ", ".join(f"{d}: {name}" for d, name in list(data.doc_names.items())[:4])
         lines.append(f"<div class='hint'>{self._span_text(data)} ({names})</div>")
         if data.cut:

@@ -65,9 +65,6 @@ def test_bad_input_is_named():
         trajectory(states, ["a"] * 4)
     with pytest.raises(ValueError, match="'spectral'"):
         project(states, "spectral")
-    if "umap" not in available_methods():
-        with pytest.raises(ValueError, match="umap-learn"):
-            project(states, "umap")
     assert "pca" in available_methods()
 
 
@@ -152,3 +149,80 @@ def test_parens_first_component_follows_depth(tmp_path):
             per_doc.append(abs(np.corrcoef(traj.points[:, 0], depth[a:b])[0, 1]))
         assert np.median(per_doc) > 0.7
         assert np.mean(np.array(per_doc) > 0.5) >= 0.75
+
+
+# --- t-SNE and UMAP maps, fitted once per index and state ----------------------------------
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_maps_are_installed_and_seeded(method):
+    from lstmsearch.analysis.trajectories import fit_map
+
+    assert method in available_methods()
+    rng = np.random.default_rng(0)
+    states = np.concatenate([rng.normal(0, 0.1, (60, 8)), rng.normal(3, 0.1, (60, 8))])
+    a, b = fit_map(states, method, seed=5), fit_map(states, method, seed=5)
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    assert a.embedding.shape == (120, 2) and np.isfinite(a.embedding).all()
+    # the two clusters stay apart: every point is nearer its own cluster's centre
+    centres = a.embedding[:60].mean(0), a.embedding[60:].mean(0)
+    own = np.linalg.norm(a.embedding[:60] - centres[0], axis=1)
+    other = np.linalg.norm(a.embedding[:60] - centres[1], axis=1)
+    assert (own < other).all()
+    np.testing.assert_array_equal(a.place(states[:5]), b.place(states[:5]))
+    with pytest.raises(ValueError, match="at least 4 states"):
+        fit_map(states[:3], method)
+
+
+def test_index_projection_is_fitted_once_and_reused(tiny_index):
+    from lstmsearch.analysis.trajectories import (
+        PROJECTIONS,
+        ProjectionCache,
+        fitted_projection,
+        index_trajectory,
+    )
+
+    cache = ProjectionCache()
+    first = fitted_projection(tiny_index, "layers.1.h", "tsne", seed=1, sample=300, cache=cache)
+    again = fitted_projection(tiny_index, "layers.1.h", "tsne", seed=1, sample=300, cache=cache)
+    assert again is first and cache.fits == 1
+    assert len(first.positions) == 300 and first.positions[0] == 0
+    assert first.positions[-1] == tiny_index.n_tokens - 1
+    other = fitted_projection(tiny_index, "layers.1.h", "tsne", seed=2, sample=300, cache=cache)
+    assert other is not first and cache.fits == 2
+    fresh = fitted_projection(tiny_index, "layers.1.h", "tsne", seed=1, sample=300,
+                              cache=ProjectionCache())
+    np.testing.assert_array_equal(fresh.map.embedding, first.map.embedding)
+
+    fits = PROJECTIONS.fits
+    a = index_trajectory(tiny_index, "layers.1.h", 10, 40, method="tsne", track="depth")
+    b = index_trajectory(tiny_index, "layers.1.h", 200, 230, method="tsne")
+    assert PROJECTIONS.fits == fits + 1  # one map for both windows
+    assert a.points.shape == (30, 2) and a.method == "tsne" and a.values is not None
+    again = index_trajectory(tiny_index, "layers.1.h", 10, 40, method="tsne")
+    np.testing.assert_array_equal(again.points, a.points)
+    assert not np.array_equal(a.points, b.points)
+    with pytest.raises(ValueError, match="not cached"):
+        fitted_projection(tiny_index, "layers.1.h", "pca")
+    with pytest.raises(ValueError, match="'spectral'"):
+        fitted_projection(tiny_index, "layers.1.h", "spectral")
+
+
+def test_placing_states_in_a_map_against_a_direct_computation():
+    from lstmsearch.analysis.trajectories import FittedMap
+
+    rng = np.random.default_rng(7)
+    fitted = rng.normal(size=(50, 6)).astype(np.float32)
+    embedding = rng.normal(size=(50, 2))
+    m = FittedMap(embedding, fitted)
+    new = rng.normal(size=(30, 6)).astype(np.float32)
+    got = m.place(new, k=4)
+    for t, x in enumerate(new):
+        d = np.linalg.norm(fitted.astype(np.float64) - x, axis=1)
+        near = np.argsort(d)[:4]
+        w = 1 / d[near]
+        np.testing.assert_allclose(got[t], (w[:, None] * embedding[near]).sum(0) / w.sum(),
+                                   rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.place(fitted[[3, 17]]), embedding[[3, 17]])
+    with pytest.raises(ValueError, match=r"\(T, 6\)"):
+        m.place(np.zeros((2, 5)))

@@ -331,6 +331,34 @@ def run_units(args: argparse.Namespace) -> None:
                 "correlation": ranking}, "\n".join(lines))
 
 
+def run_ablate(args: argparse.Namespace) -> None:
+    from lstmsearch.analysis.ablation import index_ablation
+    from lstmsearch.index import open_index
+
+    with open_index(args.index) as index:
+        kind = args.kind
+        if kind is None:  # the memory of an LSTM, the only state of a GRU
+            kind = "c" if f"layers.{args.layer}.c" in index.state_names else "h"
+        span = None if args.span is None else tuple(args.span)
+        result = index_ablation(index, args.layer, kind, args.unit, value=args.value,
+                                span=span)
+    clamp = "zero" if result.value_kind == "zero" else f"its mean ({result.value:+.4f})"
+    lines = [
+        f"{result.state} unit {result.unit} clamped to {clamp} at every step: surprisal of "
+        f"{result.n_scored:,} tokens [{result.start}, {result.end}) ({result.seconds:.1f} s)",
+        f"  overall: {result.clean:.4f} -> {result.ablated:.4f} nats "
+        f"(change {result.change:+.4f})",
+    ]
+    track = None
+    for g in result.groups:
+        if g.track != track:
+            track = g.track
+            lines += ["", f"by {track}:", "  value               tokens    clean  ablated   change"]
+        lines.append(f"  {g.value:18s} {g.n:8,d} {g.clean:8.4f} {g.ablated:8.4f} "
+                     f"{g.change:+8.4f}")
+    emit(args, result, "\n".join(lines))
+
+
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -348,7 +376,7 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     """Register `analyze` and its sub-commands on the top-level sub-parsers."""
     p = sub.add_parser(
         "analyze", help="analyses of a model: surprisal, gradients, saliency, trajectory, "
-        "gates, weights, units",
+        "gates, weights, units, ablate",
         description="Analyses of a recurrent language model and its states. SOURCE is a model "
         "checkpoint or an index directory (its model.pt is used).",
     )
@@ -388,7 +416,7 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--top", type=L.RESULTS, default=15, help="tokens to list")
     a.set_defaults(run=run_saliency)
 
-    t = an.add_parser("trajectory", help="PCA (UMAP/t-SNE if installed) path of states")
+    t = an.add_parser("trajectory", help="PCA, t-SNE or UMAP path of states")
     add_inputs(t)
     t.add_argument("--doc", type=L.INDEX, default=0)
     t.add_argument("--start", type=L.INDEX, default=None, help="first token (in the document)")
@@ -418,6 +446,25 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--json", action="store_true", help="print the result as JSON")
     w.set_defaults(run=run_weights)
 
+    b = an.add_parser(
+        "ablate", help="clamp one unit and measure what the model's predictions lose",
+        description="Re-run the index's model with one unit of h or c of a layer clamped to "
+        "zero or to its mean at every step, and compare each token's surprisal with the "
+        "clean run: overall and per value of each annotation track.",
+    )
+    b.add_argument("index", metavar="INDEX", help="index directory (with its model.pt)")
+    b.add_argument("--layer", type=L.INDEX, required=True, help="layer number (from 0)")
+    b.add_argument("--unit", type=L.INDEX, required=True, help="unit to clamp")
+    b.add_argument("--kind", choices=["h", "c"], default=None,
+                   help="state to clamp (default: c for an LSTM, h for a GRU)")
+    b.add_argument("--span", type=L.INDEX, nargs=2, metavar=("START", "END"),
+                   help="compare the tokens [START, END) only (their documents run from "
+                   "their start)")
+    b.add_argument("--value", choices=["zero", "mean"], default="zero",
+                   help="clamp to zero (default) or to the unit's mean over the index")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(run=run_ablate)
+
     u = an.add_parser("units", help="per-word expected response, co-clusters, track correlation")
     add_inputs(u)
     u.add_argument("--state", help="e.g. layers.0.h (default: top layer h)")
@@ -428,3 +475,71 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--top", type=L.RESULTS, default=10, help="units to rank")
     u.add_argument("--seed", type=SEED, default=0)
     u.set_defaults(run=run_units)
+
+
+# --- probe (a top-level command: it reads an index, like the other queries) --------------------
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from lstmsearch.analysis.probe import index_probe
+    from lstmsearch.index import open_index
+
+    with open_index(args.index) as index:
+        result = index_probe(
+            index, args.track, args.layer, args.kind, target=args.target,
+            max_tokens=args.max_tokens, regularization=args.regularization,
+            control=not args.no_control, seed=args.seed,
+        )
+    shown = result.units[: args.top]
+    if args.json:
+        print(json.dumps(to_jsonable({**{f: getattr(result, f) for f in (
+            "state", "track", "target", "metric", "score", "baseline", "control",
+            "control_note", "classes", "n_train", "n_test", "train_docs", "test_docs",
+            "regularization", "seed", "seconds")}, "units": shown}), ensure_ascii=False))
+        return
+    metric = "accuracy" if result.metric == "accuracy" else "R²"
+    kind = ("logistic regression over " + f"{len(result.classes)} classes"
+            if result.target == "categorical" else "ridge regression")
+    baseline = "majority class" if result.target == "categorical" else "train mean"
+    control = ("-" if result.control is None else f"{result.control:.3f}")
+    lines = [
+        f"probe of track {result.track!r} from {result.state}: {kind}",
+        f"  trained on {result.n_train:,} tokens of {result.train_docs} documents, held out "
+        f"{result.n_test:,} tokens of {result.test_docs} documents ({result.seconds:.1f} s)",
+        f"  held-out {metric}: {result.score:.3f}   baseline ({baseline}): "
+        f"{result.baseline:.3f}   control: {control} ({result.control_note})",
+        "", f"units by probe weight on standardised states (top {len(shown)}):",
+    ]
+    lines += [f"  {u.state} unit {u.unit:4d}  weight {u.weight:+.3f}" for u in shown]
+    print("\n".join(lines))
+
+
+def add_probe_command(sub: argparse._SubParsersAction) -> None:
+    """Register `probe` on the top-level sub-parsers."""
+    from lstmsearch.analysis.probe import MAX_TOKENS, TARGETS
+
+    p = sub.add_parser(
+        "probe", help="train a linear probe of an annotation track on a state",
+        description="Fit a regularised linear probe (logistic regression for a categorical "
+        "track, ridge for a numeric one) on the stored states of a train split of "
+        "documents; report its held-out accuracy or R² against the majority class or the "
+        "mean, and against the same probe on the states of the model's architecture with "
+        "random weights (the control); rank units by probe weight.",
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--track", required=True, help="annotation track to predict, e.g. depth")
+    p.add_argument("--layer", type=L.INDEX, required=True, help="layer number (from 0)")
+    p.add_argument("--kind", required=True, help="state kind: c or h (or a stored gate)")
+    p.add_argument("--target", choices=TARGETS, default="auto",
+                   help="categorical (logistic) or numeric (ridge); auto: categorical for "
+                   "labels and for up to 20 integer values")
+    p.add_argument("--max-tokens", type=L.int_arg(2, 1 << 24), default=MAX_TOKENS,
+                   help=f"tokens sampled, train and held-out together (default {MAX_TOKENS:,})")
+    p.add_argument("--regularization", type=L.float_arg(1e-6, 1e6), default=1.0,
+                   help="L2 penalty strength (1/C for logistic, alpha for ridge; default 1)")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip the random-weight control (it runs the architecture)")
+    p.add_argument("--seed", type=SEED, default=0, help="sample, split and control weights")
+    p.add_argument("--top", type=L.RESULTS, default=20, help="units to list (default 20)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_probe)
