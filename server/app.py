@@ -23,8 +23,10 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
+    Checkbox,
     Div,
     NumericInput,
+    RadioButtonGroup,
     Select,
     Slider,
     Spinner,
@@ -39,7 +41,7 @@ from server import analyses, fetch
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
-from server.inputs import clamped, finite, text
+from server.inputs import chosen_index, clamped, finite, text
 from server.match_view import MAX_LENGTH, RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.prototype import Prototype, answer_first_pull
@@ -67,8 +69,9 @@ WINDOW_RANGE = (8, 200)
 """Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
-SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
-SIGNS = {"1": 1, "-1": -1}
+SIGN_LABELS = ["x ≥ θ", "x ≤ −θ"]
+SIGNS = (1, -1)
+"""The sign toggle's buttons: positive patterns, negative ones."""
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
 FIRST_ANALYSIS_TAB = 2
@@ -129,7 +132,8 @@ class Page:
     state_select: Select
     threshold_slider: Slider
     threshold_input: NumericInput
-    sign_select: Select
+    sign_toggle: RadioButtonGroup
+    fixed_y: Checkbox
     pad_left: Spinner
     pad_right: Spinner
     track_select: Select
@@ -167,7 +171,7 @@ def build_page(shared: fetch.Shared) -> Page:
         f"{index.n_docs:,} documents · {index.n_tokens:,} tokens · "
         f"{model.get('arch', '')} {model.get('layers', '')}×{model.get('hidden', '')}</div>"
     )
-    _, high = shared.values_range(state)
+    scale = shared.scale(state)
     window = fetch.load_window(shared, state, 0, width, track)
     # --- views -------------------------------------------------------------------------------
     # the stored surprisal has a strip of its own: the track row is for the other tracks
@@ -198,13 +202,16 @@ def build_page(shared: fetch.Shared) -> Page:
                    styles={"text-align": "right"}),
         state_select=Select(title="State", value=state, options=shared.state_names,
                             width=120, name="state-select"),
-        threshold_slider=Slider(title="Threshold θ", start=0.0, end=max(1.0, high),
-                                step=0.01, value=DEFAULT_THRESHOLD, width=230,
+        threshold_slider=Slider(title="θ as quantile of |x|", start=0.0, end=1.0,
+                                step=0.001, format="0.000", width=200,
+                                value=scale.quantile_of(DEFAULT_THRESHOLD),
                                 name="threshold-slider"),
         threshold_input=NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
                                      width=80, name="threshold-input"),
-        sign_select=Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
-                           name="sign-select"),
+        sign_toggle=RadioButtonGroup(labels=SIGN_LABELS, active=0, width=140,
+                                     align="end", name="sign-toggle"),
+        fixed_y=Checkbox(label="fixed y axis", active=False, align="end",
+                         name="fixed-y"),
         pad_left=Spinner(title="Pad left", low=0, high=MAX_PAD, step=1, value=1, width=80,
                          name="pad-left"),
         pad_right=Spinner(title="Pad right", low=0, high=MAX_PAD, step=1, value=0,
@@ -242,7 +249,8 @@ def build_page(shared: fetch.Shared) -> Page:
     header = column(
         row(page.title, column(page.busy, page.status)),
         row(page.state_select, page.threshold_slider, page.threshold_input,
-            page.sign_select, page.pad_left, page.pad_right, page.track_select),
+            page.sign_toggle, page.pad_left, page.pad_right, page.track_select,
+            page.fixed_y),
         row(page.doc_input, page.pos_input, page.window_size, page.prev_button,
             page.next_button, Div(width=30), page.phrase_input, page.phrase_button,
             page.phrase_next, page.phrase_status),
@@ -318,7 +326,8 @@ class App:
         self.phrase_at = -1
 
         self.title, self.busy, self.status = page.title, page.busy, page.status
-        self.state_select, self.sign_select = page.state_select, page.sign_select
+        self.state_select, self.sign_toggle = page.state_select, page.sign_toggle
+        self.fixed_y = page.fixed_y
         self.threshold_slider, self.threshold_input = page.threshold_slider, page.threshold_input
         self.pad_left, self.pad_right = page.pad_left, page.pad_right
         self.track_select = page.track_select
@@ -397,6 +406,7 @@ class App:
         sv.on_threshold = self.set_threshold
         mv.on_row = self.jump_to
         mv.on_mode = self.set_mode
+        mv.on_suggestion = self.use_suggestion
         # an emptied spinner sends None: back to the default rule
         mv.min_length.on_change("value", lambda a, o, n: self.set_lengths(min_length=n or 0))
         mv.length.on_change("value", lambda a, o, n: self.set_lengths(length=n or 0))
@@ -404,9 +414,11 @@ class App:
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
         self.threshold_slider.on_change("value_throttled",
-                                        lambda a, o, n: self.set_threshold(n))
+                                        lambda a, o, n: self.set_threshold_quantile(n))
         self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
-        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(SIGNS.get(n)))
+        self.sign_toggle.on_change(
+            "active", lambda a, o, n: self.set_sign(SIGNS[chosen_index(n, len(SIGNS))]))
+        self.fixed_y.on_change("active", lambda a, o, n: self.set_fixed_y(n is True))
         self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
         self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
         self.track_select.on_change("value", lambda a, o, n: self.set_track(n))
@@ -453,8 +465,8 @@ class App:
             return
         store = self.shared.index.store(state)
         self.session.state = state
-        _, high = self.shared.values_range(state)
-        self._quietly(self.threshold_slider, end=max(1.0, high))
+        self._sync_threshold_widgets()
+        self._show_axis()
         self.session.unit = min(self.session.unit, store.dim - 1)
         if self._neuron_view is not None:
             self._neuron_view.set_unit(self.session.unit, store.dim)
@@ -476,27 +488,37 @@ class App:
             self._sync_threshold_widgets()
             return
         self.session.threshold = value
+        self._threshold_changed()
+
+    def _threshold_changed(self) -> None:
+        """The threshold or sign changed: widgets, lines, S and its matches follow."""
         self._sync_threshold_widgets()
         self.neuron_stale = True
         self.run_pattern()
         self._refresh_neuron_if_visible()
 
-    def preview_threshold(self, value: float | None) -> None:
-        """Move the threshold lines while the slider is being dragged (no query yet)."""
-        value = finite(value)
-        if self._quiet or value is None:
+    def set_threshold_quantile(self, quantile: float | None) -> None:
+        """The slider released at a quantile of |x|: its threshold."""
+        quantile = finite(quantile)
+        if self._quiet or quantile is None:
             return
+        self.set_threshold(self.shared.scale(self.session.state).threshold_at(quantile))
+
+    def preview_threshold(self, quantile: float | None) -> None:
+        """Move the threshold lines while the slider is being dragged (no query yet)."""
+        quantile = finite(quantile)
+        if self._quiet or quantile is None:
+            return
+        value = self.shared.scale(self.session.state).threshold_at(quantile)
         self.select_view.set_threshold(value, self.session.sign)
-        if self._neuron_view is not None:
-            self._neuron_view.set_threshold(float(value), self.session.sign)
-        self._quietly(self.threshold_input, value=float(value))
+        self._quietly(self.threshold_input, value=value)
 
     def _sync_threshold_widgets(self) -> None:
         value, sign = self.session.threshold, self.session.sign
-        if self.threshold_slider.end < value:
-            self._quietly(self.threshold_slider, end=value)
-        self._quietly(self.threshold_slider, value=value)
+        quantile = round(self.shared.scale(self.session.state).quantile_of(value), 3)
+        self._quietly(self.threshold_slider, value=quantile)
         self._quietly(self.threshold_input, value=value)
+        self._quietly(self.sign_toggle, active=SIGNS.index(sign))
         self.select_view.set_threshold(value, sign)
         if self._neuron_view is not None:
             self._neuron_view.set_threshold(value, sign)
@@ -506,14 +528,33 @@ class App:
         offers (the widget shows the sign in use again)."""
         if self._quiet or sign == self.session.sign:
             return
-        if sign not in (1, -1):
-            self._quietly(self.sign_select, value=str(self.session.sign))
+        if sign not in SIGNS:
+            self._sync_threshold_widgets()
             return
         self.session.sign = sign
-        self._sync_threshold_widgets()
-        self.neuron_stale = True
-        self.run_pattern()
-        self._refresh_neuron_if_visible()
+        self._threshold_changed()
+
+    def set_fixed_y(self, fixed: bool) -> None:
+        """One y axis for every window (the state's values from its 0.1% to 99.9% quantile),
+        so that windows compare; or each window's own."""
+        if self._quiet:
+            return
+        self.session.fixed_y = bool(fixed)
+        self._show_axis()
+
+    def _show_axis(self) -> None:
+        s = self.session
+        scale = self.shared.scale(s.state)
+        self.select_view.set_fixed_y((scale.low, scale.high) if s.fixed_y else None)
+
+    def use_suggestion(self, threshold: float, sign: int) -> None:
+        """Take a suggested threshold and sign (S was empty at the ones in use)."""
+        value = finite(threshold)
+        if value is None or sign not in SIGNS:
+            return
+        self.session.sign = sign
+        self.session.threshold = min(round(abs(value), 3), MAX_THRESHOLD)
+        self._threshold_changed()
 
     def set_padding(self, left: int | None = None, right: int | None = None) -> None:
         """Padding tokens that must be off before (left) and after (right) the span."""
@@ -676,7 +717,14 @@ class App:
         self.phrase_status.text = (
             f"<span class='hint'>{self.phrase_at + 1} of {len(self.phrase_hits)}{more}</span>"
         )
+        self.select_phrase(start, end)
+
+    def select_phrase(self, start: int, end: int) -> None:
+        """Show a found phrase and select it as the span, as the CLI's `match --phrase`
+        does: S with the current threshold, and its matches."""
+        self.session.span = (int(start), int(end))
         self._set_window(start - max(2, self.width // 4), focus=(start, end))
+        self.run_pattern()
 
     def _on_tab(self, active: int) -> None:
         if active == NEURON_TAB and self.neuron_stale:
@@ -756,10 +804,7 @@ class App:
         s.pattern, s.result = result.pattern, result
         s.generation += 1
         if result.result is None:
-            self.match_view.show_idle(
-                "S is empty: no unit is on over the whole span and off on its padding. Lower "
-                "the threshold, brush a shorter span or reduce the padding."
-            )
+            self.match_view.show_empty(result.suggestions)
             self._show_pattern_marks()
             return
         # the matches first: the page draws them before it works through the rest, and the

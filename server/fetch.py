@@ -20,6 +20,7 @@ import numpy as np
 
 from lstmsearch import query
 from lstmsearch.index import Index
+from lstmsearch.thresholds import StateScale, Suggestion, state_scale, suggest_threshold
 
 MATCH_CONTEXT = 5
 """Tokens of context shown before each match (and after it, up to the row's width)."""
@@ -146,6 +147,12 @@ class Shared:
         if values is None or not np.isfinite(values).any():
             return None
         return float(np.nanmin(values)), float(np.nanmax(values))
+
+    def scale(self, state: str) -> StateScale:
+        """Where the values of `state` lie (quantiles of |x|, the y axis range), computed once
+        per server and state."""
+        scale, _ = self.remember(("scale", state), lambda: state_scale(self.index.store(state)))
+        return scale
 
     def values_range(self, state: str) -> tuple[float, float]:
         """A typical value range of `state`, for the threshold slider and histograms.
@@ -282,12 +289,14 @@ class MatchRow:
 
 @dataclass(frozen=True)
 class PatternResult:
-    """The pattern S of a selection and its ranked matches (None when S is empty)."""
+    """The pattern S of a selection and its ranked matches (None when S is empty); when S
+    is empty, the thresholds that would select something (the query's sign first)."""
 
     pattern: Any
     result: Any
     rows: tuple[MatchRow, ...]
     seconds: float
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 def select(shared: Shared, q: PatternQuery) -> Any:
@@ -299,6 +308,15 @@ def select(shared: Shared, q: PatternQuery) -> Any:
                       pad_left=q.pad_left, pad_right=q.pad_right, sign=q.sign)
     return query.select(index.store(q.state), index.doc_starts, q.start, q.end, q.threshold,
                         pad_left=q.pad_left, pad_right=q.pad_right, sign=q.sign)
+
+
+def suggestions(shared: Shared, q: PatternQuery) -> tuple[Suggestion, ...]:
+    """The thresholds at which the query's span would select some unit: for its sign, then
+    for the other (`lstmsearch.thresholds.suggest_threshold`)."""
+    index = shared.index
+    found = (suggest_threshold(index.store(q.state), index.doc_starts, q.start, q.end,
+                               q.pad_left, q.pad_right, sign) for sign in (q.sign, -q.sign))
+    return tuple(s for s in found if s is not None)
 
 
 def match(shared: Shared, pattern: Any, limit: int, min_length: int | None = None,
@@ -383,7 +401,8 @@ def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int)
     t0 = time.perf_counter()
     pattern = select(shared, q)
     if not pattern.units:
-        return PatternResult(pattern, None, (), time.perf_counter() - t0)
+        return PatternResult(pattern, None, (), time.perf_counter() - t0,
+                             suggestions(shared, q))
     result = match(shared, pattern, q.limit, q.min_length, q.length, histogram=False)
     spans = [(m.start, m.end) for m in result.matches]
     contexts = rows_around(shared, spans, before=MATCH_CONTEXT,

@@ -78,6 +78,7 @@ class Session:
     focus: tuple[int, int] | None = None
     unit: int = 0
     track: str | None = None
+    fixed_y: bool = False  # the select plot's y axis spans the state's values, not the window's
     mode: str = "match"
     pattern: Any = None
     result: Any = None

@@ -121,23 +121,67 @@ def test_brush_selects_pattern_and_lists_matches(app: App, tiny_index) -> None:
 
 def test_threshold_widgets_stay_in_step(app: App, tiny_index) -> None:
     span = brush_pattern(app)
-    app.threshold_slider.value = 0.55  # dragging: only the lines follow
     s = app.session
-    assert app.select_view.threshold_span.location == 0.55
+    scale = app.shared.scale(s.state)
+    theta = scale.threshold_at(0.9)
+    app.threshold_slider.value = 0.9  # dragging a quantile of |x|: only the lines follow
+    assert app.select_view.threshold_span.location == theta
+    assert app.threshold_input.value == theta  # the threshold shown beside the slider
     assert s.pattern.threshold == 0.3
-    app.threshold_slider.trigger("value_throttled", 0.3, 0.55)  # released: the query runs
-    assert s.threshold == 0.55
-    assert app.threshold_input.value == 0.55
-    assert app.select_view.threshold_span.location == 0.55
-    assert s.pattern.threshold == 0.55
-    assert s.pattern.units == api_pattern(tiny_index, s.state, span, 0.55).units
-    # dragging the threshold line in the plot moves the slider
+    app.threshold_slider.trigger("value_throttled", 0.5, 0.9)  # released: the query runs
+    assert s.threshold == theta and s.pattern.threshold == theta
+    assert app.select_view.threshold_span.location == theta
+    assert s.pattern.units == api_pattern(tiny_index, s.state, span, theta).units
+    x = np.abs(tiny_index.store(s.state).columns.astype(np.float64))
+    assert abs(np.mean(x >= theta) - 0.1) < 0.02  # about 10% of |x| are at least θ
+    # dragging the threshold line in the plot moves the slider to its quantile
     app.select_view.threshold_span.location = 0.2
-    assert app.threshold_slider.value == 0.2 and s.pattern.threshold == 0.2
-    # typing a number
-    app.threshold_input.value = 0.35
-    assert app.threshold_slider.value == 0.35 and s.pattern.threshold == 0.35
-    assert app.neuron_view.hist_threshold.location == 0.35
+    assert s.pattern.threshold == 0.2
+    assert app.threshold_slider.value == round(scale.quantile_of(0.2), 3)
+    # an exact threshold typed into the number box
+    app.threshold_input.value = 0.357
+    assert s.pattern.threshold == 0.357 and app.threshold_input.value == 0.357
+    assert app.threshold_slider.value == round(scale.quantile_of(0.357), 3)
+    assert app.neuron_view.hist_threshold.location == 0.357
+
+
+def test_fixed_y_axis_spans_the_state(app: App) -> None:
+    scale = app.shared.scale(app.session.state)
+    app.fixed_y.active = True
+    first = (app.select_view.y_range.start, app.select_view.y_range.end)
+    assert first[0] <= min(scale.low, -app.session.threshold) and first[1] >= scale.high
+    app.step_window(+1)
+    app.step_window(+1)
+    assert (app.select_view.y_range.start, app.select_view.y_range.end) == first
+    app.fixed_y.active = False
+    app.threshold_input.value = scale.high + 3  # the threshold always shows
+    assert app.select_view.y_range.end > scale.high + 3
+
+
+def test_empty_pattern_suggests_a_threshold(app: App, tiny_index) -> None:
+    span = brush_pattern(app)
+    s = app.session
+    app.threshold_input.value = 50.0  # nothing is that high
+    assert s.pattern.units == () and s.result.result is None
+    first = s.result.suggestions[0]
+    assert first.sign == 1
+    again = api_pattern(tiny_index, s.state, span, first.threshold, sign=first.sign)
+    assert again.units == first.units and first.units
+    summary = app.match_view.summary.text
+    assert f"θ = {first.threshold:g} with x ≥ θ" in summary
+    assert app.match_view.suggest.visible
+    app.match_view.suggest._trigger_event(ButtonClick(app.match_view.suggest))
+    assert (s.threshold, s.sign) == (first.threshold, first.sign)
+    assert s.pattern.units == first.units and s.result.rows
+    assert not app.match_view.suggest.visible
+    assert app.threshold_input.value == first.threshold
+    # a negative suggestion switches the sign toggle
+    app.threshold_input.value = 50.0
+    negative = [g for g in s.result.suggestions if g.sign < 0]
+    if negative:
+        app.use_suggestion(negative[0].threshold, -1)
+        assert app.sign_toggle.active == 1 and s.pattern.sign == -1
+        assert s.pattern.units == negative[0].units
 
 
 def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
@@ -150,7 +194,7 @@ def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
     if s.pattern.units:
         assert app.select_view.pad_right_box.visible
         assert not app.select_view.pad_left_box.visible
-    app.sign_select.value = "-1"
+    app.sign_toggle.active = 1
     assert s.pattern.sign == -1
     assert s.pattern.units == api_pattern(tiny_index, s.state, span, s.threshold, 0, 2, -1).units
     assert app.select_view.threshold_span.location == -s.threshold
@@ -368,9 +412,23 @@ def test_phrase_search(app: App, tiny_index) -> None:
     assert tiny_index.text(*app.session.focus) == text
     assert app.session.window[0] <= hits[0].start < app.session.window[1]
     assert f"1 of {len(hits)}" in app.phrase_status.text
+    # finding selects: S and its matches as the CLI's `match --phrase` gives them
+    s = app.session
+    store = tiny_index.store(s.state)
+    cli = tiny_index.select_phrase(text, s.threshold, store.layer, store.kind,
+                                   pad_left=s.pad_left, pad_right=s.pad_right)
+    assert s.span == (hits[0].start, hits[0].end)
+    assert (s.pattern.start, s.pattern.end, s.pattern.units) == (cli.start, cli.end, cli.units)
+    if cli.units:
+        expected = tiny_index.match(cli, limit=50)
+        assert [(r.start, r.end) for r in s.result.rows] == [
+            (m.start, m.end) for m in expected.matches]
+    assert app.select_view.tokens.selected.indices == list(
+        range(hits[0].start - s.window[0], hits[0].end - s.window[0]))
     if len(hits) > 1:
         app.phrase_next._trigger_event(ButtonClick(app.phrase_next))
         assert app.session.focus == (hits[1].start, hits[1].end)
+        assert app.session.pattern.start == hits[1].start
     app.phrase_input.value = "no such phrase ((((("
     assert "not found" in app.phrase_status.text
 
@@ -396,7 +454,8 @@ def test_recent_results_are_shared_by_sessions_and_bounded(tiny_index, monkeypat
     second.select_view.tokens.selected.indices = list(range(span[0] - first.session.window[0],
                                                             span[1] - first.session.window[0]))
     assert second.session.span == span
-    assert second.session.result is first_result  # the same query, computed once
+    # the same query, computed once (each session then adds the candidates' lengths)
+    assert second.session.result.rows is first_result.rows
     assert len(computed) == len({q for q in computed})
     # the server keeps only the latest RECENT_RESULTS queries
     q = computed[-1]
