@@ -139,3 +139,13 @@ def suggest_threshold(
     pattern = select(store, doc_starts, start, end, best, pad_left=pad_left,
                      pad_right=pad_right, sign=sign)
     return Suggestion(threshold=best, sign=sign, units=pattern.units)
+
+
+def unit_threshold(q01: float, q99: float, sign: int = 1) -> float:
+    """A unit's own default threshold: its 99th percentile (x ≥ θ is then on at about 1% of
+    the tokens), or for a negative test (x ≤ −θ) minus its 1st percentile; 3 decimals, and
+    0 when that quantile lies on the other side of zero (the unit is then never on)."""
+    value = float(q99) if _check_sign(sign) > 0 else -float(q01)
+    if not math.isfinite(value) or value <= 0:
+        return 0.0
+    return math.floor(value * 1000) / 1000

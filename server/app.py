@@ -376,9 +376,8 @@ class App:
                 div.stylesheets = [style]
             nv.on_unit = self.open_unit
             nv.on_row = self.jump_to
-            nv.on_threshold = self.set_threshold
+            nv.on_threshold = self.set_neuron_threshold
             nv.set_unit(min(s.unit, dim - 1), dim)
-            nv.set_threshold(s.threshold, s.sign)
             self._neuron_view = nv
             self.tab_panels[NEURON_TAB].child.children = [nv.layout]
         return self._neuron_view
@@ -468,6 +467,7 @@ class App:
         self._sync_threshold_widgets()
         self._show_axis()
         self.session.unit = min(self.session.unit, store.dim - 1)
+        self.session.neuron_threshold = None
         if self._neuron_view is not None:
             self._neuron_view.set_unit(self.session.unit, store.dim)
         self.neuron_stale = True
@@ -488,13 +488,24 @@ class App:
             self._sync_threshold_widgets()
             return
         self.session.threshold = value
-        self._threshold_changed()
+        self._threshold_changed(neuron=False)
 
-    def _threshold_changed(self) -> None:
-        """The threshold or sign changed: widgets, lines, S and its matches follow."""
+    def _threshold_changed(self, neuron: bool = True) -> None:
+        """The threshold or sign changed: widgets, lines, S and its matches follow (and the
+        neuron view, which has a threshold of its own but the same sign, for a new sign)."""
         self._sync_threshold_widgets()
-        self.neuron_stale = True
         self.run_pattern()
+        if neuron:
+            self.neuron_stale = True
+            self._refresh_neuron_if_visible()
+
+    def set_neuron_threshold(self, value: float | None) -> None:
+        """The neuron view's own threshold (from its number box or its histogram's line)."""
+        value = finite(value)
+        if self._quiet or value is None:
+            return
+        self.session.neuron_threshold = min(round(abs(value), 3), MAX_THRESHOLD)
+        self.neuron_stale = True
         self._refresh_neuron_if_visible()
 
     def set_threshold_quantile(self, quantile: float | None) -> None:
@@ -520,8 +531,6 @@ class App:
         self._quietly(self.threshold_input, value=value)
         self._quietly(self.sign_toggle, active=SIGNS.index(sign))
         self.select_view.set_threshold(value, sign)
-        if self._neuron_view is not None:
-            self._neuron_view.set_threshold(value, sign)
 
     def set_sign(self, sign: int | None) -> None:
         """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ); None: not a sign the page
@@ -552,9 +561,10 @@ class App:
         value = finite(threshold)
         if value is None or sign not in SIGNS:
             return
+        neuron = sign != self.session.sign
         self.session.sign = sign
         self.session.threshold = min(round(abs(value), 3), MAX_THRESHOLD)
-        self._threshold_changed()
+        self._threshold_changed(neuron)
 
     def set_padding(self, left: int | None = None, right: int | None = None) -> None:
         """Padding tokens that must be off before (left) and after (right) the span."""
@@ -682,6 +692,8 @@ class App:
         """Show one unit in the neuron view."""
         dim = self.shared.index.store(self.session.state).dim
         unit = int(min(max(0, unit), dim - 1))
+        if unit != self.session.unit:
+            self.session.neuron_threshold = None  # the new unit's own default
         self.session.unit = unit
         self.neuron_view.set_unit(unit, dim)
         self.neuron_stale = True
@@ -882,7 +894,8 @@ class App:
     def refresh_neuron(self) -> None:
         """Load the neuron view's unit."""
         s = self.session
-        q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.threshold, sign=s.sign)
+        q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.neuron_threshold,
+                              sign=s.sign)
         track = s.track
         self.neuron_stale = False
         self.runner.submit("neuron", lambda: fetch.neuron(self.shared, q, track),

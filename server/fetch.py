@@ -20,7 +20,13 @@ import numpy as np
 
 from lstmsearch import query
 from lstmsearch.index import Index
-from lstmsearch.thresholds import StateScale, Suggestion, state_scale, suggest_threshold
+from lstmsearch.thresholds import (
+    StateScale,
+    Suggestion,
+    state_scale,
+    suggest_threshold,
+    unit_threshold,
+)
 
 MATCH_CONTEXT = 5
 """Tokens of context shown before each match (and after it, up to the row's width)."""
@@ -123,6 +129,13 @@ class Shared:
         """What `remember` kept for `key`, or None (never computes)."""
         with self._lock:
             return self.cache.get(key)
+
+    def place(self, start: int) -> dict[str, Any]:
+        """Where token `start` is: its document, the document's name, and the position in
+        it (MatchRow's fields)."""
+        doc = int(self.index.doc_of(start))
+        return {"document": doc, "doc_name": self.doc_name(doc),
+                "offset": int(start - self.index.doc_starts[doc])}
 
     def doc_name(self, doc: int) -> str:
         """The name of document `doc` (all names are read once)."""
@@ -285,6 +298,8 @@ class MatchRow:
     extra: int | None = None
     score: float | None = None  # nearest: distance; neuron: the unit's value at the anchor
     is_query: bool = False
+    doc_name: str = ""  # the document's name (its file name or id)
+    offset: int = 0  # the row's first token, counted from its document's start
 
 
 @dataclass(frozen=True)
@@ -415,10 +430,10 @@ def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int)
         values = np.full(len(positions), np.nan)
         values[inside] = np.asarray(m.counts, dtype=np.float64)
         rows.append(MatchRow(
-            rank=rank, document=int(m.document), start=int(m.start), end=int(m.end),
+            rank=rank, start=int(m.start), end=int(m.end),
             anchor=int(m.start), positions=positions, texts=texts, values=values,
             emphasis=inside, track=track_values, overlap=int(m.overlap), extra=int(m.extra),
-            is_query=bool(m.is_query),
+            is_query=bool(m.is_query), **shared.place(int(m.start)),
         ))
     return PatternResult(pattern, result, tuple(rows), time.perf_counter() - t0)
 
@@ -448,10 +463,10 @@ def run_nearest(
         distance = float(getattr(h, "distance", getattr(h, "score", np.nan)))
         values = np.where(inside, 1.0, np.nan)
         rows.append(MatchRow(
-            rank=rank, document=int(index.doc_of(s)), start=s, end=e, anchor=s,
+            rank=rank, start=s, end=e, anchor=s,
             positions=positions, texts=texts, values=values, emphasis=inside,
             track=track_values, score=distance,
-            is_query=(s == start and e == end),
+            is_query=(s == start and e == end), **shared.place(s),
         ))
     return PatternResult(None, result, tuple(rows), time.perf_counter() - t0)
 
@@ -463,15 +478,18 @@ NEURON_CONTEXT = 8
 HIST_BINS = 60
 HIT_POSITIONS = 1000
 """Threshold hits read to group into runs for display (the total count is always exact)."""
+CORPUS_BINS = 240
+"""Bins of the plot of where a unit is on over the corpus."""
 
 
 @dataclass(frozen=True)
 class NeuronQuery:
-    """What the neuron view asks about one unit."""
+    """What the neuron view asks about one unit: on where x ≥ threshold (sign 1) or
+    x ≤ −threshold (sign −1); threshold None: the unit's own default (`unit_threshold`)."""
 
     state: str
     unit: int
-    threshold: float
+    threshold: float | None
     sign: int = 1
     top: int = 20
     hits: int = 20
@@ -479,9 +497,11 @@ class NeuronQuery:
 
 @dataclass(frozen=True)
 class NeuronData:
-    """One unit: its statistics, value histogram, top contexts and threshold hits."""
+    """One unit: its statistics, value histogram, top contexts, threshold hits and how many
+    hits fall into each stretch of the corpus (`corpus_edges`: token positions)."""
 
     query: NeuronQuery
+    threshold: float
     stats: dict[str, float]
     hist_edges: np.ndarray
     hist_counts: np.ndarray
@@ -490,6 +510,8 @@ class NeuronData:
     hit_rows: tuple[MatchRow, ...]
     value_range: tuple[float, float]
     seconds: float
+    corpus_edges: np.ndarray
+    corpus_counts: np.ndarray
 
 
 def unit_stats(shared: Shared, state: str, unit: int) -> dict[str, float]:
@@ -593,9 +615,10 @@ def _context_rows(shared: Shared, state: str, unit: int, spans: Sequence[tuple[i
         else:
             emphasis = query.is_on(stored, *on_test)
         rows.append(MatchRow(
-            rank=rank, document=int(index.doc_of(a)), start=a, end=b, anchor=a,
+            rank=rank, start=a, end=b, anchor=a,
             positions=pos, texts=texts, values=stored.astype(np.float64),
             emphasis=np.asarray(emphasis, bool), track=track_values, score=float(score),
+            **shared.place(a),
         ))
     return tuple(rows)
 
@@ -609,10 +632,13 @@ def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
     store = index.store(q.state)
     unit = store.check_unit(q.unit)
     stats = unit_stats(shared, q.state, unit)
+    threshold = q.threshold
+    if threshold is None:
+        threshold = unit_threshold(stats.get("q01", np.nan), stats.get("q99", np.nan), q.sign)
     low, high = stats.get("min", np.nan), stats.get("max", np.nan)
     if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         low, high = shared.values_range(q.state)
-    edge = q.threshold if q.sign > 0 else -q.threshold
+    edge = threshold if q.sign > 0 else -threshold
     low, high = min(low, edge), max(high, edge)
     column = np.asarray(store.column(unit), dtype=np.float32)
     counts, edges = np.histogram(column, bins=HIST_BINS, range=(low, high))
@@ -621,16 +647,20 @@ def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
     top_rows = _context_rows(shared, q.state, unit,
                              [(int(p), int(p) + 1) for p in top_pos[pick]],
                              top_values[pick].tolist(), None, track)
-    n_hits, hit_pos = unit_hits(shared, q.state, unit, q.threshold, q.sign, HIT_POSITIONS)
+    n_hits, hit_pos = unit_hits(shared, q.state, unit, threshold, q.sign, HIT_POSITIONS)
+    on = np.flatnonzero(query.is_on(store.column(unit), threshold, q.sign))
+    corpus_counts, corpus_edges = np.histogram(
+        on, bins=max(1, min(CORPUS_BINS, index.n_tokens)), range=(0, max(1, index.n_tokens)))
     runs = runs_of(hit_pos)[: q.hits]
     hit_rows = _context_rows(shared, q.state, unit, runs,
                              [float(column[a:b].max() if q.sign > 0 else column[a:b].min())
                               for a, b in runs],
-                             (q.threshold, q.sign), track)
+                             (threshold, q.sign), track)
     return NeuronData(
-        query=q, stats=stats, hist_edges=edges, hist_counts=counts, top_rows=top_rows,
-        n_hits=n_hits, hit_rows=hit_rows, value_range=(low, high),
-        seconds=time.perf_counter() - t0,
+        query=q, threshold=threshold, stats=stats, hist_edges=edges, hist_counts=counts,
+        top_rows=top_rows, n_hits=n_hits, hit_rows=hit_rows, value_range=(low, high),
+        seconds=time.perf_counter() - t0, corpus_edges=corpus_edges,
+        corpus_counts=corpus_counts,
     )
 
 

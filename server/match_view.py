@@ -22,6 +22,7 @@ from server.display import (
     StripRow,
     fmt,
     gradient_legend,
+    place_label,
 )
 from server.fetch import MatchRow, PatternResult
 from server.inputs import chosen_index
@@ -30,8 +31,9 @@ MODES = ("match", "nearest")
 RIGHT_CELLS, RIGHT_WORDS = 22, 10
 """Cells shown right of a match's start (character / word tokens): the rest is cut."""
 MATCH_TITLE = ("Matches, best first, aligned on their start "
-               "(row label: rank. |A∩S|/|S| +extra units, document)")
-NEAREST_TITLE = "Nearest stored states to the span's mean state (row label: rank. distance)"
+               "(row label: rank. |A∩S|/|S| +extra units, document:position)")
+NEAREST_TITLE = ("Nearest stored states to the span's mean state "
+                 "(row label: rank. distance, document:position)")
 MODE_LABELS = ["Pattern match", "Nearest states (FAISS)"]
 MAX_LENGTH = 1000
 """The largest match length the length controls offer."""
@@ -50,7 +52,7 @@ class MatchView:
         right = RIGHT_CELLS if char_level else RIGHT_WORDS
         self.strips = StripList(
             "match", title=MATCH_TITLE, width=width - 250, max_rows=50, left=-5, right=right,
-            char_level=char_level, value_name="units of S on", label_width=190,
+            char_level=char_level, value_name="units of S on", label_width=300,
         )
         self.summary = Div(name="match-summary", width=width - 260, text=self._idle_html())
         self.suggest = Button(label="use the suggested threshold", visible=False, width=240,
@@ -157,10 +159,11 @@ class MatchView:
         strip_rows = []
         for r in result.rows:
             if nearest:
-                label = f"{r.rank:>2}. d={fmt(r.score, 3)}  doc {r.document}"
+                label = f"{r.rank:>2}. d={fmt(r.score, 3)}  {place_label(r.doc_name, r.offset)}"
             else:
                 tag = " (query)" if r.is_query else ""
-                label = f"{r.rank:>2}. {r.overlap}/{size} +{r.extra}  doc {r.document}{tag}"
+                label = (f"{r.rank:>2}. {r.overlap}/{size} +{r.extra}  "
+                         f"{place_label(r.doc_name, r.offset)}{tag}")
             strip_rows.append(StripRow(
                 label=label, anchor=r.anchor, positions=r.positions, texts=r.texts,
                 values=r.values, emphasis=r.emphasis, document=r.document, track=r.track,
@@ -172,6 +175,14 @@ class MatchView:
         title = NEAREST_TITLE if nearest else MATCH_TITLE
         if self.strips.fig.title.text != title:
             self.strips.fig.title.text = title
+        self.show_mode(nearest)
+
+    def show_mode(self, nearest: bool) -> None:
+        """Show only the controls and legends of the mode: nearest states have no pattern,
+        so no counts of S, match lengths or candidate histogram."""
+        for model in (self.legend, self.hist, self.min_length, self.length):
+            if model.visible == nearest:
+                model.visible = not nearest
 
     def show_summary(self, result: PatternResult, track_name: str | None,
                      track_range: tuple[float, float] | None) -> None:

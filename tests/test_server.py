@@ -23,6 +23,7 @@ from conftest import named
 from lstmsearch import query
 from lstmsearch.cli import build_parser
 from server.app import NEURON_TAB, SELECT_TAB, App, build
+from server.display import place_label
 from server.fetch import Shared, distinct_contexts, runs_of
 
 
@@ -142,7 +143,6 @@ def test_threshold_widgets_stay_in_step(app: App, tiny_index) -> None:
     app.threshold_input.value = 0.357
     assert s.pattern.threshold == 0.357 and app.threshold_input.value == 0.357
     assert app.threshold_slider.value == round(scale.quantile_of(0.357), 3)
-    assert app.neuron_view.hist_threshold.location == 0.357
 
 
 def test_fixed_y_axis_spans_the_state(app: App) -> None:
@@ -287,9 +287,17 @@ def test_clicking_a_line_opens_the_neuron_view(app: App, tiny_index) -> None:
     column = tiny_index.store(app.session.state).column(unit)
     # histogram of every stored value
     assert int(sum(nv.hist_source.data["count"])) == tiny_index.n_tokens
-    # threshold hits: the exact count, and runs where the unit is on
-    on = query.is_on(column, app.session.threshold)
+    # threshold hits at the unit's own threshold (its q99): the exact count, and runs where
+    # the unit is on; where they are over the corpus
+    q99 = float(np.quantile(column.astype(np.float64), 0.99))
+    assert data.threshold == pytest.approx(q99, abs=0.02) and data.threshold <= q99 + 1e-9
+    assert nv.threshold.value == data.threshold
+    on = query.is_on(column, data.threshold)
     assert data.n_hits == int(on.sum())
+    assert int(sum(nv.corpus_source.data["count"])) == data.n_hits
+    first_bin = np.searchsorted(nv.corpus_source.data["right"], np.flatnonzero(on)[0],
+                                side="right")
+    assert nv.corpus_source.data["count"][first_bin] > 0
     assert f"<b>{data.n_hits:,}</b> tokens" in nv.stats.text
     for r in data.hit_rows:
         assert on[r.start:r.end].all()
@@ -315,12 +323,23 @@ def test_neuron_picker_and_rows(app: App, tiny_index) -> None:
     app.neuron_view.top.cells.selected.indices = [cell]
     assert app.tabs.active == SELECT_TAB
     assert app.session.focus == (row.start, row.end)
-    # a new threshold refreshes the neuron view when it is shown
+    # the neuron view has a threshold of its own: the select view's leaves it alone
     app.tabs.active = NEURON_TAB
+    own = app.neuron_view.data.threshold
     app.threshold_input.value = 0.6
-    assert app.neuron_view.data.query.threshold == 0.6
+    assert app.neuron_view.data.threshold == own
+    app.neuron_view.threshold.value = 0.6
+    assert app.neuron_view.data.threshold == 0.6 and app.session.threshold == 0.6
     column = tiny_index.store(app.session.state).column(5)
     assert app.neuron_view.data.n_hits == int(query.is_on(column, 0.6).sum())
+    app.neuron_view.hist_threshold.location = 0.25  # the histogram's line dragged
+    assert app.neuron_view.data.threshold == 0.25 and app.neuron_view.threshold.value == 0.25
+    assert app.select_view.threshold_span.location == 0.6
+    app.neuron_view.threshold.value = float("nan")  # not a number: the one in use again
+    assert app.neuron_view.threshold.value == 0.25
+    # another unit starts at its own default again
+    app.neuron_view.unit.value = 6
+    assert app.neuron_view.data.query.threshold is None
 
 
 def test_state_switch_reloads_everything(app: App, tiny_index) -> None:
@@ -398,6 +417,25 @@ def test_nearest_mode(app: App, tiny_index) -> None:
     assert rows[0].score <= rows[-1].score
     assert "nearest" in app.match_view.summary.text
     assert app.match_view.strips.fig.title.text.startswith("Nearest")
+    # only what applies: no counts of S, match lengths or candidate histogram
+    mv = app.match_view
+    assert not any(m.visible for m in (mv.legend, mv.hist, mv.min_length, mv.length))
+    app.match_view.mode.active = 0
+    assert all(m.visible for m in (mv.legend, mv.hist, mv.min_length, mv.length))
+
+
+def test_match_rows_name_their_document_and_place(app: App, tiny_index) -> None:
+    brush_pattern(app)
+    names = [d.name for d in tiny_index.documents()]
+    labels = [strip.label for strip in app.match_view.strips.rows]
+    for r, label in zip(app.match_view.rows, labels):
+        doc = tiny_index.doc_of(r.start)
+        offset = r.start - int(tiny_index.doc_starts[doc])
+        assert (r.document, r.doc_name, r.offset) == (doc, names[doc], offset)
+        where = label.removesuffix(" (query)").split()[-1]
+        assert where == place_label(names[doc], offset)
+        assert names[doc].endswith(where.rsplit(":", 1)[0].lstrip("…"))
+    assert labels and len(labels) == len(app.match_view.rows)
 
 
 def test_phrase_search(app: App, tiny_index) -> None:
