@@ -155,10 +155,16 @@ def make_server(
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
     origins += list(allow_origin or [])
     application = Application(FunctionHandler(app_handler(shared, executor)))
+    from server.app import default_state
+    from server.downloads import DownloadHandler
+
+    downloads = (r"/download", DownloadHandler,
+                 {"shared": shared, "executor": executor,
+                  "default_state": default_state(shared.state_names)})
     try:
         server = Server(
             {"/": application}, port=port, address=host, allow_websocket_origin=origins,
-            io_loop=io_loop,
+            io_loop=io_loop, extra_patterns=[downloads],
             check_unused_sessions_milliseconds=max(100, min(10_000, session_linger_ms // 2)),
             unused_session_lifetime_milliseconds=session_linger_ms,
         )

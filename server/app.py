@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     Checkbox,
+    CustomJS,
     Div,
     NumericInput,
     RadioButtonGroup,
@@ -37,7 +39,7 @@ from bokeh.models import (
 from bokeh.themes import Theme
 
 from lstmsearch.index import SURPRISAL_TRACK, Index
-from server import analyses, fetch
+from server import analyses, fetch, url_state
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
@@ -75,6 +77,21 @@ SIGNS = (1, -1)
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
 FIRST_ANALYSIS_TAB = 2
+KEYS = (
+    ("j", "next match"), ("k", "previous match"),
+    ("]", "widen the span by a token"), ("[", "narrow the span by a token"),
+    ("+", "raise θ (one hundredth of |x| up)"), ("-", "lower θ"),
+    ("?", "show or hide this help"),
+)
+"""The keyboard's keys (the page's script sends them, `templates/index.html`)."""
+THRESHOLD_STEP = 0.01
+"""Quantiles of |x| the + and - keys move θ by."""
+PUSH_URL = """
+const query = cb_obj.text;
+if (query && '?' + query !== window.location.search)
+    window.history.pushState(null, '', '?' + query);
+"""
+"""A new query puts its URL into the address bar and the browser's history."""
 
 ANALYSIS_VIEWS: list[type] = [
     SurprisalView,
@@ -146,6 +163,12 @@ class Page:
     phrase_button: Button
     phrase_next: Button
     phrase_status: Div
+    url: Div
+    url_input: TextInput
+    key_input: TextInput
+    help_button: Button
+    help: Div
+    downloads: Div
     select_view: SelectView
     match_view: MatchView
     tab_panels: list[TabPanel]
@@ -187,7 +210,8 @@ def build_page(shared: fetch.Shared) -> Page:
     match_view.summary.stylesheets = [style]
     match_view.legend.stylesheets = [style]
     plots = column(select_view.fig, select_view.tok_fig, name="select-plots")
-    select_tab = column(row(plots, select_view.pattern_div), match_view.layout,
+    downloads = Div(text="", name="downloads", stylesheets=[style], width=PLOT_WIDTH)
+    select_tab = column(row(plots, select_view.pattern_div), match_view.layout, downloads,
                         name="select-tab")
     # the other tabs are built when first shown: a page starts with the models of the
     # first tab only, which keeps opening a session (and its memory) small
@@ -237,6 +261,13 @@ def build_page(shared: fetch.Shared) -> Page:
                            disabled=True),
         phrase_status=Div(text="", width=140, name="phrase-status", align="end",
                           stylesheets=[style]),
+        url=Div(text="", visible=False, name="url-state"),
+        url_input=TextInput(value="", visible=False, name="url-input"),
+        key_input=TextInput(value="", visible=False, name="key-input"),
+        help_button=Button(label="? keys", width=60, name="help-button", align="end"),
+        help=Div(text=help_html(), visible=False, name="key-help", stylesheets=[style],
+                 width=360),
+        downloads=downloads,
         select_view=select_view,
         match_view=match_view,
         tab_panels=tab_panels,
@@ -253,14 +284,29 @@ def build_page(shared: fetch.Shared) -> Page:
             page.fixed_y),
         row(page.doc_input, page.pos_input, page.window_size, page.prev_button,
             page.next_button, Div(width=30), page.phrase_input, page.phrase_button,
-            page.phrase_next, page.phrase_status),
+            page.phrase_next, page.phrase_status, page.help_button, page.url,
+            page.url_input, page.key_input),
+        page.help,
         name="header", width=PAGE_WIDTH,
         styles={"background": "#ffffff", "border": "1px solid #d0d7de",
                 "border-radius": "6px", "padding": "6px 12px 8px 12px",
                 "margin-bottom": "8px"},
     )
+    page.url.js_on_change("text", CustomJS(code=PUSH_URL))
     page.root = column(header, page.tabs, name="root")
     return page
+
+
+def help_html() -> str:
+    """The keyboard help box."""
+    rows = "".join(f"<tr><td><kbd>{key}</kbd></td><td>{what}</td></tr>" for key, what in KEYS)
+    return (f"<div class='panel-title'>Keys</div><table class='stats'>{rows}</table>"
+            "<div class='hint'>(not while typing in a field)</div>")
+
+
+def view_names() -> list[str]:
+    """The tabs' names in URLs, in tab order."""
+    return ["select", "neuron", *[v.name for v in ANALYSIS_VIEWS]]
 
 
 def placeholder() -> Any:
@@ -338,6 +384,9 @@ class App:
         self.phrase_next, self.phrase_status = page.phrase_next, page.phrase_status
         self.select_view, self.match_view = page.select_view, page.match_view
         self.tab_panels, self.tabs, self.root = page.tab_panels, page.tabs, page.root
+        self.url, self.url_input, self.key_input = page.url, page.url_input, page.key_input
+        self.help_button, self.help, self.downloads = page.help_button, page.help, page.downloads
+        self.match_at = -1  # the match the keyboard last showed
         self._neuron_view: NeuronView | None = None
         self.analysis_views: list[Any] = [None] * len(ANALYSIS_VIEWS)
         self.analysis_shown: dict[str, object] = {}  # view name -> parameters last fetched
@@ -430,6 +479,9 @@ class App:
         self.phrase_input.on_change("value", lambda a, o, n: self.find_phrase())
         self.phrase_next.on_click(self.next_phrase)
         self.tabs.on_change("active", lambda a, o, n: self._on_tab(n))
+        self.url_input.on_change("value", lambda a, o, n: self.restore_url(n))
+        self.key_input.on_change("value", lambda a, o, n: self.on_key(n))
+        self.help_button.on_click(self.toggle_help)
 
     def _quietly(self, model: object, **values: object) -> None:
         """Set widget values without running their callbacks' effects."""
@@ -622,6 +674,8 @@ class App:
 
     def set_mode(self, mode: str) -> None:
         """"match" (pattern matches) or "nearest" (FAISS nearest states)."""
+        if self._quiet:
+            return
         self.session.mode = mode
         self.run_pattern()
 
@@ -696,6 +750,7 @@ class App:
             self.session.neuron_threshold = None  # the new unit's own default
         self.session.unit = unit
         self.neuron_view.set_unit(unit, dim)
+        self.show_url()
         self.neuron_stale = True
         if self.tabs.active != NEURON_TAB:
             self.tabs.active = NEURON_TAB  # fires _on_tab, which refreshes
@@ -739,6 +794,7 @@ class App:
         self.run_pattern()
 
     def _on_tab(self, active: int) -> None:
+        self.show_url()
         if active == NEURON_TAB and self.neuron_stale:
             self.refresh_neuron()
         view = self.active_analysis()
@@ -791,8 +847,10 @@ class App:
     def run_pattern(self) -> None:
         """Select S on the brushed span and match it (or search nearest states)."""
         s = self.session
+        self.show_url()
         if s.span is None:
             return
+        self.match_at = -1
         q = fetch.PatternQuery(state=s.state, start=s.span[0], end=s.span[1],
                                threshold=s.threshold, pad_left=s.pad_left,
                                pad_right=s.pad_right, sign=s.sign,
@@ -853,6 +911,129 @@ class App:
         s.generation += 1
         self.match_view.show_rows(result, self.shared.track_range(s.track))
         self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+
+    # --- the query as a URL, back and forward, keys ----------------------------------------------
+
+    def query(self) -> url_state.Query:
+        """What the session shows, as a URL holds it."""
+        s = self.session
+        at = self.tabs.active if 0 <= self.tabs.active < len(view_names()) else SELECT_TAB
+        return url_state.Query(
+            index=self.shared.index.path.name, view=view_names()[at], state=s.state,
+            span=s.span, threshold=s.threshold, sign=s.sign, padding=(s.pad_left, s.pad_right),
+            unit=s.unit, mode=s.mode)
+
+    def show_url(self) -> None:
+        """Put the query into the address bar (a new entry of the browser's history) and
+        into the download links."""
+        query = url_state.encode(self.query())
+        if self.url.text != query:
+            self.url.text = query
+        links = self._download_links(query)
+        if self.downloads.text != links:
+            self.downloads.text = links
+
+    def _download_links(self, query: str) -> str:
+        s = self.session
+        if s.span is None:
+            return ""
+        what = "nearest" if s.mode == "nearest" else "matches"
+        links = [f"<a href='{escape(f'download?{query}&what={w}&format={f}')}' download "
+                 f"class='download' target='_blank'>{w} ({f.upper()})</a>"
+                 for w in (what, "neuron") for f in ("csv", "json")]
+        return ("<span class='hint'>Download, with the query that gave them: </span>"
+                + " · ".join(links))
+
+    def restore_url(self, value: object) -> None:
+        """Show the query of a URL (the page's address when it opened, or one the browser's
+        back and forward buttons went to): what in it cannot hold is named in the status
+        line and left at its default."""
+        if self._quiet:
+            return
+        search = text(value).split("#", 1)[0]
+        self.restore(url_state.arguments(search))
+
+    def restore(self, args: dict) -> None:
+        """Show the query that request arguments `args` hold (see `server.url_state`)."""
+        shared, s = self.shared, self.session
+        index = shared.index
+        decoded = url_state.decode(
+            args, index_name=index.path.name, state_names=shared.state_names,
+            dim_of=lambda name: index.store(name).dim, doc_starts=index.doc_starts,
+            views=view_names(), default_state=default_state(shared.state_names))
+        q = decoded.query
+        state = q.state or default_state(shared.state_names)
+        if state != s.state:
+            s.state = state
+            s.neuron_threshold = None
+            self._quietly(self.state_select, value=state)
+            self.neuron_stale = True
+        s.threshold = q.threshold if q.threshold is not None else DEFAULT_THRESHOLD
+        s.sign = q.sign if q.sign is not None else 1
+        s.pad_left, s.pad_right = q.padding if q.padding is not None else (1, 0)
+        self._quietly(self.pad_left, value=s.pad_left)
+        self._quietly(self.pad_right, value=s.pad_right)
+        dim = index.store(s.state).dim
+        unit = q.unit if q.unit is not None else min(s.unit, dim - 1)
+        if unit != s.unit:
+            s.neuron_threshold = None
+            s.unit = unit
+            self.neuron_stale = True
+        if self._neuron_view is not None:
+            self._neuron_view.set_unit(s.unit, dim)
+        s.mode = q.mode
+        self._quietly(self.match_view.mode, active=url_state.MODES.index(q.mode))
+        self._sync_threshold_widgets()
+        self._show_axis()
+        s.span = q.span
+        if q.span is not None:
+            self._set_window(q.span[0] - max(2, self.width // 4))
+        else:
+            s.pattern = s.result = None
+            self.match_view.show_idle()
+            self._set_window(s.window[0])
+        self.run_pattern()
+        active = view_names().index(q.view)
+        if self.tabs.active != active:
+            self.tabs.active = active  # fires _on_tab
+        else:
+            self._on_tab(active)
+        if decoded.problems:
+            self._show_error("; ".join(decoded.problems))
+
+    def on_key(self, value: object) -> None:
+        """A key pressed on the page (outside text fields): see KEYS."""
+        key = text(value).split(" ", 1)[0]
+        s = self.session
+        if key in ("j", "k"):
+            rows = self.match_view.rows
+            if rows:
+                step = 1 if key == "j" else -1
+                self.match_at = (self.match_at + step) % len(rows)
+                self.jump_to(rows[self.match_at])
+        elif key in ("]", "[") and s.span is not None:
+            start, end = s.span
+            if key == "]":
+                doc = int(self.shared.index.doc_of(start))
+                end = min(end + 1, int(self.shared.index.doc_starts[doc + 1]))
+            else:
+                end = max(start + 1, end - 1)
+            if (start, end) != s.span:
+                s.span = (start, end)
+                s.focus = None
+                self.select_view.show_focus(None)
+                self._show_pattern_marks()
+                self.run_pattern()
+        elif key in ("+", "=", "-"):
+            scale = self.shared.scale(s.state)
+            step = THRESHOLD_STEP if key != "-" else -THRESHOLD_STEP
+            self.set_threshold(scale.threshold_at(scale.quantile_of(s.threshold) + step))
+        elif key == "?":
+            self.toggle_help()
+
+    def toggle_help(self) -> None:
+        """Show or hide the keyboard help box."""
+        self.help.visible = not self.help.visible
 
     def context(self) -> analyses.Context:
         """What the session looks at, for the analysis views."""
@@ -944,6 +1125,11 @@ def build(doc: Document, index: Index | fetch.Shared, executor: Executor | None 
     app = App(doc, shared, executor, page)
     if prototype is not None:
         answer_first_pull(doc, prototype)
+    request = getattr(doc.session_context, "request", None)
+    arguments = getattr(request, "arguments", None) or {}
+    if any(k in arguments for k in ("index", "view", "layer", "kind", "span", "threshold",
+                                    "sign", "padding", "unit", "mode")):
+        app.restore(arguments)
     shared.apps.add(app)
     log.info("lstmsearch: session opened (%d open)", shared.session_opened())
     return app
