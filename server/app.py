@@ -228,7 +228,7 @@ def build_page(shared: fetch.Shared) -> Page:
                             width=120, name="state-select"),
         threshold_slider=Slider(title="θ as quantile of |x|", start=0.0, end=1.0,
                                 step=0.001, format="0.000", width=200,
-                                value=scale.quantile_of(DEFAULT_THRESHOLD),
+                                value=round(scale.quantile_of(DEFAULT_THRESHOLD), 3),
                                 name="threshold-slider"),
         threshold_input=NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
                                      width=80, name="threshold-input"),

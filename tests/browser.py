@@ -218,3 +218,20 @@ def press(d: Any, name: str) -> None:
     if button is None:
         raise AssertionError(f"no button named {name!r}")
     ActionChains(d).move_to_element(button).click().perform()
+
+
+def press_button(d: Any, name: str, label: str) -> None:
+    """Click the button labelled `label` of the named widget (a radio or toggle group)."""
+    button = js(d, f"""
+        const v = Bokeh.index.find_one({MODEL});
+        const root = v.shadow_el || v.el.shadowRoot || v.el;
+        return Array.from(root.querySelectorAll('button'))
+            .find(b => b.textContent.trim() === arguments[1]) || null;""", name, label)
+    if button is None:
+        raise AssertionError(f"no button {label!r} in {name!r}")
+    ActionChains(d).move_to_element(button).click().perform()
+
+
+def location(d: Any) -> str:
+    """The page's query string, as the address bar shows it (without "?")."""
+    return js(d, "return window.location.search.replace(/^\\?/, '')")
