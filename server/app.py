@@ -198,7 +198,7 @@ def build_page(shared: fetch.Shared) -> Page:
     window = fetch.load_window(shared, state, 0, width, track)
     # --- views -------------------------------------------------------------------------------
     # the stored surprisal has a strip of its own: the track row is for the other tracks
-    has_surprisal = analyses.has_stored_surprisal(shared)
+    has_surprisal = fetch.has_stored_surprisal(shared)
     has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
     select_view = SelectView(char_level=char_level, has_track=has_track,
                              has_surprisal=has_surprisal)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -191,6 +192,73 @@ class Shared:
             return self.value_range[state]
 
 
+# --- surprisal of each token (the select view's strip, the surprisal view) ------------------
+
+SURPRISAL_SCALE_QUANTILE = 0.99
+"""The colour scale of surprisal runs from 0 to this quantile of the index's values, so that
+a few extreme tokens do not wash out the rest."""
+SURPRISAL_VALUES = ("surprisal-values",)
+"""Key in `shared.cache` of (surprisal of every token, "stored" or "computed", seconds)."""
+
+
+def has_stored_surprisal(shared: Shared) -> bool:
+    """Whether the index stores each token's surprisal (the indexer writes it for every
+    index built from a language model)."""
+    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK
+
+    return SURPRISAL_TRACK in shared.track_names
+
+
+def surprisal_values(shared: Shared) -> tuple[np.ndarray, str, float]:
+    """(surprisal of every token, "stored" or "computed", seconds it took).
+
+    The index's stored track when it has one; else computed once per server with the
+    index's model (a pass of the model over every token) and kept in `shared.cache`.
+    """
+    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK, index_surprisal
+
+    def compute() -> tuple[np.ndarray, str, float]:
+        t0 = time.perf_counter()
+        if has_stored_surprisal(shared):
+            values, source = shared.track(SURPRISAL_TRACK), "stored"
+        else:
+            values, source = index_surprisal(shared.index, shared.model()), "computed"
+        return values, source, time.perf_counter() - t0
+
+    found, _ = shared.remember(SURPRISAL_VALUES, compute)
+    return found
+
+
+def surprisal_scale(shared: Shared, values: np.ndarray) -> tuple[float, float]:
+    """The colour scale of surprisal, (0, a high quantile of `values`), kept per server."""
+
+    def compute() -> tuple[float, float]:
+        finite = values[np.isfinite(values)]
+        high = float(np.quantile(finite, SURPRISAL_SCALE_QUANTILE)) if finite.size else 1.0
+        return 0.0, max(high, 1e-6)
+
+    scale, _ = shared.remember(("surprisal-scale",), compute)
+    return scale
+
+
+def window_surprisal(
+    shared: Shared, start: int, end: int
+) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """Surprisal of tokens [start, end) and its colour scale, for the select view's strip.
+
+    Only when it costs nothing: the index's stored track, or values this server already
+    computed for the surprisal view; None otherwise (a window never waits for the model).
+    """
+    if has_stored_surprisal(shared):
+        values, _, _ = surprisal_values(shared)
+    else:
+        found = shared.recall(SURPRISAL_VALUES)
+        if found is None:
+            return None
+        values = found[0]
+    return values[start:end], surprisal_scale(shared, values)
+
+
 # --- select view ---------------------------------------------------------------------------
 
 
@@ -216,9 +284,7 @@ class Window:
 
 def load_window(shared: Shared, state: str, start: int, end: int, track: str | None) -> Window:
     """The tokens and state values of [start, end) (clipped to the index), with their
-    surprisal when it is at hand (`analyses.window_surprisal`)."""
-    from server.analyses import window_surprisal
-
+    surprisal when it is at hand (`window_surprisal`)."""
     index = shared.index
     start = int(np.clip(start, 0, max(0, index.n_tokens - 1)))
     end = int(np.clip(end, start + 1, index.n_tokens))
@@ -411,8 +477,6 @@ def run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) 
 
 
 def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) -> PatternResult:
-    import time
-
     t0 = time.perf_counter()
     pattern = select(shared, q)
     if not pattern.units:
@@ -442,8 +506,6 @@ def run_nearest(
     shared: Shared, state: str, start: int, end: int, k: int, track: str | None, width: int
 ) -> PatternResult:
     """The k nearest stored states to the span's mean state (`Index.nearest`, FAISS)."""
-    import time
-
     t0 = time.perf_counter()
     index = shared.index
     method = getattr(index, "nearest", None)
@@ -625,8 +687,6 @@ def _context_rows(shared: Shared, state: str, unit: int, spans: Sequence[tuple[i
 
 def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
     """Everything the neuron view shows about one unit."""
-    import time
-
     t0 = time.perf_counter()
     index = shared.index
     store = index.store(q.state)
