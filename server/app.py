@@ -1064,8 +1064,12 @@ class App:
             self.analysis_shown.pop(view.name, None)
             view.show_message(message)
 
-        self.runner.submit(f"analysis:{view.name}", partial(view.fetch, self.shared, params),
-                           view.show, label=view.title.lower(), on_error=failed)
+        # kept among the server's recent results: another session (or this one, back at
+        # the same window) gets the same analysis without computing it again
+        work = partial(self.shared.recent, ("analysis", view.name, params),
+                       partial(view.fetch, self.shared, params))
+        self.runner.submit(f"analysis:{view.name}", work, view.show,
+                           label=view.title.lower(), on_error=failed)
 
     def _refresh_analysis_if_visible(self) -> None:
         view = self.active_analysis()

@@ -507,6 +507,25 @@ def test_recent_results_are_shared_by_sessions_and_bounded(tiny_index, monkeypat
     assert len(computed) == again + 1  # the oldest was dropped
 
 
+def test_analyses_are_computed_once_per_server(tiny_index) -> None:
+    from server.app import ANALYSIS_VIEWS, FIRST_ANALYSIS_TAB
+    from server.gate_view import GateView
+
+    shared = Shared(tiny_index)
+    first, second = build(Document(), shared), build(Document(), shared)
+    tab = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(GateView)
+    calls = []
+    for app in (first, second):
+        view = app.analysis_view(tab - FIRST_ANALYSIS_TAB)
+        compute = view.fetch
+        view.fetch = lambda shared, params, compute=compute: calls.append(params) or compute(
+            shared, params)
+        app.tabs.active = tab
+    assert len(calls) == 1  # the second session got the first one's result
+    views = [app.analysis_views[tab - FIRST_ANALYSIS_TAB] for app in (first, second)]
+    assert views[1].data is views[0].data is not None
+
+
 def test_display_grouping_helpers() -> None:
     assert runs_of(np.array([3, 4, 5, 9, 11, 12])) == [(3, 6), (9, 10), (11, 13)]
     assert runs_of(np.array([], dtype=np.int64)) == []
