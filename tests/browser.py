@@ -130,12 +130,14 @@ def click(d: Any, plot: str, x: float, y: float) -> None:
     chain.perform()
 
 
-def screenshot(d: Any, name: str) -> Path:
-    """Save the page under test-artifacts/ (mouse parked on the title: no tooltips)."""
+def screenshot(d: Any, name: str, top: bool = True) -> Path:
+    """Save the page under test-artifacts/ (mouse parked on the title: no tooltips), scrolled
+    to the top unless `top` is False."""
     title = js(d, f"return Bokeh.index.find_one({MODEL}).el", "title")
+    scrolled = js(d, "return window.scrollY")
     ActionChains(d).move_to_element(title).perform()
     js(d, BLUR)
-    js(d, "window.scrollTo(0, 0)")
+    js(d, "window.scrollTo(0, arguments[0])", 0 if top else scrolled)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     d.save_screenshot(str(path))

@@ -92,3 +92,17 @@ def test_state_scale_quantiles_match_numpy() -> None:
     sampled = state_scale(store, max_values=8 * 100)
     assert sampled.positions == 100
     assert abs(sampled.threshold_at(0.5) - scale.threshold_at(0.5)) < 0.5
+
+
+def test_a_units_own_threshold_is_its_q99_or_minus_its_q01() -> None:
+    from lstmsearch.thresholds import unit_threshold
+
+    assert unit_threshold(-0.8, 0.4567, 1) == 0.456
+    assert unit_threshold(-0.8123, 0.4567, -1) == 0.812
+    assert unit_threshold(0.1, 0.9, -1) == 0.0  # never below zero: never on for x ≤ −θ
+    assert unit_threshold(-0.9, -0.1, 1) == 0.0
+    assert unit_threshold(float("nan"), float("nan"), 1) == 0.0
+    rng = np.random.default_rng(0)
+    column = rng.normal(0, 1, 10_000).astype(np.float16)
+    theta = unit_threshold(*np.quantile(column.astype(np.float64), [0.01, 0.99]), 1)
+    assert abs(query.is_on(column, theta).mean() - 0.01) < 0.002
