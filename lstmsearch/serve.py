@@ -148,16 +148,18 @@ def make_server(
 
     shared = Shared(index)  # opened once per server: every session shares it and its caches
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmsearch-query")
-    # the compiled query kernels, loaded (or compiled) while the first page loads
+    # the compiled query kernels, loaded (or compiled) while the first page loads, and the
+    # quantiles of the state it shows (its threshold slider's scale)
+    from server.app import default_state
+    from server.downloads import DownloadHandler
+
     executor.submit(kernels.warm_up)
+    executor.submit(shared.scale, default_state(shared.state_names))
     origins = [f"{host}:{port}"]
     if is_loopback(host):
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
     origins += list(allow_origin or [])
     application = Application(FunctionHandler(app_handler(shared, executor)))
-    from server.app import default_state
-    from server.downloads import DownloadHandler
-
     downloads = (r"/download", DownloadHandler,
                  {"shared": shared, "executor": executor,
                   "default_state": default_state(shared.state_names)})
