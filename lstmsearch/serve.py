@@ -173,6 +173,11 @@ def make_server(
     except OSError as exc:  # a port in use, a host that is not this machine's
         executor.shutdown(wait=False)
         raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from exc
+    # the page every session copies, built as soon as the server runs rather than when the
+    # first browser asks for it
+    from server.app import page_prototype
+
+    server.io_loop.add_callback(page_prototype, shared)
     server.lstmsearch_index = index
     server.lstmsearch_shared = shared
     server.lstmsearch_executor = executor

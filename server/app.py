@@ -876,6 +876,7 @@ class App:
         if result.result is None:
             self.match_view.show_empty(result.suggestions)
             self._show_pattern_marks()
+            self._show_downloads()
             return
         # the matches first: the page draws them before it works through the rest, and the
         # candidates' lengths are counted after them
@@ -903,6 +904,7 @@ class App:
             return  # a newer result came meanwhile and shows its own
         self.match_view.show_summary(s.result, s.track, self.shared.track_range(s.track))
         self._show_pattern_marks()
+        self._show_downloads()
 
     def _apply_nearest(self, value: tuple[object, fetch.PatternResult]) -> None:
         s = self.session
@@ -924,12 +926,15 @@ class App:
             unit=s.unit, mode=s.mode)
 
     def show_url(self) -> None:
-        """Put the query into the address bar (a new entry of the browser's history) and
-        into the download links."""
+        """Put the query into the address bar (a new entry of the browser's history)."""
         query = url_state.encode(self.query())
         if self.url.text != query:
             self.url.text = query
-        links = self._download_links(query)
+
+    def _show_downloads(self) -> None:
+        """The download links of the query shown (after its rows: the page draws those
+        first)."""
+        links = self._download_links(self.url.text)
         if self.downloads.text != links:
             self.downloads.text = links
 
@@ -998,6 +1003,7 @@ class App:
             self.tabs.active = active  # fires _on_tab
         else:
             self._on_tab(active)
+        self._show_downloads()
         if decoded.problems:
             self._show_error("; ".join(decoded.problems))
 
