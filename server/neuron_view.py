@@ -52,6 +52,7 @@ class NeuronView:
         self.on_threshold: Callable[[float], None] | None = None
         self._quiet = False
         self.data: NeuronData | None = None
+        self.width = width
         self.unit = Spinner(title="Unit", low=0, high=max(0, dim - 1), step=1, value=0,
                             width=110, name="neuron-unit")
         self.threshold = NumericInput(title="θ of this unit (default: its q99)", value=None,
@@ -241,6 +242,9 @@ class NeuronView:
         visible = bool(track) and pairs is not None
         self.corr_table.visible = visible
         self.corr_title.visible = visible
+        width = self.width - (680 if visible else 360)  # the histogram takes the table's room
+        if self.hist.width != width:
+            self.hist.width = width
         if visible:
             self.corr_title.text = (
                 f"<div class='panel-title'>Units that track “{track}”</div>"

@@ -401,6 +401,11 @@ def test_track_correlation_table(app: App, tiny_index) -> None:
     app.neuron_view.corr_source.selected.indices = [1]
     assert app.neuron_view.unit.value == expected[1].unit
     assert app.neuron_view.data.query.unit == expected[1].unit
+    # without a track the histogram takes the table's room: the view fills its width
+    nv = app.neuron_view
+    with_table = nv.hist.width
+    app.track_select.value = "(none)"
+    assert not nv.corr_table.visible and nv.hist.width == with_table + 320
 
 
 def test_nearest_mode(app: App, tiny_index) -> None:
