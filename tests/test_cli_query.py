@@ -185,7 +185,7 @@ def test_sql(capsys, tiny_index, tiny_index_path) -> None:
          "pattern selected no units"),
         (["match", "{index}", "--threshold", "0.3", *STATE], "give either --start and --end"),
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "inf", *STATE],
-         "threshold must be finite, got inf"),
+         "--threshold must be a finite number, got 'inf'"),
         (["match", "{index}", "--start", "1", "--end", "99999999", "--threshold", "0.3",
           *STATE], "end=99999999 is outside the index"),
         (["match", "{index}", "--start", "1", "--end", "3", "--threshold", "0.3", *STATE,
