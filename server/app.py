@@ -464,8 +464,7 @@ class App:
         self.threshold_slider.on_change("value_throttled",
                                         lambda a, o, n: self.set_threshold_quantile(n))
         self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
-        self.sign_toggle.on_change(
-            "active", lambda a, o, n: self.set_sign(SIGNS[chosen_index(n, len(SIGNS))]))
+        self.sign_toggle.on_change("active", lambda a, o, n: self._on_sign(n))
         self.fixed_y.on_change("active", lambda a, o, n: self.set_fixed_y(n is True))
         self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
         self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
@@ -583,6 +582,16 @@ class App:
         self._quietly(self.threshold_input, value=value)
         self._quietly(self.sign_toggle, active=SIGNS.index(sign))
         self.select_view.set_threshold(value, sign)
+
+    def _on_sign(self, active: object) -> None:
+        """The sign toggle: its button's sign, or (an index it has no button for) the sign
+        in use shown again."""
+        if self._quiet:
+            return
+        if chosen_index(active, len(SIGNS)) != active:
+            self._quietly(self.sign_toggle, active=SIGNS.index(self.session.sign))
+            return
+        self.set_sign(SIGNS[active])
 
     def set_sign(self, sign: int | None) -> None:
         """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ); None: not a sign the page

@@ -196,6 +196,8 @@ def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
         assert not app.select_view.pad_left_box.visible
     app.sign_toggle.active = 1
     assert s.pattern.sign == -1
+    app.sign_toggle.active = 7  # no such button: the sign in use is shown again
+    assert app.sign_toggle.active == 1 and s.sign == -1
     assert s.pattern.units == api_pattern(tiny_index, s.state, span, s.threshold, 0, 2, -1).units
     assert app.select_view.threshold_span.location == -s.threshold
 
