@@ -12,16 +12,15 @@ from lstmsearch.thresholds import state_scale, suggest_threshold
 
 
 def highest_nonempty(store, starts, span, pad, sign) -> float | None:
-    """The reference: every threshold 0.001 .. 2.000 tried with query.select, the highest that
-    selects some unit."""
-    found = None
-    for k in range(1, 2001):
+    """The reference: thresholds 2.000, 1.999, ..., 0.001 tried with query.select, the first
+    (highest) that selects some unit."""
+    for k in range(2000, 0, -1):
         theta = k / 1000
         pattern = query.select(store, starts, *span, theta, pad_left=pad[0], pad_right=pad[1],
                                sign=sign)
         if pattern.units:
-            found = theta
-    return found
+            return theta
+    return None
 
 
 @pytest.mark.parametrize("seed", range(6))
