@@ -48,21 +48,26 @@ def save(d: Any, out: Path, name: str, top: bool = True) -> None:
     print(f"wrote {out / name}")
 
 
-SEARCH = "?view=select&layer=0&kind=c&span=442-445&threshold=0.2&sign=1&padding=1-0"
-"""The parens demo's pattern search as an address: "(((" brushed on layers.0.c at θ = 0.2."""
-DEPTH_UNIT = "?view=neuron&layer=0&kind=c&span=442-445&threshold=0.2&sign=-1&unit=61"
+SEARCH = "?view=select&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=1&padding=1-0"
+"""The parens demo's pattern search as an address: the first "(((" on layers.0.c, θ = 0.2."""
+DEPTH_UNIT = "?view=neuron&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=-1&unit=61"
 """Its depth unit (61, which falls as the nesting deepens) in the neuron view."""
 
 
 def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     """The parens demo: the search for "(((", depth unit 61 of layers.0.c, the analyses."""
-    load(d, url + SEARCH)
+    from lstmsearch.index import open_index
+
+    with open_index(index_path) as index:
+        found = index.find("(((", limit=1)[0]
+    span = {"start": found.start, "end": found.end}
+    load(d, url + SEARCH.format(**span))
     wait_for(d, lambda d: rows_in(d, "match-cells"), "the matches of (((")
     wait_idle(d)
     save(d, out, "select-view.png")
     d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
     save(d, out, "match-view.png", top=False)
-    load(d, url + DEPTH_UNIT)
+    load(d, url + DEPTH_UNIT.format(**span))
     wait_for(d, lambda d: rows_in(d, "neuron-top-cells"), "unit 61")
     wait_idle(d)
     save(d, out, "neuron-view.png")

@@ -55,7 +55,7 @@ class NeuronView:
         self.width = width
         self.unit = Spinner(title="Unit", low=0, high=max(0, dim - 1), step=1, value=0,
                             width=110, name="neuron-unit")
-        self.threshold = NumericInput(title="θ of this unit (default: its q99)", value=None,
+        self.threshold = NumericInput(title="θ of this unit (default: its 1% tail)", value=None,
                                       mode="float", width=200, name="neuron-threshold")
         self.stats = Div(name="neuron-stats", width=330, text="")
         self.hist_source = ColumnDataSource(
