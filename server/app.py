@@ -53,6 +53,7 @@ from server.session import Runner, Session, release_memory_soon
 from server.surprisal_view import SurprisalView
 from server.trajectory_view import TrajectoryView
 from server.unit_view import UnitView
+from server.url_state import MAX_PAD, MAX_THRESHOLD
 from server.weight_view import WeightView
 
 log = logging.getLogger("lstmsearch.server")
@@ -63,10 +64,6 @@ TEMPLATE_DIR = HERE / "templates"
 
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
-MAX_PAD = 50
-MAX_THRESHOLD = 65504.0
-"""The largest float16: the stored values never reach a larger threshold, so none selects
-differently (and a larger one would overflow the float16 and float32 comparisons)."""
 WINDOW_RANGE = (8, 200)
 """Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100

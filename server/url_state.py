@@ -19,8 +19,10 @@ from urllib.parse import parse_qs, urlencode
 from lstmsearch.spans import check_span
 
 MAX_THRESHOLD = 65504.0
-"""The largest float16 (as `server.app.MAX_THRESHOLD`): larger thresholds select nothing new."""
+"""The largest float16: the stored values never reach a larger threshold, so none selects
+differently (and a larger one would overflow the float16 and float32 comparisons)."""
 MAX_PAD = 50
+"""The most padding tokens a page asks for (its spinners' bound)."""
 MODES = ("match", "nearest")
 
 
