@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from lstmsearch import limits as L
+from lstmsearch.export import hits_json, match_json, nearest_json
 
 
 class UsageError(Exception):
@@ -652,29 +653,6 @@ def run_match(args: argparse.Namespace) -> None:
     )
 
 
-def match_json(result, span_text: str) -> dict:
-    """A `MatchResult` as plain data: the pattern and the ranked matches."""
-    p = result.pattern
-
-    def one(m) -> dict:
-        return {"doc": m.document, "start": m.start, "end": m.end, "text": m.text,
-                "left": m.left, "right": m.right, "overlap": m.overlap, "extra": m.extra,
-                "counts": list(m.counts), "is_query": m.is_query}
-
-    return {
-        "pattern": {"state": p.state, "layer": p.layer, "kind": p.kind, "units": list(p.units),
-                    "threshold": p.threshold, "sign": p.sign, "span": [p.start, p.end],
-                    "doc": p.document, "text": span_text, "pad_left": p.pad_left,
-                    "pad_right": p.pad_right, "how": p.how},
-        "matches": [one(m) for m in result.matches],
-        "query": one(result.query),
-        "min_length": result.min_length,
-        "max_length": result.max_length,
-        "n_candidates": result.n_candidates,
-        "length_histogram": {str(k): v for k, v in result.length_histogram.items()},
-    }
-
-
 def add_nearest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "nearest", help="the stored states nearest to a span's mean state (FAISS)",
@@ -694,8 +672,6 @@ def add_nearest(sub: argparse._SubParsersAction) -> None:
 
 
 def run_nearest(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
     from lstmsearch.index import open_index
 
     with open_index(args.index) as index:
@@ -703,11 +679,8 @@ def run_nearest(args: argparse.Namespace) -> None:
                                   exact=args.exact)
         span_text = index.text(args.start, args.end) if args.end > args.start else ""
     if args.json:
-        print(json.dumps({"query": {"span": [args.start, args.end], "text": span_text,
-                                    "layer": args.layer, "kind": args.kind,
-                                    "exact": args.exact},
-                          "neighbors": [asdict(n) for n in neighbors]},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps(nearest_json(neighbors, (args.start, args.end), span_text, args.layer,
+                                      args.kind, args.exact), indent=2, ensure_ascii=False))
         return
     print(f"nearest to the mean layers.{args.layer}.{args.kind} state of "
           f"[{args.start}, {args.end}) {visible(span_text)!r}")
@@ -773,12 +746,8 @@ def run_neurons(args: argparse.Namespace) -> None:
 
 def print_hits(result, n_tokens: int, as_json: bool) -> None:
     """Threshold hits or top activations of a unit, as a table or JSON."""
-    from dataclasses import asdict
-
     if as_json:
-        data = asdict(result)
-        data["n_tokens"] = n_tokens
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(hits_json(result, n_tokens), indent=2, ensure_ascii=False))
         return
     head = f"{result.state} unit {result.unit}: {result.how}"
     if result.source == "scan" and not result.how.startswith("top"):

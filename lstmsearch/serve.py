@@ -148,23 +148,36 @@ def make_server(
 
     shared = Shared(index)  # opened once per server: every session shares it and its caches
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmsearch-query")
-    # the compiled query kernels, loaded (or compiled) while the first page loads
+    # the compiled query kernels, loaded (or compiled) while the first page loads, and the
+    # quantiles of the state it shows (its threshold slider's scale)
+    from server.app import default_state
+    from server.downloads import DownloadHandler
+
     executor.submit(kernels.warm_up)
+    executor.submit(shared.scale, default_state(shared.state_names))
     origins = [f"{host}:{port}"]
     if is_loopback(host):
         origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
     origins += list(allow_origin or [])
     application = Application(FunctionHandler(app_handler(shared, executor)))
+    downloads = (r"/download", DownloadHandler,
+                 {"shared": shared, "executor": executor,
+                  "default_state": default_state(shared.state_names)})
     try:
         server = Server(
             {"/": application}, port=port, address=host, allow_websocket_origin=origins,
-            io_loop=io_loop,
+            io_loop=io_loop, extra_patterns=[downloads],
             check_unused_sessions_milliseconds=max(100, min(10_000, session_linger_ms // 2)),
             unused_session_lifetime_milliseconds=session_linger_ms,
         )
     except OSError as exc:  # a port in use, a host that is not this machine's
         executor.shutdown(wait=False)
         raise OSError(exc.errno, exc.strerror or str(exc), f"{host}:{port}") from exc
+    # the page every session copies, built as soon as the server runs rather than when the
+    # first browser asks for it
+    from server.app import page_prototype
+
+    server.io_loop.add_callback(page_prototype, shared)
     server.lstmsearch_index = index
     server.lstmsearch_shared = shared
     server.lstmsearch_executor = executor

@@ -1,6 +1,6 @@
-"""Take the README's screenshots of the analysis views on the bundled demo indexes.
+"""Take the README's screenshots of the views on the bundled demo indexes.
 
-    .venv/bin/python scripts/screenshots.py [--out docs]
+    .venv/bin/python scripts/screenshots.py [--out docs] [--demo parens]
 
 Builds the demo indexes when missing (`lstmsearch demo` does the same), serves each with
 `lstmsearch serve`, drives headless Chromium through the views like a user (tab clicks,
@@ -42,14 +42,35 @@ def show(d: Any, tab: str, source: str, column: str = "x") -> None:
     wait_idle(d)
 
 
-def save(d: Any, out: Path, name: str) -> None:
-    path = screenshot(d, name)
+def save(d: Any, out: Path, name: str, top: bool = True) -> None:
+    path = screenshot(d, name, top=top)
     (out / name).write_bytes(path.read_bytes())
     print(f"wrote {out / name}")
 
 
+SEARCH = "?view=select&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=1&padding=1-0"
+"""The parens demo's pattern search as an address: the first "(((" on layers.0.c, θ = 0.2."""
+DEPTH_UNIT = "?view=neuron&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=-1&unit=61"
+"""Its depth unit (61, which falls as the nesting deepens) in the neuron view."""
+
+
 def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
-    """The parens demo: depth unit 61 of layers.0.c."""
+    """The parens demo: the search for "(((", depth unit 61 of layers.0.c, the analyses."""
+    from lstmsearch.index import open_index
+
+    with open_index(index_path) as index:
+        found = index.find("(((", limit=1)[0]
+    span = {"start": found.start, "end": found.end}
+    load(d, url + SEARCH.format(**span))
+    wait_for(d, lambda d: rows_in(d, "match-cells"), "the matches of (((")
+    wait_idle(d)
+    save(d, out, "select-view.png")
+    d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    save(d, out, "match-view.png", top=False)
+    load(d, url + DEPTH_UNIT.format(**span))
+    wait_for(d, lambda d: rows_in(d, "neuron-top-cells"), "unit 61")
+    wait_idle(d)
+    save(d, out, "neuron-view.png")
     load(d, url)
     set_value(d, "state-select", "layers.0.c")
     set_value(d, "pos-input", 1200)
@@ -96,10 +117,14 @@ def stdlib(d: Any, url: str, out: Path, index_path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
+    parser.add_argument("--demo", choices=("parens", "python-stdlib"), action="append",
+                        help="only this demo's screenshots (again for more)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, take in (("parens", parens), ("python-stdlib", stdlib)):
+        if args.demo and name not in args.demo:
+            continue
         index_path = demo_index(name)
         proc, url = start_server(index_path)
         d = make_driver()

@@ -34,7 +34,12 @@ from lstmsearch.analysis.surprisal import DocumentLoss, SurprisalReport
 from lstmsearch.analysis.trajectories import Trajectory
 from lstmsearch.analysis.units import MAX_TOKENS, CoClustering, IndexResponse
 from lstmsearch.analysis.weights import MatrixStats
-from server.fetch import MatchRow, Shared
+from server.fetch import (
+    MatchRow,
+    Shared,
+    surprisal_scale,
+    surprisal_values,
+)
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,6 @@ SURPRISAL_WIDTH_CHARS, SURPRISAL_WIDTH_WORDS = 12, 5
 """Default width of the worst spans: a few words, or about as many characters."""
 SURPRISAL_CONTEXT_CHARS, SURPRISAL_CONTEXT_WORDS = 10, 4
 """Tokens of context shown each side of a worst token or span."""
-SURPRISAL_SCALE_QUANTILE = 0.99
-"""The colour scale of surprisal runs from 0 to this quantile of the index's values, so that
-a few extreme tokens do not wash out the rest."""
-SURPRISAL_VALUES = ("surprisal-values",)
-"""Key in `shared.cache` of (surprisal of every token, "stored" or "computed", seconds)."""
-
-
 @dataclass(frozen=True)
 class SurprisalParams:
     """What the surprisal view asks: how many of each list (`k`), the width of the worst
@@ -104,64 +102,6 @@ class SurprisalData:
     source: str
     values_seconds: float
     seconds: float
-
-
-def has_stored_surprisal(shared: Shared) -> bool:
-    """Whether the index stores each token's surprisal (the indexer writes it for every
-    index built from a language model)."""
-    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK
-
-    return SURPRISAL_TRACK in shared.track_names
-
-
-def surprisal_values(shared: Shared) -> tuple[np.ndarray, str, float]:
-    """(surprisal of every token, "stored" or "computed", seconds it took).
-
-    The index's stored track when it has one; else computed once per server with the
-    index's model (a pass of the model over every token) and kept in `shared.cache`.
-    """
-    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK, index_surprisal
-
-    def compute() -> tuple[np.ndarray, str, float]:
-        t0 = time.perf_counter()
-        if has_stored_surprisal(shared):
-            values, source = shared.track(SURPRISAL_TRACK), "stored"
-        else:
-            values, source = index_surprisal(shared.index, shared.model()), "computed"
-        return values, source, time.perf_counter() - t0
-
-    found, _ = shared.remember(SURPRISAL_VALUES, compute)
-    return found
-
-
-def surprisal_scale(shared: Shared, values: np.ndarray) -> tuple[float, float]:
-    """The colour scale of surprisal, (0, a high quantile of `values`), kept per server."""
-
-    def compute() -> tuple[float, float]:
-        finite = values[np.isfinite(values)]
-        high = float(np.quantile(finite, SURPRISAL_SCALE_QUANTILE)) if finite.size else 1.0
-        return 0.0, max(high, 1e-6)
-
-    scale, _ = shared.remember(("surprisal-scale",), compute)
-    return scale
-
-
-def window_surprisal(
-    shared: Shared, start: int, end: int
-) -> tuple[np.ndarray, tuple[float, float]] | None:
-    """Surprisal of tokens [start, end) and its colour scale, for the select view's strip.
-
-    Only when it costs nothing: the index's stored track, or values this server already
-    computed for the surprisal view; None otherwise (a window never waits for the model).
-    """
-    if has_stored_surprisal(shared):
-        values, _, _ = surprisal_values(shared)
-    else:
-        found = shared.recall(SURPRISAL_VALUES)
-        if found is None:
-            return None
-        values = found[0]
-    return values[start:end], surprisal_scale(shared, values)
 
 
 def surprisal_rows(

@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
+    Checkbox,
+    CustomJS,
     Div,
     NumericInput,
+    RadioButtonGroup,
     Select,
     Slider,
     Spinner,
@@ -35,11 +39,11 @@ from bokeh.models import (
 from bokeh.themes import Theme
 
 from lstmsearch.index import SURPRISAL_TRACK, Index
-from server import analyses, fetch
+from server import analyses, fetch, url_state
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
-from server.inputs import clamped, finite, text
+from server.inputs import chosen_index, clamped, finite, text
 from server.match_view import MAX_LENGTH, RIGHT_CELLS, RIGHT_WORDS, MatchView
 from server.neuron_view import NeuronView
 from server.prototype import Prototype, answer_first_pull
@@ -49,6 +53,7 @@ from server.session import Runner, Session, release_memory_soon
 from server.surprisal_view import SurprisalView
 from server.trajectory_view import TrajectoryView
 from server.unit_view import UnitView
+from server.url_state import MAX_PAD, MAX_THRESHOLD
 from server.weight_view import WeightView
 
 log = logging.getLogger("lstmsearch.server")
@@ -59,19 +64,31 @@ TEMPLATE_DIR = HERE / "templates"
 
 DEFAULT_THRESHOLD = 0.3
 PAGE_WIDTH = 1400
-MAX_PAD = 50
-MAX_THRESHOLD = 65504.0
-"""The largest float16: the stored values never reach a larger threshold, so none selects
-differently (and a larger one would overflow the float16 and float32 comparisons)."""
 WINDOW_RANGE = (8, 200)
 """Bounds of the padding and window widgets, enforced again on the server."""
 SECONDARY_DELAY_MS = 100
 """Delay of the updates that follow the match list (S, summary): the page paints first."""
-SIGN_OPTIONS = [("1", "on: x ≥ θ"), ("-1", "negative: x ≤ −θ")]
-SIGNS = {"1": 1, "-1": -1}
+SIGN_LABELS = ["x ≥ θ", "x ≤ −θ"]
+SIGNS = (1, -1)
+"""The sign toggle's buttons: positive patterns, negative ones."""
 NO_TRACK = "(none)"
 SELECT_TAB, NEURON_TAB = 0, 1
 FIRST_ANALYSIS_TAB = 2
+KEYS = (
+    ("j", "next match"), ("k", "previous match"),
+    ("]", "widen the span by a token"), ("[", "narrow the span by a token"),
+    ("+", "raise θ (one hundredth of |x| up)"), ("-", "lower θ"),
+    ("?", "show or hide this help"),
+)
+"""The keyboard's keys (the page's script sends them, `templates/index.html`)."""
+THRESHOLD_STEP = 0.01
+"""Quantiles of |x| the + and - keys move θ by."""
+PUSH_URL = """
+const query = cb_obj.text;
+if (query && '?' + query !== window.location.search)
+    window.history.pushState(null, '', '?' + query);
+"""
+"""A new query puts its URL into the address bar and the browser's history."""
 
 ANALYSIS_VIEWS: list[type] = [
     SurprisalView,
@@ -129,7 +146,8 @@ class Page:
     state_select: Select
     threshold_slider: Slider
     threshold_input: NumericInput
-    sign_select: Select
+    sign_toggle: RadioButtonGroup
+    fixed_y: Checkbox
     pad_left: Spinner
     pad_right: Spinner
     track_select: Select
@@ -142,6 +160,12 @@ class Page:
     phrase_button: Button
     phrase_next: Button
     phrase_status: Div
+    url: Div
+    url_input: TextInput
+    key_input: TextInput
+    help_button: Button
+    help: Div
+    downloads: Div
     select_view: SelectView
     match_view: MatchView
     tab_panels: list[TabPanel]
@@ -167,11 +191,11 @@ def build_page(shared: fetch.Shared) -> Page:
         f"{index.n_docs:,} documents · {index.n_tokens:,} tokens · "
         f"{model.get('arch', '')} {model.get('layers', '')}×{model.get('hidden', '')}</div>"
     )
-    _, high = shared.values_range(state)
+    scale = shared.scale(state)
     window = fetch.load_window(shared, state, 0, width, track)
     # --- views -------------------------------------------------------------------------------
     # the stored surprisal has a strip of its own: the track row is for the other tracks
-    has_surprisal = analyses.has_stored_surprisal(shared)
+    has_surprisal = fetch.has_stored_surprisal(shared)
     has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
     select_view = SelectView(char_level=char_level, has_track=has_track,
                              has_surprisal=has_surprisal)
@@ -183,7 +207,8 @@ def build_page(shared: fetch.Shared) -> Page:
     match_view.summary.stylesheets = [style]
     match_view.legend.stylesheets = [style]
     plots = column(select_view.fig, select_view.tok_fig, name="select-plots")
-    select_tab = column(row(plots, select_view.pattern_div), match_view.layout,
+    downloads = Div(text="", name="downloads", stylesheets=[style], width=PLOT_WIDTH)
+    select_tab = column(row(plots, select_view.pattern_div), match_view.layout, downloads,
                         name="select-tab")
     # the other tabs are built when first shown: a page starts with the models of the
     # first tab only, which keeps opening a session (and its memory) small
@@ -198,13 +223,16 @@ def build_page(shared: fetch.Shared) -> Page:
                    styles={"text-align": "right"}),
         state_select=Select(title="State", value=state, options=shared.state_names,
                             width=120, name="state-select"),
-        threshold_slider=Slider(title="Threshold θ", start=0.0, end=max(1.0, high),
-                                step=0.01, value=DEFAULT_THRESHOLD, width=230,
+        threshold_slider=Slider(title="θ as quantile of |x|", start=0.0, end=1.0,
+                                step=0.001, format="0.000", width=200,
+                                value=round(scale.quantile_of(DEFAULT_THRESHOLD), 3),
                                 name="threshold-slider"),
         threshold_input=NumericInput(title="θ", value=DEFAULT_THRESHOLD, mode="float",
                                      width=80, name="threshold-input"),
-        sign_select=Select(title="Pattern", value="1", options=SIGN_OPTIONS, width=150,
-                           name="sign-select"),
+        sign_toggle=RadioButtonGroup(labels=SIGN_LABELS, active=0, width=140,
+                                     align="end", name="sign-toggle"),
+        fixed_y=Checkbox(label="fixed y axis", active=False, align="end",
+                         name="fixed-y"),
         pad_left=Spinner(title="Pad left", low=0, high=MAX_PAD, step=1, value=1, width=80,
                          name="pad-left"),
         pad_right=Spinner(title="Pad right", low=0, high=MAX_PAD, step=1, value=0,
@@ -230,6 +258,13 @@ def build_page(shared: fetch.Shared) -> Page:
                            disabled=True),
         phrase_status=Div(text="", width=140, name="phrase-status", align="end",
                           stylesheets=[style]),
+        url=Div(text="", visible=False, name="url-state"),
+        url_input=TextInput(value="", visible=False, name="url-input"),
+        key_input=TextInput(value="", visible=False, name="key-input"),
+        help_button=Button(label="? keys", width=60, name="help-button", align="end"),
+        help=Div(text=help_html(), visible=False, name="key-help", stylesheets=[style],
+                 width=360),
+        downloads=downloads,
         select_view=select_view,
         match_view=match_view,
         tab_panels=tab_panels,
@@ -242,17 +277,33 @@ def build_page(shared: fetch.Shared) -> Page:
     header = column(
         row(page.title, column(page.busy, page.status)),
         row(page.state_select, page.threshold_slider, page.threshold_input,
-            page.sign_select, page.pad_left, page.pad_right, page.track_select),
+            page.sign_toggle, page.pad_left, page.pad_right, page.track_select,
+            page.fixed_y),
         row(page.doc_input, page.pos_input, page.window_size, page.prev_button,
             page.next_button, Div(width=30), page.phrase_input, page.phrase_button,
-            page.phrase_next, page.phrase_status),
+            page.phrase_next, page.phrase_status, page.help_button, page.url,
+            page.url_input, page.key_input),
+        page.help,
         name="header", width=PAGE_WIDTH,
         styles={"background": "#ffffff", "border": "1px solid #d0d7de",
                 "border-radius": "6px", "padding": "6px 12px 8px 12px",
                 "margin-bottom": "8px"},
     )
+    page.url.js_on_change("text", CustomJS(code=PUSH_URL))
     page.root = column(header, page.tabs, name="root")
     return page
+
+
+def help_html() -> str:
+    """The keyboard help box."""
+    rows = "".join(f"<tr><td><kbd>{key}</kbd></td><td>{what}</td></tr>" for key, what in KEYS)
+    return (f"<div class='panel-title'>Keys</div><table class='stats'>{rows}</table>"
+            "<div class='hint'>(not while typing in a field)</div>")
+
+
+def view_names() -> list[str]:
+    """The tabs' names in URLs, in tab order."""
+    return ["select", "neuron", *[v.name for v in ANALYSIS_VIEWS]]
 
 
 def placeholder() -> Any:
@@ -318,7 +369,8 @@ class App:
         self.phrase_at = -1
 
         self.title, self.busy, self.status = page.title, page.busy, page.status
-        self.state_select, self.sign_select = page.state_select, page.sign_select
+        self.state_select, self.sign_toggle = page.state_select, page.sign_toggle
+        self.fixed_y = page.fixed_y
         self.threshold_slider, self.threshold_input = page.threshold_slider, page.threshold_input
         self.pad_left, self.pad_right = page.pad_left, page.pad_right
         self.track_select = page.track_select
@@ -329,6 +381,9 @@ class App:
         self.phrase_next, self.phrase_status = page.phrase_next, page.phrase_status
         self.select_view, self.match_view = page.select_view, page.match_view
         self.tab_panels, self.tabs, self.root = page.tab_panels, page.tabs, page.root
+        self.url, self.url_input, self.key_input = page.url, page.url_input, page.key_input
+        self.help_button, self.help, self.downloads = page.help_button, page.help, page.downloads
+        self.match_at = -1  # the match the keyboard last showed
         self._neuron_view: NeuronView | None = None
         self.analysis_views: list[Any] = [None] * len(ANALYSIS_VIEWS)
         self.analysis_shown: dict[str, object] = {}  # view name -> parameters last fetched
@@ -367,11 +422,10 @@ class App:
                 div.stylesheets = [style]
             nv.on_unit = self.open_unit
             nv.on_row = self.jump_to
-            nv.on_threshold = self.set_threshold
+            nv.on_threshold = self.set_neuron_threshold
             nv.ablation.on_ablate = self.ablate_unit
             nv.probe.on_probe = self.probe_track
             nv.set_unit(min(s.unit, dim - 1), dim)
-            nv.set_threshold(s.threshold, s.sign)
             self._neuron_view = nv
             self.tab_panels[NEURON_TAB].child.children = [nv.layout]
         return self._neuron_view
@@ -399,6 +453,7 @@ class App:
         sv.on_threshold = self.set_threshold
         mv.on_row = self.jump_to
         mv.on_mode = self.set_mode
+        mv.on_suggestion = self.use_suggestion
         # an emptied spinner sends None: back to the default rule
         mv.min_length.on_change("value", lambda a, o, n: self.set_lengths(min_length=n or 0))
         mv.length.on_change("value", lambda a, o, n: self.set_lengths(length=n or 0))
@@ -406,9 +461,10 @@ class App:
         # while the slider is dragged only the lines move; the query runs on release
         self.threshold_slider.on_change("value", lambda a, o, n: self.preview_threshold(n))
         self.threshold_slider.on_change("value_throttled",
-                                        lambda a, o, n: self.set_threshold(n))
+                                        lambda a, o, n: self.set_threshold_quantile(n))
         self.threshold_input.on_change("value", lambda a, o, n: self.set_threshold(n))
-        self.sign_select.on_change("value", lambda a, o, n: self.set_sign(SIGNS.get(n)))
+        self.sign_toggle.on_change("active", lambda a, o, n: self._on_sign(n))
+        self.fixed_y.on_change("active", lambda a, o, n: self.set_fixed_y(n is True))
         self.pad_left.on_change("value", lambda a, o, n: self.set_padding(left=n))
         self.pad_right.on_change("value", lambda a, o, n: self.set_padding(right=n))
         self.track_select.on_change("value", lambda a, o, n: self.set_track(n))
@@ -421,6 +477,9 @@ class App:
         self.phrase_input.on_change("value", lambda a, o, n: self.find_phrase())
         self.phrase_next.on_click(self.next_phrase)
         self.tabs.on_change("active", lambda a, o, n: self._on_tab(n))
+        self.url_input.on_change("value", lambda a, o, n: self.restore_url(n))
+        self.key_input.on_change("value", lambda a, o, n: self.on_key(n))
+        self.help_button.on_click(self.toggle_help)
 
     def _quietly(self, model: object, **values: object) -> None:
         """Set widget values without running their callbacks' effects."""
@@ -455,9 +514,10 @@ class App:
             return
         store = self.shared.index.store(state)
         self.session.state = state
-        _, high = self.shared.values_range(state)
-        self._quietly(self.threshold_slider, end=max(1.0, high))
+        self._sync_threshold_widgets()
+        self._show_axis()
         self.session.unit = min(self.session.unit, store.dim - 1)
+        self.session.neuron_threshold = None
         if self._neuron_view is not None:
             self._neuron_view.set_unit(self.session.unit, store.dim)
         self.neuron_stale = True
@@ -478,44 +538,93 @@ class App:
             self._sync_threshold_widgets()
             return
         self.session.threshold = value
-        self._sync_threshold_widgets()
-        self.neuron_stale = True
-        self.run_pattern()
-        self._refresh_neuron_if_visible()
+        self._threshold_changed(neuron=False)
 
-    def preview_threshold(self, value: float | None) -> None:
-        """Move the threshold lines while the slider is being dragged (no query yet)."""
+    def _threshold_changed(self, neuron: bool = True) -> None:
+        """The threshold or sign changed: widgets, lines, S and its matches follow (and the
+        neuron view, which has a threshold of its own but the same sign, for a new sign)."""
+        self._sync_threshold_widgets()
+        self.run_pattern()
+        if neuron:
+            self.neuron_stale = True
+            self._refresh_neuron_if_visible()
+
+    def set_neuron_threshold(self, value: float | None) -> None:
+        """The neuron view's own threshold (from its number box or its histogram's line)."""
         value = finite(value)
         if self._quiet or value is None:
             return
+        self.session.neuron_threshold = min(round(abs(value), 3), MAX_THRESHOLD)
+        self.neuron_stale = True
+        self._refresh_neuron_if_visible()
+
+    def set_threshold_quantile(self, quantile: float | None) -> None:
+        """The slider released at a quantile of |x|: its threshold."""
+        quantile = finite(quantile)
+        if self._quiet or quantile is None:
+            return
+        self.set_threshold(self.shared.scale(self.session.state).threshold_at(quantile))
+
+    def preview_threshold(self, quantile: float | None) -> None:
+        """Move the threshold lines while the slider is being dragged (no query yet)."""
+        quantile = finite(quantile)
+        if self._quiet or quantile is None:
+            return
+        value = self.shared.scale(self.session.state).threshold_at(quantile)
         self.select_view.set_threshold(value, self.session.sign)
-        if self._neuron_view is not None:
-            self._neuron_view.set_threshold(float(value), self.session.sign)
-        self._quietly(self.threshold_input, value=float(value))
+        self._quietly(self.threshold_input, value=value)
 
     def _sync_threshold_widgets(self) -> None:
         value, sign = self.session.threshold, self.session.sign
-        if self.threshold_slider.end < value:
-            self._quietly(self.threshold_slider, end=value)
-        self._quietly(self.threshold_slider, value=value)
+        quantile = round(self.shared.scale(self.session.state).quantile_of(value), 3)
+        self._quietly(self.threshold_slider, value=quantile)
         self._quietly(self.threshold_input, value=value)
+        self._quietly(self.sign_toggle, active=SIGNS.index(sign))
         self.select_view.set_threshold(value, sign)
-        if self._neuron_view is not None:
-            self._neuron_view.set_threshold(value, sign)
+
+    def _on_sign(self, active: object) -> None:
+        """The sign toggle: its button's sign, or (an index it has no button for) the sign
+        in use shown again."""
+        if self._quiet:
+            return
+        if chosen_index(active, len(SIGNS)) != active:
+            self._quietly(self.sign_toggle, active=SIGNS.index(self.session.sign))
+            return
+        self.set_sign(SIGNS[active])
 
     def set_sign(self, sign: int | None) -> None:
         """Positive patterns (x ≥ θ) or negative ones (x ≤ −θ); None: not a sign the page
         offers (the widget shows the sign in use again)."""
         if self._quiet or sign == self.session.sign:
             return
-        if sign not in (1, -1):
-            self._quietly(self.sign_select, value=str(self.session.sign))
+        if sign not in SIGNS:
+            self._sync_threshold_widgets()
             return
         self.session.sign = sign
-        self._sync_threshold_widgets()
-        self.neuron_stale = True
-        self.run_pattern()
-        self._refresh_neuron_if_visible()
+        self._threshold_changed()
+
+    def set_fixed_y(self, fixed: bool) -> None:
+        """One y axis for every window (the state's values from its 0.1% to 99.9% quantile),
+        so that windows compare; or each window's own."""
+        if self._quiet:
+            return
+        self.session.fixed_y = bool(fixed)
+        self._show_axis()
+
+    def _show_axis(self) -> None:
+        s = self.session
+        scale = self.shared.scale(s.state)
+        self.select_view.set_fixed_y((scale.low, scale.high) if s.fixed_y else None)
+
+    def use_suggestion(self, threshold: float, sign: int) -> None:
+        """Take a suggested threshold and sign (S was empty at the ones in use)."""
+        value = finite(threshold)
+        if value is None or sign not in SIGNS:
+            return
+        neuron = sign != self.session.sign
+        self.session.sign = sign
+        self.session.threshold = min(round(abs(value), 3), MAX_THRESHOLD)
+        self._threshold_changed(neuron)
 
     def set_padding(self, left: int | None = None, right: int | None = None) -> None:
         """Padding tokens that must be off before (left) and after (right) the span."""
@@ -573,6 +682,8 @@ class App:
 
     def set_mode(self, mode: str) -> None:
         """"match" (pattern matches) or "nearest" (FAISS nearest states)."""
+        if self._quiet:
+            return
         self.session.mode = mode
         self.run_pattern()
 
@@ -643,8 +754,11 @@ class App:
         """Show one unit in the neuron view."""
         dim = self.shared.index.store(self.session.state).dim
         unit = int(min(max(0, unit), dim - 1))
+        if unit != self.session.unit:
+            self.session.neuron_threshold = None  # the new unit's own default
         self.session.unit = unit
         self.neuron_view.set_unit(unit, dim)
+        self.show_url()
         self.neuron_stale = True
         if self.tabs.active != NEURON_TAB:
             self.tabs.active = NEURON_TAB  # fires _on_tab, which refreshes
@@ -678,9 +792,17 @@ class App:
         self.phrase_status.text = (
             f"<span class='hint'>{self.phrase_at + 1} of {len(self.phrase_hits)}{more}</span>"
         )
+        self.select_phrase(start, end)
+
+    def select_phrase(self, start: int, end: int) -> None:
+        """Show a found phrase and select it as the span, as the CLI's `match --phrase`
+        does: S with the current threshold, and its matches."""
+        self.session.span = (int(start), int(end))
         self._set_window(start - max(2, self.width // 4), focus=(start, end))
+        self.run_pattern()
 
     def _on_tab(self, active: int) -> None:
+        self.show_url()
         if active == NEURON_TAB and self.neuron_stale:
             self.refresh_neuron()
         view = self.active_analysis()
@@ -733,8 +855,10 @@ class App:
     def run_pattern(self) -> None:
         """Select S on the brushed span and match it (or search nearest states)."""
         s = self.session
+        self.show_url()
         if s.span is None:
             return
+        self.match_at = -1
         q = fetch.PatternQuery(state=s.state, start=s.span[0], end=s.span[1],
                                threshold=s.threshold, pad_left=s.pad_left,
                                pad_right=s.pad_right, sign=s.sign,
@@ -758,11 +882,9 @@ class App:
         s.pattern, s.result = result.pattern, result
         s.generation += 1
         if result.result is None:
-            self.match_view.show_idle(
-                "S is empty: no unit is on over the whole span and off on its padding. Lower "
-                "the threshold, brush a shorter span or reduce the padding."
-            )
+            self.match_view.show_empty(result.suggestions)
             self._show_pattern_marks()
+            self._show_downloads()
             return
         # the matches first: the page draws them before it works through the rest, and the
         # candidates' lengths are counted after them
@@ -790,6 +912,7 @@ class App:
             return  # a newer result came meanwhile and shows its own
         self.match_view.show_summary(s.result, s.track, self.shared.track_range(s.track))
         self._show_pattern_marks()
+        self._show_downloads()
 
     def _apply_nearest(self, value: tuple[object, fetch.PatternResult]) -> None:
         s = self.session
@@ -798,6 +921,133 @@ class App:
         s.generation += 1
         self.match_view.show_rows(result, self.shared.track_range(s.track))
         self.runner.later(partial(self._show_details, s.generation), SECONDARY_DELAY_MS)
+
+    # --- the query as a URL, back and forward, keys ----------------------------------------------
+
+    def query(self) -> url_state.Query:
+        """What the session shows, as a URL holds it."""
+        s = self.session
+        at = self.tabs.active if 0 <= self.tabs.active < len(view_names()) else SELECT_TAB
+        return url_state.Query(
+            index=self.shared.index.path.name, view=view_names()[at], state=s.state,
+            span=s.span, threshold=s.threshold, sign=s.sign, padding=(s.pad_left, s.pad_right),
+            unit=s.unit, mode=s.mode)
+
+    def show_url(self) -> None:
+        """Put the query into the address bar (a new entry of the browser's history)."""
+        query = url_state.encode(self.query())
+        if self.url.text != query:
+            self.url.text = query
+
+    def _show_downloads(self) -> None:
+        """The download links of the query shown (after its rows: the page draws those
+        first)."""
+        links = self._download_links(self.url.text)
+        if self.downloads.text != links:
+            self.downloads.text = links
+
+    def _download_links(self, query: str) -> str:
+        s = self.session
+        if s.span is None:
+            return ""
+        what = "nearest" if s.mode == "nearest" else "matches"
+        links = [f"<a href='{escape(f'download?{query}&what={w}&format={f}')}' download "
+                 f"class='download' target='_blank'>{w} ({f.upper()})</a>"
+                 for w in (what, "neuron") for f in ("csv", "json")]
+        return ("<span class='hint'>Download, with the query that gave them: </span>"
+                + " · ".join(links))
+
+    def restore_url(self, value: object) -> None:
+        """Show the query of a URL (the page's address when it opened, or one the browser's
+        back and forward buttons went to): what in it cannot hold is named in the status
+        line and left at its default."""
+        if self._quiet:
+            return
+        search = text(value).split("#", 1)[0]
+        self.restore(url_state.arguments(search))
+
+    def restore(self, args: dict) -> None:
+        """Show the query that request arguments `args` hold (see `server.url_state`)."""
+        shared, s = self.shared, self.session
+        index = shared.index
+        decoded = url_state.decode(
+            args, index_name=index.path.name, state_names=shared.state_names,
+            dim_of=lambda name: index.store(name).dim, doc_starts=index.doc_starts,
+            views=view_names(), default_state=default_state(shared.state_names))
+        q = decoded.query
+        state = q.state or default_state(shared.state_names)
+        if state != s.state:
+            s.state = state
+            s.neuron_threshold = None
+            self._quietly(self.state_select, value=state)
+            self.neuron_stale = True
+        s.threshold = q.threshold if q.threshold is not None else DEFAULT_THRESHOLD
+        s.sign = q.sign if q.sign is not None else 1
+        s.pad_left, s.pad_right = q.padding if q.padding is not None else (1, 0)
+        self._quietly(self.pad_left, value=s.pad_left)
+        self._quietly(self.pad_right, value=s.pad_right)
+        dim = index.store(s.state).dim
+        unit = q.unit if q.unit is not None else min(s.unit, dim - 1)
+        if unit != s.unit:
+            s.neuron_threshold = None
+            s.unit = unit
+            self.neuron_stale = True
+        if self._neuron_view is not None:
+            self._neuron_view.set_unit(s.unit, dim)
+        s.mode = q.mode
+        self._quietly(self.match_view.mode, active=url_state.MODES.index(q.mode))
+        self._sync_threshold_widgets()
+        self._show_axis()
+        s.span = q.span
+        if q.span is not None:
+            self._set_window(q.span[0] - max(2, self.width // 4))
+        else:
+            s.pattern = s.result = None
+            self.match_view.show_idle()
+            self._set_window(s.window[0])
+        self.run_pattern()
+        active = view_names().index(q.view)
+        if self.tabs.active != active:
+            self.tabs.active = active  # fires _on_tab
+        else:
+            self._on_tab(active)
+        self._show_downloads()
+        if decoded.problems:
+            self._show_error("; ".join(decoded.problems))
+
+    def on_key(self, value: object) -> None:
+        """A key pressed on the page (outside text fields): see KEYS."""
+        key = text(value).split(" ", 1)[0]
+        s = self.session
+        if key in ("j", "k"):
+            rows = self.match_view.rows
+            if rows:
+                step = 1 if key == "j" else -1
+                self.match_at = (self.match_at + step) % len(rows)
+                self.jump_to(rows[self.match_at])
+        elif key in ("]", "[") and s.span is not None:
+            start, end = s.span
+            if key == "]":
+                doc = int(self.shared.index.doc_of(start))
+                end = min(end + 1, int(self.shared.index.doc_starts[doc + 1]))
+            else:
+                end = max(start + 1, end - 1)
+            if (start, end) != s.span:
+                s.span = (start, end)
+                s.focus = None
+                self.select_view.show_focus(None)
+                self._show_pattern_marks()
+                self.run_pattern()
+        elif key in ("+", "=", "-"):
+            scale = self.shared.scale(s.state)
+            step = THRESHOLD_STEP if key != "-" else -THRESHOLD_STEP
+            self.set_threshold(scale.threshold_at(scale.quantile_of(s.threshold) + step))
+        elif key == "?":
+            self.toggle_help()
+
+    def toggle_help(self) -> None:
+        """Show or hide the keyboard help box."""
+        self.help.visible = not self.help.visible
 
     def context(self) -> analyses.Context:
         """What the session looks at, for the analysis views."""
@@ -828,8 +1078,12 @@ class App:
             self.analysis_shown.pop(view.name, None)
             view.show_message(message)
 
-        self.runner.submit(f"analysis:{view.name}", partial(view.fetch, self.shared, params),
-                           view.show, label=view.title.lower(), on_error=failed)
+        # kept among the server's recent results: another session (or this one, back at
+        # the same window) gets the same analysis without computing it again
+        work = partial(self.shared.recent, ("analysis", view.name, params),
+                       partial(view.fetch, self.shared, params))
+        self.runner.submit(f"analysis:{view.name}", work, view.show,
+                           label=view.title.lower(), on_error=failed)
 
     def _refresh_analysis_if_visible(self) -> None:
         view = self.active_analysis()
@@ -839,7 +1093,8 @@ class App:
     def refresh_neuron(self) -> None:
         """Load the neuron view's unit."""
         s = self.session
-        q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.threshold, sign=s.sign)
+        q = fetch.NeuronQuery(state=s.state, unit=s.unit, threshold=s.neuron_threshold,
+                              sign=s.sign)
         track = s.track
         self.neuron_stale = False
         self.neuron_view.probe.reset((s.state, track))
@@ -907,6 +1162,11 @@ def build(doc: Document, index: Index | fetch.Shared, executor: Executor | None 
     app = App(doc, shared, executor, page)
     if prototype is not None:
         answer_first_pull(doc, prototype)
+    request = getattr(doc.session_context, "request", None)
+    arguments = getattr(request, "arguments", None) or {}
+    if any(k in arguments for k in ("index", "view", "layer", "kind", "span", "threshold",
+                                    "sign", "padding", "unit", "mode")):
+        app.restore(arguments)
     shared.apps.add(app)
     log.info("lstmsearch: session opened (%d open)", shared.session_opened())
     return app

@@ -144,6 +144,13 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def place_label(doc_name: str, offset: int, width: int = 24) -> str:
+    """Where a row is, for its label: the document's name (its end, when long) and the
+    token position inside the document, e.g. "json/decoder.py:1204"."""
+    name = doc_name if len(doc_name) <= width else "…" + doc_name[-(width - 1):]
+    return f"{name}:{offset}"
+
+
 # --- tables --------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -20,6 +21,13 @@ import numpy as np
 
 from lstmsearch import query
 from lstmsearch.index import Index
+from lstmsearch.thresholds import (
+    StateScale,
+    Suggestion,
+    state_scale,
+    suggest_threshold,
+    unit_threshold,
+)
 
 MATCH_CONTEXT = 5
 """Tokens of context shown before each match (and after it, up to the row's width)."""
@@ -123,6 +131,13 @@ class Shared:
         with self._lock:
             return self.cache.get(key)
 
+    def place(self, start: int) -> dict[str, Any]:
+        """Where token `start` is: its document, the document's name, and the position in
+        it (MatchRow's fields)."""
+        doc = int(self.index.doc_of(start))
+        return {"document": doc, "doc_name": self.doc_name(doc),
+                "offset": int(start - self.index.doc_starts[doc])}
+
     def doc_name(self, doc: int) -> str:
         """The name of document `doc` (all names are read once)."""
         with self._lock:
@@ -147,6 +162,12 @@ class Shared:
             return None
         return float(np.nanmin(values)), float(np.nanmax(values))
 
+    def scale(self, state: str) -> StateScale:
+        """Where the values of `state` lie (quantiles of |x|, the y axis range), computed once
+        per server and state."""
+        scale, _ = self.remember(("scale", state), lambda: state_scale(self.index.store(state)))
+        return scale
+
     def values_range(self, state: str) -> tuple[float, float]:
         """A typical value range of `state`, for the threshold slider and histograms.
 
@@ -169,6 +190,73 @@ class Shared:
                     round(min(-1.0, float(low)), 2), round(max(1.0, float(high)), 2)
                 )
             return self.value_range[state]
+
+
+# --- surprisal of each token (the select view's strip, the surprisal view) ------------------
+
+SURPRISAL_SCALE_QUANTILE = 0.99
+"""The colour scale of surprisal runs from 0 to this quantile of the index's values, so that
+a few extreme tokens do not wash out the rest."""
+SURPRISAL_VALUES = ("surprisal-values",)
+"""Key in `shared.cache` of (surprisal of every token, "stored" or "computed", seconds)."""
+
+
+def has_stored_surprisal(shared: Shared) -> bool:
+    """Whether the index stores each token's surprisal (the indexer writes it for every
+    index built from a language model)."""
+    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK
+
+    return SURPRISAL_TRACK in shared.track_names
+
+
+def surprisal_values(shared: Shared) -> tuple[np.ndarray, str, float]:
+    """(surprisal of every token, "stored" or "computed", seconds it took).
+
+    The index's stored track when it has one; else computed once per server with the
+    index's model (a pass of the model over every token) and kept in `shared.cache`.
+    """
+    from lstmsearch.analysis.surprisal import SURPRISAL_TRACK, index_surprisal
+
+    def compute() -> tuple[np.ndarray, str, float]:
+        t0 = time.perf_counter()
+        if has_stored_surprisal(shared):
+            values, source = shared.track(SURPRISAL_TRACK), "stored"
+        else:
+            values, source = index_surprisal(shared.index, shared.model()), "computed"
+        return values, source, time.perf_counter() - t0
+
+    found, _ = shared.remember(SURPRISAL_VALUES, compute)
+    return found
+
+
+def surprisal_scale(shared: Shared, values: np.ndarray) -> tuple[float, float]:
+    """The colour scale of surprisal, (0, a high quantile of `values`), kept per server."""
+
+    def compute() -> tuple[float, float]:
+        finite = values[np.isfinite(values)]
+        high = float(np.quantile(finite, SURPRISAL_SCALE_QUANTILE)) if finite.size else 1.0
+        return 0.0, max(high, 1e-6)
+
+    scale, _ = shared.remember(("surprisal-scale",), compute)
+    return scale
+
+
+def window_surprisal(
+    shared: Shared, start: int, end: int
+) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """Surprisal of tokens [start, end) and its colour scale, for the select view's strip.
+
+    Only when it costs nothing: the index's stored track, or values this server already
+    computed for the surprisal view; None otherwise (a window never waits for the model).
+    """
+    if has_stored_surprisal(shared):
+        values, _, _ = surprisal_values(shared)
+    else:
+        found = shared.recall(SURPRISAL_VALUES)
+        if found is None:
+            return None
+        values = found[0]
+    return values[start:end], surprisal_scale(shared, values)
 
 
 # --- select view ---------------------------------------------------------------------------
@@ -196,9 +284,7 @@ class Window:
 
 def load_window(shared: Shared, state: str, start: int, end: int, track: str | None) -> Window:
     """The tokens and state values of [start, end) (clipped to the index), with their
-    surprisal when it is at hand (`analyses.window_surprisal`)."""
-    from server.analyses import window_surprisal
-
+    surprisal when it is at hand (`window_surprisal`)."""
     index = shared.index
     start = int(np.clip(start, 0, max(0, index.n_tokens - 1)))
     end = int(np.clip(end, start + 1, index.n_tokens))
@@ -278,16 +364,20 @@ class MatchRow:
     extra: int | None = None
     score: float | None = None  # nearest: distance; neuron: the unit's value at the anchor
     is_query: bool = False
+    doc_name: str = ""  # the document's name (its file name or id)
+    offset: int = 0  # the row's first token, counted from its document's start
 
 
 @dataclass(frozen=True)
 class PatternResult:
-    """The pattern S of a selection and its ranked matches (None when S is empty)."""
+    """The pattern S of a selection and its ranked matches (None when S is empty); when S
+    is empty, the thresholds that would select something (the query's sign first)."""
 
     pattern: Any
     result: Any
     rows: tuple[MatchRow, ...]
     seconds: float
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 def select(shared: Shared, q: PatternQuery) -> Any:
@@ -299,6 +389,15 @@ def select(shared: Shared, q: PatternQuery) -> Any:
                       pad_left=q.pad_left, pad_right=q.pad_right, sign=q.sign)
     return query.select(index.store(q.state), index.doc_starts, q.start, q.end, q.threshold,
                         pad_left=q.pad_left, pad_right=q.pad_right, sign=q.sign)
+
+
+def suggestions(shared: Shared, q: PatternQuery) -> tuple[Suggestion, ...]:
+    """The thresholds at which the query's span would select some unit: for its sign, then
+    for the other (`lstmsearch.thresholds.suggest_threshold`)."""
+    index = shared.index
+    found = (suggest_threshold(index.store(q.state), index.doc_starts, q.start, q.end,
+                               q.pad_left, q.pad_right, sign) for sign in (q.sign, -q.sign))
+    return tuple(s for s in found if s is not None)
 
 
 def match(shared: Shared, pattern: Any, limit: int, min_length: int | None = None,
@@ -378,12 +477,11 @@ def run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) 
 
 
 def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int) -> PatternResult:
-    import time
-
     t0 = time.perf_counter()
     pattern = select(shared, q)
     if not pattern.units:
-        return PatternResult(pattern, None, (), time.perf_counter() - t0)
+        return PatternResult(pattern, None, (), time.perf_counter() - t0,
+                             suggestions(shared, q))
     result = match(shared, pattern, q.limit, q.min_length, q.length, histogram=False)
     spans = [(m.start, m.end) for m in result.matches]
     contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
@@ -396,10 +494,10 @@ def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int)
         values = np.full(len(positions), np.nan)
         values[inside] = np.asarray(m.counts, dtype=np.float64)
         rows.append(MatchRow(
-            rank=rank, document=int(m.document), start=int(m.start), end=int(m.end),
+            rank=rank, start=int(m.start), end=int(m.end),
             anchor=int(m.start), positions=positions, texts=texts, values=values,
             emphasis=inside, track=track_values, overlap=int(m.overlap), extra=int(m.extra),
-            is_query=bool(m.is_query),
+            is_query=bool(m.is_query), **shared.place(int(m.start)),
         ))
     return PatternResult(pattern, result, tuple(rows), time.perf_counter() - t0)
 
@@ -408,8 +506,6 @@ def run_nearest(
     shared: Shared, state: str, start: int, end: int, k: int, track: str | None, width: int
 ) -> PatternResult:
     """The k nearest stored states to the span's mean state (`Index.nearest`, FAISS)."""
-    import time
-
     t0 = time.perf_counter()
     index = shared.index
     method = getattr(index, "nearest", None)
@@ -429,10 +525,10 @@ def run_nearest(
         distance = float(getattr(h, "distance", getattr(h, "score", np.nan)))
         values = np.where(inside, 1.0, np.nan)
         rows.append(MatchRow(
-            rank=rank, document=int(index.doc_of(s)), start=s, end=e, anchor=s,
+            rank=rank, start=s, end=e, anchor=s,
             positions=positions, texts=texts, values=values, emphasis=inside,
             track=track_values, score=distance,
-            is_query=(s == start and e == end),
+            is_query=(s == start and e == end), **shared.place(s),
         ))
     return PatternResult(None, result, tuple(rows), time.perf_counter() - t0)
 
@@ -444,15 +540,18 @@ NEURON_CONTEXT = 8
 HIST_BINS = 60
 HIT_POSITIONS = 1000
 """Threshold hits read to group into runs for display (the total count is always exact)."""
+CORPUS_BINS = 240
+"""Bins of the plot of where a unit is on over the corpus."""
 
 
 @dataclass(frozen=True)
 class NeuronQuery:
-    """What the neuron view asks about one unit."""
+    """What the neuron view asks about one unit: on where x ≥ threshold (sign 1) or
+    x ≤ −threshold (sign −1); threshold None: the unit's own default (`unit_threshold`)."""
 
     state: str
     unit: int
-    threshold: float
+    threshold: float | None
     sign: int = 1
     top: int = 20
     hits: int = 20
@@ -460,9 +559,11 @@ class NeuronQuery:
 
 @dataclass(frozen=True)
 class NeuronData:
-    """One unit: its statistics, value histogram, top contexts and threshold hits."""
+    """One unit: its statistics, value histogram, top contexts, threshold hits and how many
+    hits fall into each stretch of the corpus (`corpus_edges`: token positions)."""
 
     query: NeuronQuery
+    threshold: float
     stats: dict[str, float]
     hist_edges: np.ndarray
     hist_counts: np.ndarray
@@ -471,6 +572,8 @@ class NeuronData:
     hit_rows: tuple[MatchRow, ...]
     value_range: tuple[float, float]
     seconds: float
+    corpus_edges: np.ndarray
+    corpus_counts: np.ndarray
 
 
 def unit_stats(shared: Shared, state: str, unit: int) -> dict[str, float]:
@@ -574,26 +677,28 @@ def _context_rows(shared: Shared, state: str, unit: int, spans: Sequence[tuple[i
         else:
             emphasis = query.is_on(stored, *on_test)
         rows.append(MatchRow(
-            rank=rank, document=int(index.doc_of(a)), start=a, end=b, anchor=a,
+            rank=rank, start=a, end=b, anchor=a,
             positions=pos, texts=texts, values=stored.astype(np.float64),
             emphasis=np.asarray(emphasis, bool), track=track_values, score=float(score),
+            **shared.place(a),
         ))
     return tuple(rows)
 
 
 def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
     """Everything the neuron view shows about one unit."""
-    import time
-
     t0 = time.perf_counter()
     index = shared.index
     store = index.store(q.state)
     unit = store.check_unit(q.unit)
     stats = unit_stats(shared, q.state, unit)
+    threshold = q.threshold
+    if threshold is None:
+        threshold = unit_threshold(stats.get("q01", np.nan), stats.get("q99", np.nan), q.sign)
     low, high = stats.get("min", np.nan), stats.get("max", np.nan)
     if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         low, high = shared.values_range(q.state)
-    edge = q.threshold if q.sign > 0 else -q.threshold
+    edge = threshold if q.sign > 0 else -threshold
     low, high = min(low, edge), max(high, edge)
     column = np.asarray(store.column(unit), dtype=np.float32)
     counts, edges = np.histogram(column, bins=HIST_BINS, range=(low, high))
@@ -602,16 +707,20 @@ def neuron(shared: Shared, q: NeuronQuery, track: str | None) -> NeuronData:
     top_rows = _context_rows(shared, q.state, unit,
                              [(int(p), int(p) + 1) for p in top_pos[pick]],
                              top_values[pick].tolist(), None, track)
-    n_hits, hit_pos = unit_hits(shared, q.state, unit, q.threshold, q.sign, HIT_POSITIONS)
+    n_hits, hit_pos = unit_hits(shared, q.state, unit, threshold, q.sign, HIT_POSITIONS)
+    on = np.flatnonzero(query.is_on(store.column(unit), threshold, q.sign))
+    corpus_counts, corpus_edges = np.histogram(
+        on, bins=max(1, min(CORPUS_BINS, index.n_tokens)), range=(0, max(1, index.n_tokens)))
     runs = runs_of(hit_pos)[: q.hits]
     hit_rows = _context_rows(shared, q.state, unit, runs,
                              [float(column[a:b].max() if q.sign > 0 else column[a:b].min())
                               for a, b in runs],
-                             (q.threshold, q.sign), track)
+                             (threshold, q.sign), track)
     return NeuronData(
-        query=q, stats=stats, hist_edges=edges, hist_counts=counts, top_rows=top_rows,
-        n_hits=n_hits, hit_rows=hit_rows, value_range=(low, high),
-        seconds=time.perf_counter() - t0,
+        query=q, threshold=threshold, stats=stats, hist_edges=edges, hist_counts=counts,
+        top_rows=top_rows, n_hits=n_hits, hit_rows=hit_rows, value_range=(low, high),
+        seconds=time.perf_counter() - t0, corpus_edges=corpus_edges,
+        corpus_counts=corpus_counts,
     )
 
 

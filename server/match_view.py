@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, RadioButtonGroup, Range1d, Spinner
+from bokeh.models import Button, ColumnDataSource, Div, RadioButtonGroup, Range1d, Spinner
 from bokeh.plotting import figure
 
+from lstmsearch.thresholds import Suggestion
 from server.display import (
     ACCENT,
     COUNT_PALETTE,
@@ -21,6 +22,7 @@ from server.display import (
     StripRow,
     fmt,
     gradient_legend,
+    place_label,
 )
 from server.fetch import MatchRow, PatternResult
 from server.inputs import chosen_index
@@ -29,8 +31,9 @@ MODES = ("match", "nearest")
 RIGHT_CELLS, RIGHT_WORDS = 22, 10
 """Cells shown right of a match's start (character / word tokens): the rest is cut."""
 MATCH_TITLE = ("Matches, best first, aligned on their start "
-               "(row label: rank. |A∩S|/|S| +extra units, document)")
-NEAREST_TITLE = "Nearest stored states to the span's mean state (row label: rank. distance)"
+               "(row label: rank. |A∩S|/|S| +extra units, document:position)")
+NEAREST_TITLE = ("Nearest stored states to the span's mean state "
+                 "(row label: rank. distance, document:position)")
 MODE_LABELS = ["Pattern match", "Nearest states (FAISS)"]
 MAX_LENGTH = 1000
 """The largest match length the length controls offer."""
@@ -43,13 +46,17 @@ class MatchView:
         self.char_level = char_level
         self.on_row: Callable[[MatchRow], None] | None = None
         self.on_mode: Callable[[str], None] | None = None
+        self.on_suggestion: Callable[[float, int], None] | None = None
         self.rows: tuple[MatchRow, ...] = ()
+        self.suggestions: tuple[Suggestion, ...] = ()
         right = RIGHT_CELLS if char_level else RIGHT_WORDS
         self.strips = StripList(
             "match", title=MATCH_TITLE, width=width - 250, max_rows=50, left=-5, right=right,
-            char_level=char_level, value_name="units of S on", label_width=190,
+            char_level=char_level, value_name="units of S on", label_width=300,
         )
-        self.summary = Div(name="match-summary", width=width, text=self._idle_html())
+        self.summary = Div(name="match-summary", width=width - 260, text=self._idle_html())
+        self.suggest = Button(label="use the suggested threshold", visible=False, width=240,
+                              name="use-suggestion", button_type="success")
         self.mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="match-mode")
         # match lengths: 0 leaves the default (at least 2 tokens for a span of 2 or more)
         self.min_length = Spinner(title="Min tokens (0: auto)", low=0, high=MAX_LENGTH, step=1,
@@ -71,7 +78,7 @@ class MatchView:
         self.hist = hist
         self.legend = Div(name="match-legend", width=230, text="")
         self.layout = column(
-            row(self.summary),
+            row(self.summary, self.suggest),
             row(self.mode, self.min_length, self.length),
             row(self.strips.fig, column(self.legend, self.hist)),
             name="match-view",
@@ -81,6 +88,7 @@ class MatchView:
         """Listen to the page: taps on rows, the mode (once per copy of the view)."""
         self.strips.cells.selected.on_change("indices", self._on_tap)
         self.mode.on_change("active", self._on_mode)
+        self.suggest.on_click(self._on_suggest)
 
     @property
     def mode_name(self) -> str:
@@ -89,6 +97,11 @@ class MatchView:
     def _on_mode(self, attr: str, old: int, new: int) -> None:
         if self.on_mode is not None:
             self.on_mode(MODES[chosen_index(new, len(MODES))])
+
+    def _on_suggest(self) -> None:
+        if self.suggestions and self.on_suggestion is not None:
+            first = self.suggestions[0]
+            self.on_suggestion(first.threshold, first.sign)
 
     def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
         if not new:
@@ -102,9 +115,29 @@ class MatchView:
 
     # --- updates -----------------------------------------------------------------------------
 
+    def show_empty(self, suggestions: tuple[Suggestion, ...]) -> None:
+        """S is empty: why, and the thresholds that would select something."""
+        hints = [f"θ = {g.threshold:g} with {'x ≥ θ' if g.sign > 0 else 'x ≤ −θ'} turns on "
+                 f"unit{'s' if len(g.units) > 1 else ''} {', '.join(map(str, g.units[:8]))}"
+                 f"{' …' if len(g.units) > 8 else ''}" for g in suggestions]
+        message = ("S is empty: no unit is on over the whole span and off on its padding. " + (
+            "Try " + "; or ".join(hints) + "." if hints else
+            "No threshold of either sign selects a unit here: brush a shorter span or reduce "
+            "the padding."))
+        self.show_idle(message)
+        self.suggestions = suggestions
+        if suggestions:
+            first = suggestions[0]
+            self.suggest.label = (f"use θ = {first.threshold:g}, "
+                                  f"{'x ≥ θ' if first.sign > 0 else 'x ≤ −θ'}")
+        self.suggest.visible = bool(suggestions)
+
     def show_idle(self, message: str | None = None) -> None:
         """No query yet (or S is empty): an explanation instead of rows."""
         self.rows = ()
+        self.suggestions = ()
+        if self.suggest.visible:
+            self.suggest.visible = False
         self.summary.text = self._idle_html(message)
         self.strips.show([], low=0, high=1, palette=COUNT_PALETTE)
         self.hist_source.data = {"length": [], "count": []}
@@ -118,15 +151,19 @@ class MatchView:
     def show_rows(self, result: PatternResult, track_range: tuple[float, float] | None) -> None:
         """The ranked rows (what the user waits for)."""
         self.rows = result.rows
+        self.suggestions = ()
+        if self.suggest.visible:
+            self.suggest.visible = False
         nearest = result.pattern is None
         size = 1 if nearest else len(result.pattern.units)
         strip_rows = []
         for r in result.rows:
             if nearest:
-                label = f"{r.rank:>2}. d={fmt(r.score, 3)}  doc {r.document}"
+                label = f"{r.rank:>2}. d={fmt(r.score, 3)}  {place_label(r.doc_name, r.offset)}"
             else:
                 tag = " (query)" if r.is_query else ""
-                label = f"{r.rank:>2}. {r.overlap}/{size} +{r.extra}  doc {r.document}{tag}"
+                label = (f"{r.rank:>2}. {r.overlap}/{size} +{r.extra}  "
+                         f"{place_label(r.doc_name, r.offset)}{tag}")
             strip_rows.append(StripRow(
                 label=label, anchor=r.anchor, positions=r.positions, texts=r.texts,
                 values=r.values, emphasis=r.emphasis, document=r.document, track=r.track,
@@ -138,6 +175,14 @@ class MatchView:
         title = NEAREST_TITLE if nearest else MATCH_TITLE
         if self.strips.fig.title.text != title:
             self.strips.fig.title.text = title
+        self.show_mode(nearest)
+
+    def show_mode(self, nearest: bool) -> None:
+        """Show only the controls and legends of the mode: nearest states have no pattern,
+        so no counts of S, match lengths or candidate histogram."""
+        for model in (self.legend, self.hist, self.min_length, self.length):
+            if model.visible == nearest:
+                model.visible = not nearest
 
     def show_summary(self, result: PatternResult, track_name: str | None,
                      track_range: tuple[float, float] | None) -> None:

@@ -15,6 +15,7 @@ from bokeh.models import (
     DataTable,
     Div,
     NumberFormatter,
+    NumericInput,
     Range1d,
     Span,
     Spinner,
@@ -32,10 +33,11 @@ from server.display import (
     StripRow,
     fmt,
     gradient_legend,
+    place_label,
     set_rows,
 )
 from server.fetch import MatchRow, NeuronData
-from server.inputs import bounded, tapped
+from server.inputs import bounded, finite, tapped
 from server.probe_panel import ProbePanel
 
 CONTEXT_CHARS, CONTEXT_WORDS = 8, 4
@@ -52,14 +54,17 @@ class NeuronView:
         self.on_threshold: Callable[[float], None] | None = None
         self._quiet = False
         self.data: NeuronData | None = None
+        self.width = width
         self.unit = Spinner(title="Unit", low=0, high=max(0, dim - 1), step=1, value=0,
                             width=110, name="neuron-unit")
+        self.threshold = NumericInput(title="θ of this unit (default: its 1% tail)", value=None,
+                                      mode="float", width=200, name="neuron-threshold")
         self.stats = Div(name="neuron-stats", width=330, text="")
         self.hist_source = ColumnDataSource(
             {"left": [], "right": [], "count": [], "color": []}, name="neuron-hist-data"
         )
         hist = figure(
-            name="neuron-hist", title="Distribution of the unit's values", width=480,
+            name="neuron-hist", title="Distribution of the unit's values", width=width - 680,
             height=250, tools="", toolbar_location=None, x_range=Range1d(-1, 1),
             y_range=Range1d(0, 1), output_backend="canvas",
         )
@@ -74,16 +79,30 @@ class NeuronView:
                                    name="neuron-threshold-span")
         hist.add_layout(self.hist_threshold)
         self.hist = hist
+        self.corpus_source = ColumnDataSource({"left": [], "right": [], "count": []},
+                                              name="neuron-corpus-data")
+        corpus = figure(
+            name="neuron-corpus", title="Where the unit is on over the corpus", width=width,
+            height=130, tools="", toolbar_location=None, x_range=Range1d(0, 1),
+            y_range=Range1d(0, 1), output_backend="canvas", min_border_left=60,
+        )
+        corpus.quad(left="left", right="right", bottom=0, top="count",
+                    source=self.corpus_source, fill_color=ACCENT, line_color=None)
+        corpus.xaxis.axis_label = "token position"
+        corpus.yaxis.axis_label = "tokens on"
+        corpus.xgrid.visible = False
+        corpus.title.text_font_size = "12px"
+        self.corpus = corpus
         self.context = context = CONTEXT_CHARS if char_level else CONTEXT_WORDS
         self.top = StripList(
             "neuron-top", title="Top activating contexts", width=width // 2 - 10,
             max_rows=20, left=-context, right=context, char_level=char_level,
-            value_name="value", label_width=120,
+            value_name="value", label_width=200,
         )
         self.hits = StripList(
             "neuron-hits", title="Threshold hits", width=width // 2 - 10, max_rows=20,
             left=-context, right=context, char_level=char_level, value_name="value",
-            label_width=120,
+            label_width=200,
         )
         self.legend = Div(name="neuron-legend", width=300, text="")
         self.corr_source = ColumnDataSource({"unit": [], "r": []}, name="neuron-correlation-data")
@@ -100,6 +119,7 @@ class NeuronView:
         self.probe = ProbePanel()
         self.probe.on_unit = self._open
         self.unit.on_change("value", self._on_unit)
+        self.threshold.on_change("value", self._on_threshold)
         self.top.cells.selected.on_change("indices", self._on_tap(self.top))
         self.hits.cells.selected.on_change("indices", self._on_tap(self.hits))
         self.corr_source.selected.on_change("indices", self._on_corr)
@@ -108,9 +128,11 @@ class NeuronView:
                    "in the select view. Click a row to show it in the select view.</span>",
                    width=300)
         self.layout = column(
-            row(column(self.unit, hint, self.stats, self.legend),
+            row(column(row(self.unit, self.threshold), hint, self.stats, self.legend,
+                       width=340),
                 self.hist, column(self.corr_title, self.corr_table, self.ablation.layout),
                 self.probe.layout),
+            self.corpus,
             row(self.top.fig, self.hits.fig),
             name="neuron-view",
         )
@@ -127,8 +149,19 @@ class NeuronView:
             self.on_unit(unit)
 
     def _on_span(self, attr: str, old: float, new: float) -> None:
-        if not self._quiet and new is not None and self.on_threshold is not None:
-            self.on_threshold(round(abs(float(new)), 3))
+        value = finite(new)
+        if not self._quiet and value is not None and self.on_threshold is not None:
+            self.on_threshold(round(abs(value), 3))
+
+    def _on_threshold(self, attr: str, old: float, new: float) -> None:
+        value = finite(new)
+        if self._quiet or self.on_threshold is None:
+            return
+        if value is None:  # emptied or not a number: the threshold in use again
+            self.set_threshold(self.data.threshold if self.data else None,
+                               self.data.query.sign if self.data else 1)
+            return
+        self.on_threshold(round(abs(value), 3))
 
     def _on_tap(self, strips: StripList) -> Callable[[str, list[int], list[int]], None]:
         def handler(attr: str, old: list[int], new: list[int]) -> None:
@@ -154,14 +187,16 @@ class NeuronView:
         finally:
             self._quiet = False
 
-    def set_threshold(self, threshold: float, sign: int) -> None:
-        """Move the threshold line of the histogram (no event)."""
+    def set_threshold(self, threshold: float | None, sign: int) -> None:
+        """Show the unit's threshold: the number box and the histogram's line (no event)."""
         self._quiet = True
         try:
-            self.hist_threshold.location = threshold if sign > 0 else -threshold
+            self.threshold.value = threshold
+            if threshold is not None:
+                self.hist_threshold.location = threshold if sign > 0 else -threshold
         finally:
             self._quiet = False
-        if self.data is not None:
+        if self.data is not None and threshold is not None:
             self._colour_hist(self.data, threshold, sign)
 
     def show(self, data: NeuronData) -> None:
@@ -176,10 +211,10 @@ class NeuronView:
         self.hist.y_range.end = max(1, int(data.hist_counts.max())) * 1.05
         self.hist.x_range.start, self.hist.x_range.end = low, high
         self.hist.title.text = f"{q.state} unit {q.unit}: distribution of its values"
-        self._colour_hist(data, q.threshold, q.sign)
-        self.set_threshold(q.threshold, q.sign)
+        self._colour_hist(data, data.threshold, q.sign)
+        self.set_threshold(data.threshold, q.sign)
         s = data.stats
-        test = f"≥ {fmt(q.threshold)}" if q.sign > 0 else f"≤ −{fmt(q.threshold)}"
+        test = f"≥ {data.threshold:g}" if q.sign > 0 else f"≤ −{data.threshold:g}"
         self.stats.text = (
             f"<div class='panel-title'>{q.state} unit {q.unit}</div>"
             "<table class='stats'>"
@@ -193,6 +228,13 @@ class NeuronView:
             f"<div>on (x {test}) at <b>{data.n_hits:,}</b> tokens</div>"
             f"<div style='color:{MUTED_TEXT}'>{1000 * data.seconds:.0f} ms</div>"
         )
+        edges = data.corpus_edges
+        self.corpus_source.data = {"left": edges[:-1], "right": edges[1:],
+                                   "count": data.corpus_counts}
+        self.corpus.x_range.start, self.corpus.x_range.end = float(edges[0]), float(edges[-1])
+        self.corpus.y_range.end = max(1, int(data.corpus_counts.max(initial=0))) * 1.05
+        self.corpus.title.text = (f"Where x {test} over the corpus: {data.n_hits:,} tokens, "
+                                  f"counted in stretches of {edges[1] - edges[0]:,.0f}")
         self.top.fig.title.text = (
             f"Top {len(data.top_rows)} {'lowest' if q.sign < 0 else 'activating'} contexts "
             "(row label: value, document)"
@@ -211,6 +253,9 @@ class NeuronView:
         visible = bool(track) and pairs is not None
         self.corr_table.visible = visible
         self.corr_title.visible = visible
+        width = self.width - (680 if visible else 360)  # the histogram takes the table's room
+        if self.hist.width != width:
+            self.hist.width = width
         if visible:
             self.corr_title.text = (
                 f"<div class='panel-title'>Units that track “{track}”</div>"
@@ -232,8 +277,8 @@ class NeuronView:
     def _strips(rows: tuple[MatchRow, ...], runs: bool) -> list[StripRow]:
         def label(r: MatchRow) -> str:
             if runs:
-                return f"{r.end - r.start:>3} tok  doc {r.document}"
-            return f"{fmt(r.score, 3):>6}  doc {r.document}"
+                return f"{r.end - r.start:>3} tok  {place_label(r.doc_name, r.offset, 16)}"
+            return f"{fmt(r.score, 3):>6}  {place_label(r.doc_name, r.offset, 16)}"
 
         return [
             StripRow(label=label(r), anchor=r.anchor,

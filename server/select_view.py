@@ -76,6 +76,8 @@ class SelectView:
         self.on_span: Callable[[int, int], None] | None = None
         self.on_unit: Callable[[int], None] | None = None
         self.on_threshold: Callable[[float], None] | None = None
+        self.fixed_y: tuple[float, float] | None = None
+        """A y range kept for every window (the state's values), or None: fit each window."""
         self._quiet = False
 
         self.tokens = ColumnDataSource({k: [] for k in TOKEN_COLUMNS}, name="select-tokens")
@@ -301,8 +303,15 @@ class SelectView:
             self._quiet = False
         self._fit_y()
 
+    def set_fixed_y(self, span: tuple[float, float] | None) -> None:
+        """Keep the y axis at `span` (with the threshold) for every window; None: fit each
+        window to its own values."""
+        self.fixed_y = span
+        self._fit_y()
+
     def _fit_y(self) -> None:
-        """Fit the y range to the window: most values, every unit of S, the threshold.
+        """Fit the y range to the window: most values, every unit of S, the threshold; or
+        the fixed range with the threshold.
 
         The 5th to 95th percentile of all values keeps a few extreme units from squashing
         the rest (their lines run off the plot); S is always fully visible.
@@ -310,7 +319,9 @@ class SelectView:
         loc = float(self.threshold_span.location or 0.0)
         low, high = min(-1.0, loc), max(1.0, loc)
         window = self.window
-        if window is not None and window.values.size:
+        if self.fixed_y is not None:
+            low, high = min(self.fixed_y[0], loc), max(self.fixed_y[1], loc)
+        elif window is not None and window.values.size:
             values = window.values[np.isfinite(window.values)]
             if values.size:
                 q_low, q_high = np.quantile(values, [0.05, 0.95])

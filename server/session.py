@@ -77,7 +77,9 @@ class Session:
     span: tuple[int, int] | None = None
     focus: tuple[int, int] | None = None
     unit: int = 0
+    neuron_threshold: float | None = None  # the neuron view's own (None: the unit's q99)
     track: str | None = None
+    fixed_y: bool = False  # the select plot's y axis spans the state's values, not the window's
     mode: str = "match"
     pattern: Any = None
     result: Any = None

@@ -130,12 +130,14 @@ def click(d: Any, plot: str, x: float, y: float) -> None:
     chain.perform()
 
 
-def screenshot(d: Any, name: str) -> Path:
-    """Save the page under test-artifacts/ (mouse parked on the title: no tooltips)."""
+def screenshot(d: Any, name: str, top: bool = True) -> Path:
+    """Save the page under test-artifacts/ (mouse parked on the title: no tooltips), scrolled
+    to the top unless `top` is False."""
     title = js(d, f"return Bokeh.index.find_one({MODEL}).el", "title")
+    scrolled = js(d, "return window.scrollY")
     ActionChains(d).move_to_element(title).perform()
     js(d, BLUR)
-    js(d, "window.scrollTo(0, 0)")
+    js(d, "window.scrollTo(0, arguments[0])", 0 if top else scrolled)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     d.save_screenshot(str(path))
@@ -218,3 +220,20 @@ def press(d: Any, name: str) -> None:
     if button is None:
         raise AssertionError(f"no button named {name!r}")
     ActionChains(d).move_to_element(button).click().perform()
+
+
+def press_button(d: Any, name: str, label: str) -> None:
+    """Click the button labelled `label` of the named widget (a radio or toggle group)."""
+    button = js(d, f"""
+        const v = Bokeh.index.find_one({MODEL});
+        const root = v.shadow_el || v.el.shadowRoot || v.el;
+        return Array.from(root.querySelectorAll('button'))
+            .find(b => b.textContent.trim() === arguments[1]) || null;""", name, label)
+    if button is None:
+        raise AssertionError(f"no button {label!r} in {name!r}")
+    ActionChains(d).move_to_element(button).click().perform()
+
+
+def location(d: Any) -> str:
+    """The page's query string, as the address bar shows it (without "?")."""
+    return js(d, "return window.location.search.replace(/^\\?/, '')")

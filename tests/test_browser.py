@@ -90,7 +90,8 @@ def test_select_match_neuron_end_to_end(driver: Any, server_url: str) -> None:
 
     # drag the threshold line: the slider follows and S is selected again
     x_mid = model_value(d, "select-tokens", "m.data.x[Math.floor(m.data.x.length * 0.8)]")
-    old = model_value(d, "threshold-slider", "m.value")
+    old = model_value(d, "threshold-input", "m.value")
+    old_quantile = model_value(d, "threshold-slider", "m.value")
     dragged = model_value(d, "pattern-list", "m.text")
     sx, sy = plot_point(d, "select-plot", x_mid, old)
     _, sy_new = plot_point(d, "select-plot", x_mid, old + 0.25)
@@ -99,14 +100,15 @@ def test_select_match_neuron_end_to_end(driver: Any, server_url: str) -> None:
     mouse.move_to_location(int(sx), int((sy + sy_new) / 2)).move_to_location(int(sx), int(sy_new))
     mouse.pointer_up()
     chain.perform()
-    wait_for(d, lambda d: abs(model_value(d, "threshold-slider", "m.value") - old) > 0.05,
-             "the slider to follow the dragged threshold line")
+    wait_for(d, lambda d: abs(model_value(d, "threshold-input", "m.value") - old) > 0.05
+             and model_value(d, "threshold-slider", "m.value") > old_quantile,
+             "the θ box and the quantile slider to follow the dragged threshold line")
     wait_for(d, lambda d: model_value(d, "pattern-list", "m.text") != dragged,
              "S selected again at the new threshold")
     # put it back by typing into the numeric field's model
     model_value(d, "threshold-input", f"(m.value = {old}, true)")
-    wait_for(d, lambda d: abs(model_value(d, "threshold-slider", "m.value") - old) < 1e-6,
-             "the threshold to return")
+    wait_for(d, lambda d: abs(model_value(d, "threshold-slider", "m.value") - old_quantile)
+             < 1e-6, "the threshold to return")
     # S is listed last, after the matches: its threshold says the new result is complete
     wait_for(d, lambda d: f"x ≥ {old:g}," in model_value(d, "pattern-list", "m.text"),
              "the pattern at the old threshold")

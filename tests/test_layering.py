@@ -47,8 +47,8 @@ def imports_of(path: Path, type_checking: bool = False) -> set[str]:
     return found
 
 
-def library_graph(type_checking: bool = False) -> dict[str, set[str]]:
-    files = {module_name(p): p for p in (ROOT / "lstmsearch").rglob("*.py")}
+def library_graph(type_checking: bool = False, package: str = "lstmsearch") -> dict[str, set[str]]:
+    files = {module_name(p): p for p in (ROOT / package).rglob("*.py")}
     return {name: {d for d in imports_of(path, type_checking) if d in files and d != name}
             for name, path in files.items()}
 
@@ -69,8 +69,12 @@ def test_the_query_modules_never_import_the_index():
         assert "lstmsearch.index" not in graph[name], f"{name} imports lstmsearch.index"
 
 
-def test_no_import_cycle_in_the_library():
-    graph = library_graph(type_checking=True)
+def test_no_import_cycle_in_the_library_or_the_server():
+    for package in ("lstmsearch", "server"):
+        assert_no_cycle(library_graph(type_checking=True, package=package), package)
+
+
+def assert_no_cycle(graph: dict[str, set[str]], package: str) -> None:
 
     def reachable(start: str) -> set[str]:
         seen, stack = set(), [start]
@@ -81,5 +85,5 @@ def test_no_import_cycle_in_the_library():
                     stack.append(nxt)
         return seen
 
-    cycles = sorted(name for name in graph if name in reachable(name) and name != "lstmsearch")
+    cycles = sorted(name for name in graph if name in reachable(name) and name != package)
     assert not cycles, f"modules on an import cycle: {cycles}"

@@ -23,6 +23,7 @@ from conftest import named
 from lstmsearch import query
 from lstmsearch.cli import build_parser
 from server.app import NEURON_TAB, SELECT_TAB, App, build
+from server.display import place_label
 from server.fetch import Shared, distinct_contexts, runs_of
 
 
@@ -121,23 +122,66 @@ def test_brush_selects_pattern_and_lists_matches(app: App, tiny_index) -> None:
 
 def test_threshold_widgets_stay_in_step(app: App, tiny_index) -> None:
     span = brush_pattern(app)
-    app.threshold_slider.value = 0.55  # dragging: only the lines follow
     s = app.session
-    assert app.select_view.threshold_span.location == 0.55
+    scale = app.shared.scale(s.state)
+    theta = scale.threshold_at(0.9)
+    app.threshold_slider.value = 0.9  # dragging a quantile of |x|: only the lines follow
+    assert app.select_view.threshold_span.location == theta
+    assert app.threshold_input.value == theta  # the threshold shown beside the slider
     assert s.pattern.threshold == 0.3
-    app.threshold_slider.trigger("value_throttled", 0.3, 0.55)  # released: the query runs
-    assert s.threshold == 0.55
-    assert app.threshold_input.value == 0.55
-    assert app.select_view.threshold_span.location == 0.55
-    assert s.pattern.threshold == 0.55
-    assert s.pattern.units == api_pattern(tiny_index, s.state, span, 0.55).units
-    # dragging the threshold line in the plot moves the slider
+    app.threshold_slider.trigger("value_throttled", 0.5, 0.9)  # released: the query runs
+    assert s.threshold == theta and s.pattern.threshold == theta
+    assert app.select_view.threshold_span.location == theta
+    assert s.pattern.units == api_pattern(tiny_index, s.state, span, theta).units
+    x = np.abs(tiny_index.store(s.state).columns.astype(np.float64))
+    assert abs(np.mean(x >= theta) - 0.1) < 0.02  # about 10% of |x| are at least θ
+    # dragging the threshold line in the plot moves the slider to its quantile
     app.select_view.threshold_span.location = 0.2
-    assert app.threshold_slider.value == 0.2 and s.pattern.threshold == 0.2
-    # typing a number
-    app.threshold_input.value = 0.35
-    assert app.threshold_slider.value == 0.35 and s.pattern.threshold == 0.35
-    assert app.neuron_view.hist_threshold.location == 0.35
+    assert s.pattern.threshold == 0.2
+    assert app.threshold_slider.value == round(scale.quantile_of(0.2), 3)
+    # an exact threshold typed into the number box
+    app.threshold_input.value = 0.357
+    assert s.pattern.threshold == 0.357 and app.threshold_input.value == 0.357
+    assert app.threshold_slider.value == round(scale.quantile_of(0.357), 3)
+
+
+def test_fixed_y_axis_spans_the_state(app: App) -> None:
+    scale = app.shared.scale(app.session.state)
+    app.fixed_y.active = True
+    first = (app.select_view.y_range.start, app.select_view.y_range.end)
+    assert first[0] <= min(scale.low, -app.session.threshold) and first[1] >= scale.high
+    app.step_window(+1)
+    app.step_window(+1)
+    assert (app.select_view.y_range.start, app.select_view.y_range.end) == first
+    app.fixed_y.active = False
+    app.threshold_input.value = scale.high + 3  # the threshold always shows
+    assert app.select_view.y_range.end > scale.high + 3
+
+
+def test_empty_pattern_suggests_a_threshold(app: App, tiny_index) -> None:
+    span = brush_pattern(app)
+    s = app.session
+    app.threshold_input.value = 50.0  # nothing is that high
+    assert s.pattern.units == () and s.result.result is None
+    first = s.result.suggestions[0]
+    assert first.sign == 1
+    again = api_pattern(tiny_index, s.state, span, first.threshold, sign=first.sign)
+    assert again.units == first.units and first.units
+    summary = app.match_view.summary.text
+    assert f"θ = {first.threshold:g} with x ≥ θ" in summary
+    assert app.match_view.suggest.visible
+    app.match_view.suggest._trigger_event(ButtonClick(app.match_view.suggest))
+    assert (s.threshold, s.sign) == (first.threshold, first.sign)
+    assert s.pattern.units == first.units and s.result.rows
+    assert not app.match_view.suggest.visible
+    assert app.threshold_input.value == first.threshold
+    # a negative suggestion switches the sign toggle
+    app.threshold_input.value = 50.0
+    negative = [g for g in s.result.suggestions if g.sign < 0]
+    if negative:
+        app.use_suggestion(negative[0].threshold, -1)
+        assert app.sign_toggle.active == 1 and s.pattern.sign == -1
+        assert s.pattern.units == negative[0].units
 
 
 def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
@@ -150,8 +194,10 @@ def test_padding_and_negative_patterns(app: App, tiny_index) -> None:
     if s.pattern.units:
         assert app.select_view.pad_right_box.visible
         assert not app.select_view.pad_left_box.visible
-    app.sign_select.value = "-1"
+    app.sign_toggle.active = 1
     assert s.pattern.sign == -1
+    app.sign_toggle.active = 7  # no such button: the sign in use is shown again
+    assert app.sign_toggle.active == 1 and s.sign == -1
     assert s.pattern.units == api_pattern(tiny_index, s.state, span, s.threshold, 0, 2, -1).units
     assert app.select_view.threshold_span.location == -s.threshold
 
@@ -243,9 +289,17 @@ def test_clicking_a_line_opens_the_neuron_view(app: App, tiny_index) -> None:
     column = tiny_index.store(app.session.state).column(unit)
     # histogram of every stored value
     assert int(sum(nv.hist_source.data["count"])) == tiny_index.n_tokens
-    # threshold hits: the exact count, and runs where the unit is on
-    on = query.is_on(column, app.session.threshold)
+    # threshold hits at the unit's own threshold (its q99): the exact count, and runs where
+    # the unit is on; where they are over the corpus
+    q99 = float(np.quantile(column.astype(np.float64), 0.99))
+    assert data.threshold == pytest.approx(q99, abs=0.02) and data.threshold <= q99 + 1e-9
+    assert nv.threshold.value == data.threshold
+    on = query.is_on(column, data.threshold)
     assert data.n_hits == int(on.sum())
+    assert int(sum(nv.corpus_source.data["count"])) == data.n_hits
+    first_bin = np.searchsorted(nv.corpus_source.data["right"], np.flatnonzero(on)[0],
+                                side="right")
+    assert nv.corpus_source.data["count"][first_bin] > 0
     assert f"<b>{data.n_hits:,}</b> tokens" in nv.stats.text
     for r in data.hit_rows:
         assert on[r.start:r.end].all()
@@ -271,12 +325,23 @@ def test_neuron_picker_and_rows(app: App, tiny_index) -> None:
     app.neuron_view.top.cells.selected.indices = [cell]
     assert app.tabs.active == SELECT_TAB
     assert app.session.focus == (row.start, row.end)
-    # a new threshold refreshes the neuron view when it is shown
+    # the neuron view has a threshold of its own: the select view's leaves it alone
     app.tabs.active = NEURON_TAB
+    own = app.neuron_view.data.threshold
     app.threshold_input.value = 0.6
-    assert app.neuron_view.data.query.threshold == 0.6
+    assert app.neuron_view.data.threshold == own
+    app.neuron_view.threshold.value = 0.6
+    assert app.neuron_view.data.threshold == 0.6 and app.session.threshold == 0.6
     column = tiny_index.store(app.session.state).column(5)
     assert app.neuron_view.data.n_hits == int(query.is_on(column, 0.6).sum())
+    app.neuron_view.hist_threshold.location = 0.25  # the histogram's line dragged
+    assert app.neuron_view.data.threshold == 0.25 and app.neuron_view.threshold.value == 0.25
+    assert app.select_view.threshold_span.location == 0.6
+    app.neuron_view.threshold.value = float("nan")  # not a number: the one in use again
+    assert app.neuron_view.threshold.value == 0.25
+    # another unit starts at its own default again
+    app.neuron_view.unit.value = 6
+    assert app.neuron_view.data.query.threshold is None
 
 
 def test_state_switch_reloads_everything(app: App, tiny_index) -> None:
@@ -338,6 +403,11 @@ def test_track_correlation_table(app: App, tiny_index) -> None:
     app.neuron_view.corr_source.selected.indices = [1]
     assert app.neuron_view.unit.value == expected[1].unit
     assert app.neuron_view.data.query.unit == expected[1].unit
+    # without a track the histogram takes the table's room: the view fills its width
+    nv = app.neuron_view
+    with_table = nv.hist.width
+    app.track_select.value = "(none)"
+    assert not nv.corr_table.visible and nv.hist.width == with_table + 320
 
 
 def test_nearest_mode(app: App, tiny_index) -> None:
@@ -354,6 +424,25 @@ def test_nearest_mode(app: App, tiny_index) -> None:
     assert rows[0].score <= rows[-1].score
     assert "nearest" in app.match_view.summary.text
     assert app.match_view.strips.fig.title.text.startswith("Nearest")
+    # only what applies: no counts of S, match lengths or candidate histogram
+    mv = app.match_view
+    assert not any(m.visible for m in (mv.legend, mv.hist, mv.min_length, mv.length))
+    app.match_view.mode.active = 0
+    assert all(m.visible for m in (mv.legend, mv.hist, mv.min_length, mv.length))
+
+
+def test_match_rows_name_their_document_and_place(app: App, tiny_index) -> None:
+    brush_pattern(app)
+    names = [d.name for d in tiny_index.documents()]
+    labels = [strip.label for strip in app.match_view.strips.rows]
+    for r, label in zip(app.match_view.rows, labels):
+        doc = tiny_index.doc_of(r.start)
+        offset = r.start - int(tiny_index.doc_starts[doc])
+        assert (r.document, r.doc_name, r.offset) == (doc, names[doc], offset)
+        where = label.removesuffix(" (query)").split()[-1]
+        assert where == place_label(names[doc], offset)
+        assert names[doc].endswith(where.rsplit(":", 1)[0].lstrip("…"))
+    assert labels and len(labels) == len(app.match_view.rows)
 
 
 def test_phrase_search(app: App, tiny_index) -> None:
@@ -368,9 +457,23 @@ def test_phrase_search(app: App, tiny_index) -> None:
     assert tiny_index.text(*app.session.focus) == text
     assert app.session.window[0] <= hits[0].start < app.session.window[1]
     assert f"1 of {len(hits)}" in app.phrase_status.text
+    # finding selects: S and its matches as the CLI's `match --phrase` gives them
+    s = app.session
+    store = tiny_index.store(s.state)
+    cli = tiny_index.select_phrase(text, s.threshold, store.layer, store.kind,
+                                   pad_left=s.pad_left, pad_right=s.pad_right)
+    assert s.span == (hits[0].start, hits[0].end)
+    assert (s.pattern.start, s.pattern.end, s.pattern.units) == (cli.start, cli.end, cli.units)
+    if cli.units:
+        expected = tiny_index.match(cli, limit=50)
+        assert [(r.start, r.end) for r in s.result.rows] == [
+            (m.start, m.end) for m in expected.matches]
+    assert app.select_view.tokens.selected.indices == list(
+        range(hits[0].start - s.window[0], hits[0].end - s.window[0]))
     if len(hits) > 1:
         app.phrase_next._trigger_event(ButtonClick(app.phrase_next))
         assert app.session.focus == (hits[1].start, hits[1].end)
+        assert app.session.pattern.start == hits[1].start
     app.phrase_input.value = "no such phrase ((((("
     assert "not found" in app.phrase_status.text
 
@@ -396,8 +499,8 @@ def test_recent_results_are_shared_by_sessions_and_bounded(tiny_index, monkeypat
     second.select_view.tokens.selected.indices = list(range(span[0] - first.session.window[0],
                                                             span[1] - first.session.window[0]))
     assert second.session.span == span
-    # the same query, computed once (each session then adds the candidates' lengths itself)
-    assert second.session.result.result.matches is first_result.result.matches
+    # the same query, computed once (each session then adds the candidates' lengths)
+    assert second.session.result.rows is first_result.rows
     assert len(computed) == len({q for q in computed})
     # the server keeps only the latest RECENT_RESULTS queries
     q = computed[-1]
@@ -409,6 +512,25 @@ def test_recent_results_are_shared_by_sessions_and_bounded(tiny_index, monkeypat
     assert len(computed) == again  # kept
     fetch.run_pattern(shared, replace(q, threshold=0.001), None, 10)
     assert len(computed) == again + 1  # the oldest was dropped
+
+
+def test_analyses_are_computed_once_per_server(tiny_index) -> None:
+    from server.app import ANALYSIS_VIEWS, FIRST_ANALYSIS_TAB
+    from server.gate_view import GateView
+
+    shared = Shared(tiny_index)
+    first, second = build(Document(), shared), build(Document(), shared)
+    tab = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(GateView)
+    calls = []
+    for app in (first, second):
+        view = app.analysis_view(tab - FIRST_ANALYSIS_TAB)
+        compute = view.fetch
+        view.fetch = lambda shared, params, compute=compute: calls.append(params) or compute(
+            shared, params)
+        app.tabs.active = tab
+    assert len(calls) == 1  # the second session got the first one's result
+    views = [app.analysis_views[tab - FIRST_ANALYSIS_TAB] for app in (first, second)]
+    assert views[1].data is views[0].data is not None
 
 
 def test_display_grouping_helpers() -> None:

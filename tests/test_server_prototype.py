@@ -126,7 +126,7 @@ def test_the_first_pull_is_the_documents_own_until_it_changes(shared: Shared) ->
     assert plain(after.content) == plain(Document.to_json(doc).content)
     # the events the app listens to are subscribed in what the browser gets
     buttons = [m for m in objects(plain(pulled.content)) if m["name"] == "Button"]
-    assert len(buttons) == 4
+    assert len(buttons) == 6  # windows back and forth, find, next, keys, use the suggestion
     for button in buttons:
         assert button["attributes"]["subscribed_events"]["entries"] == ["button_click"]
 

@@ -20,7 +20,7 @@ from lstmsearch.analysis.surprisal import (
 )
 from lstmsearch.index import open_index
 from lstmsearch.models import load_model
-from server import analyses
+from server import analyses, fetch
 from server.app import ANALYSIS_VIEWS, FIRST_ANALYSIS_TAB, SELECT_TAB, App, build
 from server.fetch import Shared
 from server.surprisal_view import SurprisalView
@@ -182,11 +182,11 @@ def test_without_stored_surprisal_the_window_never_waits_for_the_model(plain_ind
     shared = Shared(plain_index)
     app = build(Document(), shared)
     assert not app.select_view.has_surprisal
-    assert analyses.window_surprisal(shared, 0, 10) is None
+    assert fetch.window_surprisal(shared, 0, 10) is None
     assert np.isnan(app.select_view.tokens.data["surprisal"]).all()
     assert "model" not in shared.cache
     show_surprisal(app)
-    values, scale = analyses.window_surprisal(shared, 0, 10)  # computed once: now at hand
+    values, scale = fetch.window_surprisal(shared, 0, 10)  # computed once: now at hand
     assert len(values) == 10 and scale[0] == 0.0 and scale[1] > 0
 
 
