@@ -61,6 +61,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=L.int_arg(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=L.COUNT, default=500)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--slim", action="store_true",
+                   help="the finished checkpoint keeps no optimizer state (about a third of "
+                   "the size, for shipping; a --resume from it restarts the optimizer)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_train)
 
@@ -75,7 +78,7 @@ def run_train(args: argparse.Namespace) -> None:
         steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
         limit=args.limit, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
-    result = train(config, args.out, resume=args.resume)
+    result = train(config, args.out, resume=args.resume, slim=args.slim)
     if args.json:
         print(json.dumps({
             "checkpoint": str(result.path), "steps": result.steps, "epochs": result.epochs_done,
