@@ -162,7 +162,7 @@ def test_document_lanes_match_a_reference_and_never_cross_a_document(seed):
                     seen.add(int(owner[b, at]))
                     assert seen == {int(owner[b, at])}, f"lane {b} mixes documents {seen}"
         # a document's first window always starts from zero
-        for d, w in data.placed[b]:
+        for _, w in data.placed[b]:
             assert starts[b, w]
 
 
