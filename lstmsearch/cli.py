@@ -126,6 +126,12 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                    "estimated index size")
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
+    p.add_argument("--tracks", choices=["auto", "code", "text", "parens", "none"],
+                   default="auto",
+                   help="annotation tracks computed from the text: code (in_string, "
+                   "in_comment, bracket_depth, indent, column), text (word_position, "
+                   "sentence_position, in_quotes, line_position), parens (depth); auto "
+                   "(default) detects the corpus's kind")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data actors, on this machine "
                    "or a cluster (pip install 'lstmsearch[ray]')")
@@ -179,6 +185,7 @@ def run_index(args: argparse.Namespace) -> None:
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
             device=args.device, faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
             space_check=not args.no_space_check, surprisal=not args.no_surprisal,
+            tracks=args.tracks,
         )
     if args.json:
         print(json.dumps({
@@ -186,7 +193,8 @@ def run_index(args: argparse.Namespace) -> None:
             "tokens": result.n_tokens, "new_documents": result.new_docs,
             "new_tokens": result.new_tokens, "states": list(result.states),
             "seconds": round(result.seconds, 3), "tokens_per_second": result.tokens_per_second,
-            "skipped": result.skipped,
+            "skipped": result.skipped, "tracks": result.tracks,
+            "untokenized": result.untokenized,
         }, indent=2))
     else:
         print(result.summary())
