@@ -253,7 +253,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     if previous is None:
         tokenizer = train_tokenizer(config.tokenizer, train_texts, **vocab_option(config))
     train_docs = encode_documents(tokenizer, train_texts)
-    val_data = document_lanes(encode_documents(tokenizer, val_texts), min(config.batch, 8),
+    val_data = document_lanes(encode_documents(tokenizer, val_texts), config.batch,
                               config.seq_len)
 
     torch.manual_seed(config.seed)
