@@ -12,7 +12,9 @@ Each epoch lays the documents out in a new seeded order. Validation perplexity i
 after every epoch the same way, per document from a zero state, so it is the perplexity of
 the tokens' stored surprisal in an index. Checkpoints hold weights, optimizer, tokenizer and
 the position in training, so `resume=True` carries on where a run stopped (the carried
-recurrent state restarts from zero at the resumed window).
+recurrent state restarts from zero at the resumed window). With no learning-rate schedule,
+the checkpoint a run writes at step S holds the weights of the same run told to stop at S
+(`steps=S`); resuming it with `steps=S` finishes it as that run (validation, final save).
 """
 
 from __future__ import annotations
@@ -298,6 +300,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     bar = tqdm(total=total_steps, initial=min(step, total_steps), desc="train", unit="step",
                file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
     done = config.steps is not None and step >= config.steps
+    if config.steps is not None and step > config.steps:
+        raise ValueError(f"{out} is at step {step}, past the {config.steps} steps asked: "
+                         f"resume with --steps {step} or more")
     while epoch < config.epochs and not done:
         model.train()
         state, losses = None, []
@@ -332,6 +337,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             if epoch < config.epochs and not done:
                 train_data = epoch_lanes(epoch)
         save(final=done or epoch >= config.epochs)
+    if done and (not history or history[-1]["step"] != step):
+        # resumed at a checkpoint taken at exactly the steps asked: the weights are those
+        # of a run told to stop there, so measure and write them as its end
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": float("nan"),
+                        "val_perplexity": evaluate(model, val_data)})
+        save(final=True)
     bar.close()
     result = TrainResult(
         path=out, steps=step, epochs_done=epoch,

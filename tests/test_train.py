@@ -234,3 +234,36 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(corpus_dir, tmp_p
     assert result.steps == 15
     ts = read_checkpoint(slim)["train_state"]
     assert ts["step"] == 15 and ts["optimizer"]["state"][0]["step"].item() == 5
+
+
+def test_a_checkpoint_along_the_way_finishes_as_the_shorter_run(corpus_dir, tmp_path,
+                                                                monkeypatch):
+    """No learning-rate schedule: the checkpoint at step 10 of a 20-step run holds the
+    weights of a 10-step run, and resuming it with steps=10 writes that run's end."""
+    import shutil
+
+    import lstmsearch.train as train_module
+
+    short, long_ = tmp_path / "short.pt", tmp_path / "long.pt"
+    train(small_config(corpus_dir, steps=10), short, slim=True)
+    copies = []
+    real_save = train_module.save_checkpoint
+
+    def save_and_keep(out, *args, **kwargs):
+        real_save(out, *args, **kwargs)
+        copies.append(shutil.copy(out, tmp_path / f"copy{len(copies)}.pt"))
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_and_keep)
+    train(small_config(corpus_dir, steps=20, checkpoint_every=10), long_)
+    monkeypatch.undo()
+    along = copies[0]
+    assert read_checkpoint(along)["train_state"]["step"] == 10
+    assert read_checkpoint(along)["train_state"]["history"] == []  # no validation yet
+    with pytest.raises(ValueError, match="at step 20, past the 10 steps asked"):
+        train(small_config(corpus_dir, steps=10), long_, resume=True)
+    result = train(small_config(corpus_dir, steps=10), along, resume=True, slim=True)
+    assert result.steps == 10
+    assert result.val_perplexity == pytest.approx(read_checkpoint(short)["meta"]["val_perplexity"])
+    assert read_checkpoint(along)["train_state"]["optimizer"] is None
+    for k, v in load_model(short).model.state_dict().items():
+        assert torch.equal(v, load_model(along).model.state_dict()[k])
