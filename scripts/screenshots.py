@@ -49,7 +49,7 @@ def save(d: Any, out: Path, name: str) -> None:
 
 
 def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
-    """The parens demo: depth unit 61 of layers.0.c."""
+    """The parens demo: depth unit 51 of layers.0.c."""
     load(d, url)
     set_value(d, "state-select", "layers.0.c")
     set_value(d, "pos-input", 1200)
@@ -64,9 +64,9 @@ def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     wait_idle(d)
     save(d, out, "trajectory-view.png")
     open_tab(d, "Gates")
-    set_value(d, "gates-units", "61")
-    wait_for(d, lambda d: "units 61," in (model_value(d, "gates-info", "m.text") or ""),
-             "unit 61's gates")
+    set_value(d, "gates-units", "51")
+    wait_for(d, lambda d: "units 51," in (model_value(d, "gates-info", "m.text") or ""),
+             "unit 51's gates")
     wait_idle(d)
     save(d, out, "gates-view.png")
     show(d, "Weights", "weights-table-data", "name")
