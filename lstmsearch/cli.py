@@ -127,11 +127,11 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
     p.add_argument("--tracks", choices=["auto", "code", "text", "parens", "none"],
-                   default="auto",
+                   default=None,
                    help="annotation tracks computed from the text: code (in_string, "
                    "in_comment, bracket_depth, indent, column), text (word_position, "
                    "sentence_position, in_quotes, line_position), parens (depth); auto "
-                   "(default) detects the corpus's kind")
+                   "(default) detects the corpus's kind; an append keeps the index's")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data actors, on this machine "
                    "or a cluster (pip install 'lstmsearch[ray]')")
@@ -158,6 +158,8 @@ def run_index(args: argparse.Namespace) -> None:
                 if given]
     if args.engine != "ray" and ray_only:
         raise UsageError(f"{ray_only[0]} goes with --engine ray")
+    if args.tracks is not None and (args.engine == "ray" or user_model(args)):
+        raise UsageError("--tracks goes with --engine local and an lstmsearch checkpoint")
     if args.engine == "ray":
         if user_model(args):
             raise UsageError("--engine ray indexes with lstmsearch checkpoints; index your own "
@@ -185,7 +187,7 @@ def run_index(args: argparse.Namespace) -> None:
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
             device=args.device, faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
             space_check=not args.no_space_check, surprisal=not args.no_surprisal,
-            tracks=args.tracks,
+            tracks=args.tracks or "auto",
         )
     if args.json:
         print(json.dumps({

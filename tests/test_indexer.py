@@ -635,3 +635,10 @@ def test_resume_keeps_token_tracks_of_a_word_tokenizer(tmp_path):
         np.testing.assert_array_equal(got.track("where"), want.track("where"))
         starts = got.tokens(0, got.n_tokens).char_start
         np.testing.assert_array_equal(got.track("where"), starts)  # the first character's
+
+
+def test_cli_tracks_only_with_the_local_engine(tmp_path, tiny_model_path, capsys):
+    assert main(["index", "parens", "--model", str(tiny_model_path), "--out",
+                 str(tmp_path / "x"), "--tracks", "code", "--engine", "ray"]) == 2
+    assert "--tracks goes with --engine local" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
