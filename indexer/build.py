@@ -65,7 +65,7 @@ from lstmsearch.progress import progress_bar
 from lstmsearch.store import to_stored
 from lstmsearch.tokenize import Tokenizer
 from lstmsearch.tracks import KINDS as TRACK_KINDS
-from lstmsearch.tracks import char_tracks, detect_kind
+from lstmsearch.tracks import char_tracks, detect_kind, token_level_tracks
 
 SEGMENT_TOKENS = 65_536
 """Least number of tokens in a segment by default (the unit of commit, and of work lost to a
@@ -163,7 +163,8 @@ def tokenize_documents(
         untokenized += computed.skipped
         first = np.minimum(enc.starts, max(0, len(text) - 1))
         token_tracks = {k: np.asarray(v, dtype=np.float64)[first]
-                        for k, v in {**computed.values, **own_tracks}.items()}
+                        for k, v in {**token_level_tracks(computed, tokenizer.kind),
+                                     **own_tracks}.items()}
         docs.append(PlannedDoc(name, text, enc.ids, enc.starts, enc.ends, token_tracks))
     return docs, skipped, untokenized
 

@@ -11,7 +11,8 @@ out). Which set a corpus gets is its kind (`KINDS`), detected by `detect_kind` o
   and comments, counted as ``depth`` counts), ``indent`` (the column of the line's first
   non-blank character; none on a blank line) and ``column`` (position in the line). A file
   that does not tokenize gets ``indent`` and ``column`` only, and is counted.
-- ``text``: ``word_position`` (position of a character in its word, none between words),
+- ``text``: ``word_position`` (position of a character in its word, none between words;
+  not stored for a word tokenizer, whose tokens are whole words),
   ``sentence_position`` (how many words of its sentence come before it), ``in_quotes`` (1
   inside double quotes, the quote marks included) and ``line_position`` (position in the
   line).
@@ -33,6 +34,9 @@ KINDS = ("code", "text", "parens", "none")
 
 CODE_TRACKS = ("in_string", "in_comment", "bracket_depth", "indent", "column")
 TEXT_TRACKS = ("word_position", "sentence_position", "in_quotes", "line_position")
+INSIDE_WORD_TRACKS = frozenset({"word_position"})
+"""Tracks of where a token sits inside a word: always 0 for a word tokenizer's tokens, which
+are whole words, so an index with one leaves them out (`token_level_tracks`)."""
 PARENS_TRACKS = ("depth",)
 
 PARENS_ALPHABET = frozenset("()0123456789")
@@ -72,6 +76,13 @@ def char_tracks(kind: str, text: str) -> CharTracks:
     if kind == "none":
         return CharTracks({})
     raise ValueError(f"unknown track set {kind!r}: choose one of {', '.join(KINDS)}")
+
+
+def token_level_tracks(tracks: CharTracks, tokenizer_kind: str) -> dict[str, np.ndarray]:
+    """The computed tracks that vary from token to token under a tokenizer of this kind."""
+    if tokenizer_kind == "word":
+        return {k: v for k, v in tracks.values.items() if k not in INSIDE_WORD_TRACKS}
+    return dict(tracks.values)
 
 
 # --- shared ---------------------------------------------------------------------------------

@@ -446,6 +446,24 @@ def test_text_corpus_gets_text_tracks_and_none_leaves_them_out(tmp_path):
         build_index(corpus, model, tmp_path / "bad", progress=False, tracks="prose")
 
 
+def test_a_word_tokenizer_index_has_no_position_inside_a_word(tmp_path):
+    texts = ['Say "hi." Then go now.', "one two\nthree four. Five"]
+    corpus = Corpus("prose", [Document(f"d{i}", t) for i, t in enumerate(texts)])
+    tokenizer = train_tokenizer("word", texts)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=5,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    build_index(corpus, tmp_path / "m.pt", tmp_path / "index", progress=False)
+    with open_index(tmp_path / "index") as index:
+        # every token is a whole word: its position in the word would be 0 everywhere
+        assert index.track_names() == sorted((*set(TEXT_TRACKS) - {"word_position"},
+                                              "surprisal"))
+        starts = index.tokens(0, index.n_tokens).char_start
+        d = index.documents()[1]
+        want = text_tracks(texts[1])["sentence_position"][starts[d.start : d.end]]
+        np.testing.assert_array_equal(stored_track(index, "sentence_position", 1), want)
+
+
 # --- annotations -------------------------------------------------------------------------
 
 
