@@ -56,7 +56,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=L.int_arg(1, 1_000_000), default=128,
                    help="tokens per backpropagation window")
     p.add_argument("--batch", type=L.int_arg(1, 100_000), default=32)
-    p.add_argument("--lr", type=L.float_arg(0.0, 100.0), default=3e-3)
+    p.add_argument("--lr", type=L.float_arg(0.0, 100.0), default=None,
+                   help="learning rate (default 0.003); with --resume, the rate to go on at "
+                   "(default: the saved run's)")
     p.add_argument("--limit", type=L.COUNT, default=None, help="use only the first N documents")
     p.add_argument("--seed", type=L.int_arg(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=L.COUNT, default=500)
@@ -75,10 +77,12 @@ def run_train(args: argparse.Namespace) -> None:
         corpus=args.corpus, arch=args.arch, layers=args.layers, hidden=args.hidden,
         embed_dim=args.embed, dropout=args.dropout, bidirectional=args.bidirectional,
         tokenizer=args.tokenizer, vocab_size=args.vocab_size, epochs=args.epochs,
-        steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
+        steps=args.steps, seq_len=args.seq_len, batch=args.batch,
+        lr=TrainConfig.lr if args.lr is None else args.lr,
         limit=args.limit, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
-    result = train(config, args.out, resume=args.resume, slim=args.slim)
+    result = train(config, args.out, resume=args.resume, slim=args.slim,
+                   resume_lr=args.lr if args.resume else None)
     if args.json:
         print(json.dumps({
             "checkpoint": str(result.path), "steps": result.steps, "epochs": result.epochs_done,

@@ -232,8 +232,12 @@ def evaluate(model: LanguageModel, data: DocumentLanes) -> float:
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
-          device: str | None = None, slim: bool = False) -> TrainResult:
+          device: str | None = None, slim: bool = False,
+          resume_lr: float | None = None) -> TrainResult:
     """Train (or resume training) and write the checkpoint to `out`.
+
+    A resumed run keeps the saved run's settings but `epochs` and `steps`, and its learning
+    rate unless `resume_lr` gives a new one (a second, slower phase of a long run).
 
     With `slim` the finished checkpoint keeps no optimizer state (about a third of the size,
     for shipped models); a resume from it starts the optimizer's moments afresh. The
@@ -247,7 +251,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     previous = read_checkpoint(out) if resume else None
     if previous is not None:
         saved = previous["train_state"]["config"]
-        config = TrainConfig(**{**saved, "epochs": config.epochs, "steps": config.steps})
+        lr = saved["lr"] if resume_lr is None else resume_lr
+        config = TrainConfig(**{**saved, "epochs": config.epochs, "steps": config.steps,
+                                "lr": lr})
         tokenizer = Tokenizer.from_json(previous["tokenizer"])
 
     corpus = load_corpus(config.corpus, limit=config.limit)
@@ -272,6 +278,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         ts = previous["train_state"]
         if ts.get("optimizer") is not None:
             optimizer.load_state_dict(ts["optimizer"])
+            for group in optimizer.param_groups:  # the saved state carries the old rate
+                group["lr"] = config.lr
         step, epoch, window, history = ts["step"], ts["epoch"], ts["window"], ts["history"]
 
     def epoch_lanes(e: int) -> DocumentLanes:

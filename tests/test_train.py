@@ -267,3 +267,33 @@ def test_a_checkpoint_along_the_way_finishes_as_the_shorter_run(corpus_dir, tmp_
     assert read_checkpoint(along)["train_state"]["optimizer"] is None
     for k, v in load_model(short).model.state_dict().items():
         assert torch.equal(v, load_model(along).model.state_dict()[k])
+
+
+def test_a_resumed_run_goes_on_at_a_new_learning_rate_only_when_given(corpus_dir, tmp_path):
+    stopped = tmp_path / "stopped.pt"
+    train(small_config(corpus_dir, steps=10), stopped)
+    before = load_model(stopped).model.state_dict()
+    # the saved rate (0.02) unless a new one is given: a settings change on resume is ignored
+    train(small_config(corpus_dir, steps=12, lr=0.5), stopped, resume=True)
+    ts = read_checkpoint(stopped)["train_state"]
+    assert ts["config"]["lr"] == 0.02 and ts["optimizer"]["param_groups"][0]["lr"] == 0.02
+    moved = load_model(stopped).model.state_dict()
+    assert any(not torch.equal(before[k], moved[k]) for k in before)
+    # a rate so small that Adam's steps (about lr each) leave the weights where they were
+    train(small_config(corpus_dir, steps=14), stopped, resume=True, resume_lr=1e-12)
+    ts = read_checkpoint(stopped)["train_state"]
+    assert ts["config"]["lr"] == 1e-12 and ts["optimizer"]["param_groups"][0]["lr"] == 1e-12
+    after = load_model(stopped).model.state_dict()
+    for k in moved:
+        torch.testing.assert_close(after[k], moved[k], rtol=0, atol=1e-9)
+
+
+def test_cli_resume_takes_a_learning_rate(corpus_dir, tmp_path):
+    from lstmsearch.cli import main
+
+    out = tmp_path / "m.pt"
+    main(["train", str(corpus_dir), "--hidden", "8", "--embed", "4", "--seq-len", "16",
+          "--batch", "2", "--steps", "3", "--out", str(out)])
+    assert read_checkpoint(out)["train_state"]["config"]["lr"] == 3e-3
+    main(["train", "--resume", "--steps", "5", "--lr", "0.0005", "--out", str(out), "x"])
+    assert read_checkpoint(out)["train_state"]["config"]["lr"] == 0.0005
