@@ -17,6 +17,8 @@ from lstmsearch.models import (
     save_checkpoint,
 )
 from lstmsearch.tokenize import train_tokenizer
+from lstmsearch.tracks import code_tracks
+from lstmsearch.train import TrainConfig, split_documents
 
 MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
 
@@ -111,3 +113,28 @@ def test_shipped_parens_model_has_a_depth_unit_and_starts_documents_well():
     assert best_correlation(states, names, depth.astype(np.float64)) >= 0.9
     first, rest = start_and_rest_surprisal(loaded.model.eval(), [e.ids for e in encodings])
     assert first <= 1.2 * rest
+
+
+def test_shipped_stdlib_model_has_string_and_indent_units():
+    """On held-out standard-library files (the validation split of its training), some unit
+    follows the code tracks an index computes: in_string and indent, |r| >= 0.7."""
+    loaded = load_model(MODELS / "stdlib-char-lstm.pt")
+    _, held_out = split_documents(load_corpus("python-stdlib"), TrainConfig.val_fraction,
+                                  TrainConfig.seed)
+    texts = [t[:3000] for t in held_out[:40]]
+    tracks = [code_tracks(t) for t in texts]
+    kept = [i for i, t in enumerate(tracks) if not t.skipped]
+    encodings = [loaded.tokenizer.encode(texts[i]) for i in kept]
+    names = [f"layers.{i}.{k}" for i in range(loaded.config.layers) for k in ("h", "c")]
+    states = extract(loaded.model, [e.ids for e in encodings], names)
+    for track in ("in_string", "indent"):
+        values = np.concatenate([tracks[i].values[track][e.starts]
+                                 for i, e in zip(kept, encodings, strict=True)])
+        assert best_correlation(states, names, values.astype(np.float64)) >= 0.7, track
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.pt")), ids=lambda p: p.name)
+def test_shipped_models_are_small_and_slim(path):
+    """Each shipped model stays under 5 MB: weights only, no optimizer state."""
+    assert path.stat().st_size < 5_000_000
+    assert load_model(path).meta.get("val_perplexity") is not None
