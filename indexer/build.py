@@ -8,7 +8,8 @@ The data flows through five stages, each a function the local engine here and th
 engine (`indexer.ray_engine`) both run:
 
 1. read documents (`read_corpus`, `corpus_docs`),
-2. tokenize them (`tokenize_documents`), which fixes every document's token count, so
+2. tokenize them (`tokenize_documents`), which fixes every document's token count and
+   computes the tracks of the corpus's kind (`lstmsearch.tracks`: code, text or parens), so
 3. `plan_segments` assigns global positions and groups whole documents into segments,
 4. extract the exact states of a segment and write it (`iter_states` into a
    `SegmentWriter`: states, rows, partial statistics, FAISS, checksums),
@@ -63,6 +64,8 @@ from lstmsearch.models import LoadedModel, file_sha256, load_model
 from lstmsearch.progress import progress_bar
 from lstmsearch.store import to_stored
 from lstmsearch.tokenize import Tokenizer
+from lstmsearch.tracks import KINDS as TRACK_KINDS
+from lstmsearch.tracks import char_tracks, detect_kind, token_level_tracks
 
 SEGMENT_TOKENS = 65_536
 """Least number of tokens in a segment by default (the unit of commit, and of work lost to a
@@ -100,6 +103,8 @@ class BuildResult:
     store_seconds: float  # converting, writing, flushing, committing (alongside the model)
     finalize_seconds: float  # statistics, top-K, FAISS
     skipped: dict[str, int] = field(default_factory=dict)
+    tracks: str = "none"  # the computed track set (lstmsearch.tracks.KINDS)
+    untokenized: int = 0  # code files that do not tokenize: no in_string, in_comment, bracket_depth
 
     @property
     def tokens_per_second(self) -> float:
@@ -116,6 +121,8 @@ class BuildResult:
             f"{self.tokens_per_second:,.0f} tokens/s; index {self.path} now has "
             f"{self.n_docs:,} documents, {self.n_tokens:,} tokens"
             + (f"; {skipped} documents without tokens skipped" if skipped else "")
+            + (f"; {self.untokenized} files do not tokenize as Python (no in_string, "
+               "in_comment or bracket_depth for them)" if self.untokenized else "")
         )
 
 
@@ -136,22 +143,40 @@ def default_lanes(device: torch.device, hidden: int = 512) -> int:
 
 
 def tokenize_documents(
-    documents: Sequence[tuple[str, str, dict[str, np.ndarray]]], tokenizer: Tokenizer
-) -> tuple[list[PlannedDoc], int]:
+    documents: Sequence[tuple[str, str, dict[str, np.ndarray]]], tokenizer: Tokenizer,
+    tracks: str = "none",
+) -> tuple[list[PlannedDoc], int, int]:
     """Tokenize (name, text, char_tracks) documents; drop those without tokens (counted).
 
-    A character track becomes a token track by its value at each token's first character.
+    The track set `tracks` (`lstmsearch.tracks.KINDS`) is computed for each document, the
+    corpus's own character tracks taking precedence by name; a character track becomes a
+    token track by its value at each token's first character. Returns the documents, the
+    number dropped, and the number whose code does not tokenize.
     """
     encodings = tokenizer.encode_batch([text for _, text, _ in documents])
-    docs, skipped = [], 0
-    for (name, text, char_tracks), enc in zip(documents, encodings, strict=True):
+    docs, skipped, untokenized = [], 0, 0
+    for (name, text, own_tracks), enc in zip(documents, encodings, strict=True):
         if len(enc) == 0:
             skipped += 1
             continue
+        computed = char_tracks(tracks, text)
+        untokenized += computed.skipped
         first = np.minimum(enc.starts, max(0, len(text) - 1))
-        tracks = {k: np.asarray(v, dtype=np.float64)[first] for k, v in char_tracks.items()}
-        docs.append(PlannedDoc(name, text, enc.ids, enc.starts, enc.ends, tracks))
-    return docs, skipped
+        token_tracks = {k: np.asarray(v, dtype=np.float64)[first]
+                        for k, v in {**token_level_tracks(computed, tokenizer.kind),
+                                     **own_tracks}.items()}
+        docs.append(PlannedDoc(name, text, enc.ids, enc.starts, enc.ends, token_tracks))
+    return docs, skipped, untokenized
+
+
+def choose_tracks(tracks: str, corpus: Corpus) -> str:
+    """The track set to compute: `tracks`, or with "auto" the corpus's detected kind."""
+    if tracks == "auto":
+        return detect_kind([d.name for d in corpus.documents], [d.text for d in corpus.documents])
+    if tracks not in TRACK_KINDS:
+        raise BuildError(f"unknown track set {tracks!r}: choose auto or one of "
+                         f"{', '.join(TRACK_KINDS)}")
+    return tracks
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -179,6 +204,7 @@ def build_index(
     progress: bool | None = None,
     on_segment: Callable[[int], None] | None = None,
     surprisal: bool = True,
+    tracks: str = "auto",
 ) -> BuildResult:
     """Index `corpus` with the states of `model` into directory `out`.
 
@@ -199,7 +225,9 @@ def build_index(
     nearest-state indexes: compressed codes re-ranked on the stored states, or with
     `exact_nearest` exact ones that hold a second copy of the states. Before anything is
     written the estimated size is printed, and the build refused when the output file system
-    has less free space (`space_check=False` tries anyway).
+    has less free space (`space_check=False` tries anyway). `tracks` names the annotation
+    tracks computed from the text (`lstmsearch.tracks`: code, text, parens or none; "auto"
+    detects the corpus's kind); an append computes the set its index was built with.
     """
     out = Path(out)
     if resume and append:
@@ -211,7 +239,7 @@ def build_index(
             raise BuildError(f"{name} must be a positive integer, got {value!r}")
     device = choose_device(device)
     job = Job(out, device, lanes, chunk, faiss, exact_nearest, progress, on_segment,
-              surprisal, space_check)
+              surprisal, space_check, tracks)
     sizes = (segment_tokens, segment_docs)
     if resume:
         return job.resume(corpus, model, layers, kinds, limit, corpus_options, sizes)
@@ -234,6 +262,8 @@ class Job:
     on_segment: Callable[[int], None] | None
     surprisal: bool = True  # store each token's surprisal as the track SURPRISAL_TRACK
     space_check: bool = True  # refuse to start without the free space the estimate needs
+    tracks: str = "auto"  # computed tracks (lstmsearch.tracks.KINDS), "auto": detected
+    untokenized: int = 0  # code files of this run that do not tokenize
     started: float = field(default_factory=time.perf_counter)
     extract_seconds: float = 0.0
     store_seconds: float = 0.0
@@ -248,7 +278,9 @@ class Job:
         loaded = load_model(model, device=self.device)
         names = state_names(loaded.config, kinds=kinds, layers=layers)
         corpus = read_corpus(corpus, limit, corpus_options)
-        docs, skipped = tokenize_documents(corpus_docs(corpus), loaded.tokenizer)
+        self.tracks = choose_tracks(self.tracks, corpus)
+        docs, skipped, self.untokenized = tokenize_documents(corpus_docs(corpus),
+                                                             loaded.tokenizer, self.tracks)
         if not docs:
             raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to index")
         self.check_tracks(docs)
@@ -268,6 +300,7 @@ class Job:
                              loaded.config, loaded.tokenizer.to_json(), loaded.tokenizer.kind),
             "corpus": corpus.name,
             "surprisal": "true" if self.surprisal else "false",
+            "tracks": self.tracks,
         }
         dims = {name: loaded.config.state_dim for name in names}
         states = [(n, *split_name(n), dims[n]) for n in names]
@@ -311,7 +344,8 @@ class Job:
             docs: list[PlannedDoc] = []
             if planned:
                 rows = writer.planned_documents(planned[0].doc_start, planned[-1].doc_end)
-                docs, _ = tokenize_documents([(n, t, {}) for n, t, _ in rows], loaded.tokenizer)
+                docs, _, _ = tokenize_documents([(n, t, {}) for n, t, _ in rows],
+                                                loaded.tokenizer)
                 if len(docs) == len(rows):  # the staged tracks are per token already
                     docs = [replace(d, tracks=tracks) for d, (_, _, tracks) in
                             zip(docs, rows, strict=True)]
@@ -334,7 +368,9 @@ class Job:
             self.surprisal = meta.get("surprisal") == "true"
             loaded = self.index_model(meta, model)
             corpus = read_corpus(corpus, limit, corpus_options)
-            docs, skipped = tokenize_documents(corpus_docs(corpus), loaded.tokenizer)
+            self.tracks = meta.get("tracks", "none")
+            docs, skipped, self.untokenized = tokenize_documents(corpus_docs(corpus),
+                                                                 loaded.tokenizer, self.tracks)
             if not docs:
                 raise BuildError(f"corpus {corpus.name!r} has no documents with tokens to add")
             self.check_tracks(docs)
@@ -470,6 +506,7 @@ class Job:
             n_segments=n_segments, states=states, seconds=time.perf_counter() - self.started,
             extract_seconds=self.extract_seconds, store_seconds=self.store_seconds,
             finalize_seconds=self.finalize_seconds, skipped=skipped,
+            tracks=self.tracks, untokenized=self.untokenized,
         )
 
     def write_segments(self, writer: IndexWriter, loaded: LoadedModel,

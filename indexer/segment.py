@@ -313,6 +313,7 @@ def write_rows(path: Path, plan: SegmentPlan, docs: Sequence[PlannedDoc],
     n = int(lengths.sum())
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")  # the build reports its own progress
     try:
         for statement in SEGMENT_SCHEMA:
             con.execute(statement)
@@ -361,6 +362,7 @@ def write_rows(path: Path, plan: SegmentPlan, docs: Sequence[PlannedDoc],
 def copy_rows(path: Path, plan: SegmentPlan, sources: Sequence[Path]) -> None:
     """A row database for `plan` from the rows of other ones (each attached read-only)."""
     con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")  # the build reports its own progress
     try:
         for statement in SEGMENT_SCHEMA:
             con.execute(statement)

@@ -456,8 +456,7 @@ def merge_top(lists: list[tuple[np.ndarray, np.ndarray]], k: int, lowest: bool
 def merge_partials(parts: list[PartialStats], k: int = TOP_K) -> PartialStats:
     """One `PartialStats` for the union of the segments of `parts` (e.g. a compaction)."""
     dim = parts[0].dim
-    n_total = int(sum(p.counts.sum() for p in parts))
-    kk = min(k, max((p.top_pos.shape[1] for p in parts), default=0) * len(parts), n_total)
+    kk = min(k, sum(p.top_pos.shape[1] for p in parts))  # min(k, tokens), as one scan gives
     tops = {"top_pos": np.empty((dim, kk), np.int64), "top_value": np.empty((dim, kk), np.float32),
             "bottom_pos": np.empty((dim, kk), np.int64),
             "bottom_value": np.empty((dim, kk), np.float32)}

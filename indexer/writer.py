@@ -87,7 +87,10 @@ def connect_writable(path: Path, wait: float = CONNECT_WAIT) -> duckdb.DuckDBPyC
     deadline = time.monotonic() + wait
     while True:
         try:
-            return duckdb.connect(str(path))
+            # no DuckDB progress bar: a build reports its own progress (tqdm or plain lines)
+            con = duckdb.connect(str(path))
+            con.execute("SET enable_progress_bar = false")
+            return con
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise BuildError(
@@ -462,6 +465,7 @@ def stage_plan(path: Path, docs: Sequence[PlannedDoc], plans: Sequence[SegmentPl
     for p in plans:
         segment_of[p.doc_start - first_doc : p.doc_end - first_doc] = p.number
     con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")  # the build reports its own progress
     try:
         for statement in PLAN_SCHEMA:
             con.execute(statement)

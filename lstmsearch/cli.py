@@ -57,11 +57,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=L.int_arg(1, 1_000_000), default=128,
                    help="tokens per backpropagation window")
     p.add_argument("--batch", type=L.int_arg(1, 100_000), default=32)
-    p.add_argument("--lr", type=L.float_arg(0.0, 100.0), default=3e-3)
+    p.add_argument("--lr", type=L.float_arg(0.0, 100.0), default=None,
+                   help="learning rate (default 0.003); with --resume, the rate to go on at "
+                   "(default: the saved run's)")
     p.add_argument("--limit", type=L.COUNT, default=None, help="use only the first N documents")
     p.add_argument("--seed", type=L.int_arg(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=L.COUNT, default=500)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--slim", action="store_true",
+                   help="the finished checkpoint keeps no optimizer state (about a third of "
+                   "the size, for shipping; a --resume from it restarts the optimizer)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_train)
 
@@ -73,10 +78,12 @@ def run_train(args: argparse.Namespace) -> None:
         corpus=args.corpus, arch=args.arch, layers=args.layers, hidden=args.hidden,
         embed_dim=args.embed, dropout=args.dropout, bidirectional=args.bidirectional,
         tokenizer=args.tokenizer, vocab_size=args.vocab_size, epochs=args.epochs,
-        steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
+        steps=args.steps, seq_len=args.seq_len, batch=args.batch,
+        lr=TrainConfig.lr if args.lr is None else args.lr,
         limit=args.limit, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
-    result = train(config, args.out, resume=args.resume)
+    result = train(config, args.out, resume=args.resume, slim=args.slim,
+                   resume_lr=args.lr if args.resume else None)
     if args.json:
         print(json.dumps({
             "checkpoint": str(result.path), "steps": result.steps, "epochs": result.epochs_done,
@@ -124,6 +131,12 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                    "estimated index size")
     p.add_argument("--no-surprisal", action="store_true",
                    help="do not store each token's surprisal (the track 'surprisal')")
+    p.add_argument("--tracks", choices=["auto", "code", "text", "parens", "none"],
+                   default=None,
+                   help="annotation tracks computed from the text: code (in_string, "
+                   "in_comment, bracket_depth, indent, column), text (word_position, "
+                   "sentence_position, in_quotes, line_position), parens (depth); auto "
+                   "(default) detects the corpus's kind; an append keeps the index's")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data actors, on this machine "
                    "or a cluster (pip install 'lstmsearch[ray]')")
@@ -150,6 +163,8 @@ def run_index(args: argparse.Namespace) -> None:
                 if given]
     if args.engine != "ray" and ray_only:
         raise UsageError(f"{ray_only[0]} goes with --engine ray")
+    if args.tracks is not None and (args.engine == "ray" or user_model(args)):
+        raise UsageError("--tracks goes with --engine local and an lstmsearch checkpoint")
     if args.engine == "ray":
         if user_model(args):
             raise UsageError("--engine ray indexes with lstmsearch checkpoints; index your own "
@@ -177,6 +192,7 @@ def run_index(args: argparse.Namespace) -> None:
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
             device=args.device, faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
             space_check=not args.no_space_check, surprisal=not args.no_surprisal,
+            tracks=args.tracks or "auto",
         )
     if args.json:
         print(json.dumps({
@@ -184,7 +200,8 @@ def run_index(args: argparse.Namespace) -> None:
             "tokens": result.n_tokens, "new_documents": result.new_docs,
             "new_tokens": result.new_tokens, "states": list(result.states),
             "seconds": round(result.seconds, 3), "tokens_per_second": result.tokens_per_second,
-            "skipped": result.skipped,
+            "skipped": result.skipped, "tracks": result.tracks,
+            "untokenized": result.untokenized,
         }, indent=2))
     else:
         print(result.summary())

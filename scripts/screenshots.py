@@ -50,12 +50,12 @@ def save(d: Any, out: Path, name: str, top: bool = True) -> None:
 
 SEARCH = "?view=select&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=1&padding=1-0"
 """The parens demo's pattern search as an address: the first "(((" on layers.0.c, θ = 0.2."""
-DEPTH_UNIT = "?view=neuron&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=-1&unit=61"
-"""Its depth unit (61, which falls as the nesting deepens) in the neuron view."""
+DEPTH_UNIT = "?view=neuron&layer=0&kind=c&span={start}-{end}&threshold=0.2&sign=-1&unit=51"
+"""Its depth unit (51, which falls as the nesting deepens) in the neuron view."""
 
 
 def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
-    """The parens demo: the search for "(((", depth unit 61 of layers.0.c, the analyses."""
+    """The parens demo: the search for "(((", depth unit 51 of layers.0.c, the analyses."""
     from lstmsearch.index import open_index
 
     with open_index(index_path) as index:
@@ -68,7 +68,7 @@ def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
     save(d, out, "match-view.png", top=False)
     load(d, url + DEPTH_UNIT.format(**span))
-    wait_for(d, lambda d: rows_in(d, "neuron-top-cells"), "unit 61")
+    wait_for(d, lambda d: rows_in(d, "neuron-top-cells"), "unit 51")
     wait_idle(d)
     save(d, out, "neuron-view.png")
     load(d, url)
@@ -85,9 +85,9 @@ def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     wait_idle(d)
     save(d, out, "trajectory-view.png")
     open_tab(d, "Gates")
-    set_value(d, "gates-units", "61")
-    wait_for(d, lambda d: "units 61," in (model_value(d, "gates-info", "m.text") or ""),
-             "unit 61's gates")
+    set_value(d, "gates-units", "51")
+    wait_for(d, lambda d: "units 51," in (model_value(d, "gates-info", "m.text") or ""),
+             "unit 51's gates")
     wait_idle(d)
     save(d, out, "gates-view.png")
     show(d, "Weights", "weights-table-data", "name")

@@ -157,12 +157,12 @@ def test_index_gates_name_bad_input(tiny_index):
 
 @pytest.mark.skipif(not PARENS.exists(), reason="shipped parens model not present")
 def test_parens_depth_unit_gates_write_on_opening_brackets(tmp_path):
-    """How the depth cell (layers.0.c unit 61, r = -0.83 with depth) counts, read from its
-    gates over an index: at "(" the input gate is wide open and the write i·g is strongly
-    negative, with the sign of r (deeper: lower); at ")" the input gate is half shut, so the
-    write is weaker, and the forget gate is lower, so the cell relaxes back towards zero.
-    Measured on twelve documents: i 0.97 at "(" (never below 0.8) against 0.57 at ")";
-    i·g -0.95 against -0.56; f 0.83 against 0.70 (other corpus seeds alike)."""
+    """How the depth cell (layers.0.c unit 51, r = -0.95 with depth) counts, read from its
+    gates over an index: at "(" the write i·g is strongly negative, with the sign of r
+    (deeper: lower); at ")" the input gate is wide open and the write is on average near
+    zero, and the forget gate is lower than at "(", so the cell relaxes back up towards
+    zero. Measured on twelve documents (corpus seeds 0 and 3): i·g -0.78 at "(" against
+    -0.03 at ")"; i 0.97 at ")" (never below 0.86); f 0.72 at "(" against 0.59 at ")"."""
     from indexer.build import build_index
     from lstmsearch.analysis.gates import index_gates
     from lstmsearch.corpus import load_corpus
@@ -171,22 +171,22 @@ def test_parens_depth_unit_gates_write_on_opening_brackets(tmp_path):
 
     out = tmp_path / "parens"
     build_index(load_corpus("parens", limit=12), PARENS, out, progress=False)
-    unit = 61
+    unit = 51
     with open_index(out) as index:
         model = load_model(index.path / "model.pt").model
         cells = np.asarray(index.states("layers.0.c")[:, unit], dtype=np.float64)
         r = np.corrcoef(cells, index.track("depth"))[0, 1]
-        assert r < -0.7
+        assert r < -0.9
         texts = np.array(index.tokens(0, index.n_tokens).text)
         act = index_gates(index, model, 0, 0, index.n_tokens, units=[unit], candidate=True)
     i, f = act.series["i"][:, 0], act.series["f"][:, 0]
     write = i * act.candidate[:, 0]
     opening, closing = texts == "(", texts == ")"
     assert opening.sum() > 100 and closing.sum() > 100
-    assert i[opening].min() > 0.7 and i[opening].mean() > 0.9
-    assert i[closing].mean() < 0.75
     assert np.sign(write[opening].mean()) == np.sign(r)
-    assert write[opening].mean() < -0.85 and write[closing].mean() > -0.75
+    assert write[opening].mean() < -0.7
+    assert write[closing].mean() > write[opening].mean() + 0.5
+    assert i[closing].min() > 0.8 and i[closing].mean() > 0.9
     assert f[opening].mean() > f[closing].mean() + 0.07
 
 

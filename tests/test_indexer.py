@@ -23,6 +23,7 @@ from lstmsearch.extract import extract
 from lstmsearch.index import IncompleteIndexError, open_index
 from lstmsearch.models import LanguageModel, ModelConfig, load_model, save_checkpoint
 from lstmsearch.tokenize import train_tokenizer
+from lstmsearch.tracks import CODE_TRACKS, TEXT_TRACKS, text_tracks
 
 SNAPSHOT_TABLES = {
     "documents": "doc", "tokens": "pos", "vocab": "token_id", "layers": "seq",
@@ -373,6 +374,96 @@ def test_word_tokens_keep_unicode_offsets_and_whitespace(tmp_path):
         assert index.text(1, 3) == ",  wörld"
 
 
+# --- computed tracks ---------------------------------------------------------------------
+
+
+def char_model(tmp_path: Path, texts: list[str]) -> Path:
+    """A small untrained char LSTM whose vocabulary covers `texts`."""
+    tokenizer = train_tokenizer("char", texts)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    return tmp_path / "m.pt"
+
+
+def stored_track(index, name: str, doc: int) -> np.ndarray:
+    d = index.documents()[doc]
+    return index.track(name)[d.start : d.end]
+
+
+def test_code_corpus_gets_code_tracks_and_counts_files_that_do_not_tokenize(tmp_path):
+    files = {
+        "a.py": 'def f(x):\n    return (x, "s)")  # (\n',
+        "b.py": "s = '''open\n",  # does not tokenize
+        "c.py": "y = [1,\n     2]\n",
+    }
+    folder = tmp_path / "code"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    model = char_model(tmp_path, [*files.values(), "z{}:"])
+    result = build_index(str(folder), model, tmp_path / "index", progress=False)
+    assert (result.tracks, result.untokenized) == ("code", 1)
+    assert "1 files do not tokenize" in result.summary()
+    with open_index(tmp_path / "index") as index:
+        assert index.track_names() == sorted((*CODE_TRACKS, "surprisal"))
+        # a char model: one token per character, so the stored values are the characters'
+        a = files["a.py"]
+        quoted = a.index('"s)"')
+        assert stored_track(index, "in_string", 0).tolist() == [
+            float(quoted <= i < quoted + 4) for i in range(len(a))]
+        assert stored_track(index, "bracket_depth", 0).tolist() == (
+            [0] * 5 + [1] * 3 + [0] * 2 + [0] * 11 + [1] * 9 + [0] * 6)
+        assert stored_track(index, "indent", 2).tolist() == [0] * 8 + [5] * 8
+        # the file that does not tokenize keeps its line tracks, and no others
+        assert np.isnan(stored_track(index, "in_string", 1)).all()
+        assert stored_track(index, "column", 1).tolist() == list(range(len(files["b.py"])))
+        assert len(index.neurons.correlate("bracket_depth", 0, "c", top=2)) == 2
+    # an append computes the index's own track set (and merges top lists shorter than TOP_K)
+    (tmp_path / "more.py").write_text("z = {1: (2)}\n")
+    build_index(str(tmp_path / "more.py"), None, tmp_path / "index", append=True, progress=False)
+    with open_index(tmp_path / "index") as index:
+        assert stored_track(index, "bracket_depth", 3).tolist() == (
+            [0] * 4 + [1] * 4 + [2] * 3 + [1, 0])
+    main(["index", str(folder), "--model", str(model), "--out", str(tmp_path / "t"),
+          "--tracks", "text"])
+    with open_index(tmp_path / "t") as index:
+        assert index.track_names() == sorted((*TEXT_TRACKS, "surprisal"))
+
+
+def test_text_corpus_gets_text_tracks_and_none_leaves_them_out(tmp_path):
+    texts = ['Say "hi." Then go.', "one two\nthree"]
+    corpus = Corpus("prose", [Document(f"d{i}", t) for i, t in enumerate(texts)])
+    model = char_model(tmp_path, texts)
+    build_index(corpus, model, tmp_path / "index", progress=False)
+    with open_index(tmp_path / "index") as index:
+        for name, values in text_tracks(texts[0]).items():
+            np.testing.assert_array_equal(stored_track(index, name, 0), values)
+    build_index(corpus, model, tmp_path / "bare", progress=False, tracks="none")
+    with open_index(tmp_path / "bare") as index:
+        assert index.track_names() == ["surprisal"]
+    with pytest.raises(BuildError, match="unknown track set 'prose'"):
+        build_index(corpus, model, tmp_path / "bad", progress=False, tracks="prose")
+
+
+def test_a_word_tokenizer_index_has_no_position_inside_a_word(tmp_path):
+    texts = ['Say "hi." Then go now.', "one two\nthree four. Five"]
+    corpus = Corpus("prose", [Document(f"d{i}", t) for i, t in enumerate(texts)])
+    tokenizer = train_tokenizer("word", texts)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=5,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    build_index(corpus, tmp_path / "m.pt", tmp_path / "index", progress=False)
+    with open_index(tmp_path / "index") as index:
+        # every token is a whole word: its position in the word would be 0 everywhere
+        assert index.track_names() == sorted((*set(TEXT_TRACKS) - {"word_position"},
+                                              "surprisal"))
+        starts = index.tokens(0, index.n_tokens).char_start
+        d = index.documents()[1]
+        want = text_tracks(texts[1])["sentence_position"][starts[d.start : d.end]]
+        np.testing.assert_array_equal(stored_track(index, "sentence_position", 1), want)
+
+
 # --- annotations -------------------------------------------------------------------------
 
 
@@ -562,3 +653,10 @@ def test_resume_keeps_token_tracks_of_a_word_tokenizer(tmp_path):
         np.testing.assert_array_equal(got.track("where"), want.track("where"))
         starts = got.tokens(0, got.n_tokens).char_start
         np.testing.assert_array_equal(got.track("where"), starts)  # the first character's
+
+
+def test_cli_tracks_only_with_the_local_engine(tmp_path, tiny_model_path, capsys):
+    assert main(["index", "parens", "--model", str(tiny_model_path), "--out",
+                 str(tmp_path / "x"), "--tracks", "code", "--engine", "ray"]) == 2
+    assert "--tracks goes with --engine local" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

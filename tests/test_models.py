@@ -1,4 +1,4 @@
-"""Models: shapes, checkpoint round trip, and the shipped parens model's depth unit."""
+"""Models: shapes, checkpoint round trip, and what the shipped models learned."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import torch
 
 from lstmsearch.corpus import load_corpus
 from lstmsearch.extract import extract
-from lstmsearch.models import LanguageModel, ModelConfig, load_model, save_checkpoint
+from lstmsearch.models import (
+    LanguageModel,
+    ModelConfig,
+    load_model,
+    save_checkpoint,
+)
 from lstmsearch.tokenize import train_tokenizer
+from lstmsearch.tracks import code_tracks
+from lstmsearch.train import TrainConfig, split_documents
 
 MODELS = Path(__file__).resolve().parent.parent / "data" / "models"
 
@@ -64,19 +71,70 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(v, loaded.model.state_dict()[k])
 
 
-def test_shipped_parens_model_has_a_depth_unit():
-    """On held-out documents (another seed) some unit's c tracks nesting depth: |r| >= 0.8."""
+def best_correlation(states: list[dict[str, np.ndarray]], names: list[str],
+                     track: np.ndarray) -> float:
+    """The largest |Pearson r| of any unit of `names` with `track` (finite values only)."""
+    ok = np.isfinite(track)
+    best = 0.0
+    for name in names:
+        values = np.concatenate([s[name] for s in states])[ok]
+        centered = values - values.mean(axis=0)
+        d = track[ok] - track[ok].mean()
+        r = centered.T @ d / (np.linalg.norm(centered, axis=0) * np.linalg.norm(d) + 1e-12)
+        best = max(best, float(np.abs(r).max()))
+    return best
+
+
+def start_and_rest_surprisal(model: LanguageModel, docs: list[np.ndarray]) -> tuple[float, float]:
+    """Mean surprisal (nats) of the tokens 1-9 of each document (its first 10 tokens; the
+    first has none) and of the tokens after them, each document run alone from a zero state."""
+    first, rest = [], []
+    with torch.no_grad():
+        for ids in docs:
+            x = torch.as_tensor(np.asarray(ids), dtype=torch.long)[None]
+            logits, _ = model(x[:, :-1])
+            nats = torch.nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="none")
+            first.append(nats[:9].numpy())
+            rest.append(nats[9:].numpy())
+    return float(np.concatenate(first).mean()), float(np.concatenate(rest).mean())
+
+
+def test_shipped_parens_model_has_a_depth_unit_and_starts_documents_well():
+    """On held-out documents (another seed) some unit's c tracks nesting depth, |r| >= 0.9,
+    and a document's first tokens are predicted about as well as the rest (the model was
+    trained from a zero state per document, as an index runs it)."""
     loaded = load_model(MODELS / "parens-lstm.pt")
     held_out = load_corpus("parens", n_docs=150, seed=987)
     encodings = [loaded.tokenizer.encode(d.text) for d in held_out.documents]
-    depth = np.concatenate([d.char_tracks["depth"][e.starts] for d, e in zip(held_out.documents, encodings)])
+    depth = np.concatenate([d.char_tracks["depth"][e.starts]
+                            for d, e in zip(held_out.documents, encodings, strict=True)])
     names = [f"layers.{i}.c" for i in range(loaded.config.layers)]
     states = extract(loaded.model, [e.ids for e in encodings], names)
-    best = 0.0
-    for name in names:
-        values = np.concatenate([s[name] for s in states])
-        centered = values - values.mean(axis=0)
-        d = depth - depth.mean()
-        r = centered.T @ d / (np.linalg.norm(centered, axis=0) * np.linalg.norm(d) + 1e-12)
-        best = max(best, float(np.abs(r).max()))
-    assert best >= 0.8
+    assert best_correlation(states, names, depth.astype(np.float64)) >= 0.9
+    first, rest = start_and_rest_surprisal(loaded.model.eval(), [e.ids for e in encodings])
+    assert first <= 1.2 * rest
+
+
+def test_shipped_stdlib_model_has_string_and_indent_units():
+    """On held-out standard-library files (the validation split of its training), some unit
+    follows the code tracks an index computes: in_string and indent, |r| >= 0.7."""
+    loaded = load_model(MODELS / "stdlib-char-lstm.pt")
+    _, held_out = split_documents(load_corpus("python-stdlib"), TrainConfig.val_fraction,
+                                  TrainConfig.seed)
+    texts = [t[:3000] for t in held_out[:40]]
+    tracks = [code_tracks(t) for t in texts]
+    kept = [i for i, t in enumerate(tracks) if not t.skipped]
+    encodings = [loaded.tokenizer.encode(texts[i]) for i in kept]
+    names = [f"layers.{i}.{k}" for i in range(loaded.config.layers) for k in ("h", "c")]
+    states = extract(loaded.model, [e.ids for e in encodings], names)
+    for track in ("in_string", "indent"):
+        values = np.concatenate([tracks[i].values[track][e.starts]
+                                 for i, e in zip(kept, encodings, strict=True)])
+        assert best_correlation(states, names, values.astype(np.float64)) >= 0.7, track
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.pt")), ids=lambda p: p.name)
+def test_shipped_models_are_small_and_slim(path):
+    """Each shipped model stays under 5 MB: weights only, no optimizer state."""
+    assert path.stat().st_size < 5_000_000
+    assert load_model(path).meta.get("val_perplexity") is not None

@@ -208,7 +208,7 @@ def test_stdlib_char_model_finds_its_hardest_tokens(tmp_path) -> None:
 
     corpus = load_corpus("python-stdlib", limit=12, max_bytes=8000)
     build_index(corpus, STDLIB_MODEL, tmp_path / "index", layers=[0], kinds=["h"],
-                faiss=False, progress=False)
+                faiss=False, progress=False, tracks="none")
     with open_index(tmp_path / "index") as index:
         app = build(Document(), Shared(index))
         # surprisal is the only track: its own strip, no empty track row, no default track

@@ -21,7 +21,7 @@ from server.unit_view import UnitView
 
 TAB = FIRST_ANALYSIS_TAB + ANALYSIS_VIEWS.index(UnitView)
 PARENS_MODEL = "data/models/parens-lstm.pt"
-DEPTH_UNIT = 61
+DEPTH_UNIT = 51
 
 
 
