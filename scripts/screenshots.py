@@ -79,12 +79,14 @@ def parens(d: Any, url: str, out: Path, index_path: Path) -> None:
     save(d, out, "gradients-view.png")
     show(d, "Saliency", "saliency-cells")
     save(d, out, "saliency-view.png")
-    open_tab(d, "Trajectory")
+    show(d, "Trajectory", "trajectory-points")  # built on first open: then pick its span
     set_value(d, "trajectory-span", "document")
     wait_for(d, lambda d: rows_in(d, "trajectory-points") > 64, "the document's path", 120)
     wait_idle(d)
     save(d, out, "trajectory-view.png")
     open_tab(d, "Gates")
+    wait_for(d, lambda d: "units" in (model_value(d, "gates-info", "m.text") or ""),
+             "the gates view")
     set_value(d, "gates-units", "51")
     wait_for(d, lambda d: "units 51," in (model_value(d, "gates-info", "m.text") or ""),
              "unit 51's gates")

@@ -130,8 +130,8 @@ class NeuronView:
         self.layout = column(
             row(column(row(self.unit, self.threshold), hint, self.stats, self.legend,
                        width=340),
-                self.hist, column(self.corr_title, self.corr_table, self.ablation.layout),
-                self.probe.layout),
+                self.hist, column(self.corr_title, self.corr_table)),
+            row(self.ablation.layout, self.probe.layout),  # is the unit used; who else reads
             self.corpus,
             row(self.top.fig, self.hits.fig),
             name="neuron-view",
