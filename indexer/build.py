@@ -149,30 +149,47 @@ def tokenize_documents(
     """Tokenize (name, text, char_tracks) documents; drop those without tokens (counted).
 
     The track set `tracks` (`lstmsearch.tracks.KINDS`) is computed for each document, the
-    corpus's own character tracks taking precedence by name; a character track becomes a
-    token track by its value at each token's first character. Returns the documents, the
-    number dropped, and the number whose code does not tokenize.
+    corpus's own character tracks taking precedence by name (`add_computed_tracks`).
+    Returns the documents, the number dropped, and the number whose code does not tokenize.
     """
     encodings = tokenizer.encode_batch([text for _, text, _ in documents])
-    docs, skipped, untokenized = [], 0, 0
+    docs, skipped = [], 0
     for (name, text, own_tracks), enc in zip(documents, encodings, strict=True):
         if len(enc) == 0:
             skipped += 1
             continue
-        computed = char_tracks(tracks, text)
-        untokenized += computed.skipped
-        first = np.minimum(enc.starts, max(0, len(text) - 1))
-        token_tracks = {k: np.asarray(v, dtype=np.float64)[first]
-                        for k, v in {**token_level_tracks(computed, tokenizer.kind),
-                                     **own_tracks}.items()}
-        docs.append(PlannedDoc(name, text, enc.ids, enc.starts, enc.ends, token_tracks))
+        docs.append(PlannedDoc(name, text, enc.ids, enc.starts, enc.ends,
+                               at_tokens(text, enc.starts, own_tracks)))
+    docs, untokenized = add_computed_tracks(docs, tracks, tokenizer.kind)
     return docs, skipped, untokenized
 
 
-def choose_tracks(tracks: str, corpus: Corpus) -> str:
-    """The track set to compute: `tracks`, or with "auto" the corpus's detected kind."""
+def at_tokens(text: str, starts: np.ndarray,
+              char_values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Character tracks as token tracks: a token takes the value at its first character."""
+    first = np.minimum(starts, max(0, len(text) - 1))
+    return {k: np.asarray(v, dtype=np.float64)[first] for k, v in char_values.items()}
+
+
+def add_computed_tracks(docs: Sequence[PlannedDoc], tracks: str,
+                        tokenizer_kind: str) -> tuple[list[PlannedDoc], int]:
+    """The documents with the track set `tracks` computed from their text (a document's own
+    tracks keep their names), and how many hold code that does not tokenize. Both engines
+    call it, so a Ray build stores the tracks a local one does."""
+    out, untokenized = [], 0
+    for doc in docs:
+        computed = char_tracks(tracks, doc.text)
+        untokenized += computed.skipped
+        values = at_tokens(doc.text, doc.starts, token_level_tracks(computed, tokenizer_kind))
+        out.append(replace(doc, tracks={**values, **doc.tracks}))
+    return out, untokenized
+
+
+def choose_tracks(tracks: str, names: Sequence[str], texts: Sequence[str]) -> str:
+    """The track set to compute: `tracks`, or with "auto" the kind detected from the
+    documents' names and texts."""
     if tracks == "auto":
-        return detect_kind([d.name for d in corpus.documents], [d.text for d in corpus.documents])
+        return detect_kind(names, texts)
     if tracks not in TRACK_KINDS:
         raise BuildError(f"unknown track set {tracks!r}: choose auto or one of "
                          f"{', '.join(TRACK_KINDS)}")
@@ -278,7 +295,8 @@ class Job:
         loaded = load_model(model, device=self.device)
         names = state_names(loaded.config, kinds=kinds, layers=layers)
         corpus = read_corpus(corpus, limit, corpus_options)
-        self.tracks = choose_tracks(self.tracks, corpus)
+        self.tracks = choose_tracks(self.tracks, [d.name for d in corpus.documents],
+                                    [d.text for d in corpus.documents])
         docs, skipped, self.untokenized = tokenize_documents(corpus_docs(corpus),
                                                              loaded.tokenizer, self.tracks)
         if not docs:

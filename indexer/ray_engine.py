@@ -49,6 +49,9 @@ import torch
 from indexer.build import (
     BuildResult,
     Job,
+    add_computed_tracks,
+    at_tokens,
+    choose_tracks,
     claim_new,
     open_complete,
     read_corpus,
@@ -418,10 +421,8 @@ def tokenize_batch(batch: Any, tokenizer_json: str) -> Any:
             ids.append(b""), starts.append(b""), ends.append(b""), tracks.append(b"")
             continue
         enc = next(encodings)
-        first = np.minimum(enc.starts, max(0, len(text) - 1))
         chars = unpack_arrays(packed) if len(enc) else {}
-        tracks.append(pack_arrays({k: np.asarray(v, dtype=np.float64)[first]
-                                   for k, v in chars.items()}))
+        tracks.append(pack_arrays(at_tokens(text, enc.starts, chars)))
         ids.append(enc.ids.astype(np.int32).tobytes())
         starts.append(enc.starts.astype(np.int64).tobytes())
         ends.append(enc.ends.astype(np.int64).tobytes())
@@ -654,6 +655,10 @@ class RayJob(Job):
                                                  loaded.tokenizer)
             if not docs:
                 raise BuildError(f"corpus {name!r} has no documents with tokens to index")
+            self.tracks = choose_tracks(self.tracks, [d.name for d in docs],
+                                        [d.text for d in docs])
+            docs, self.untokenized = add_computed_tracks(docs, self.tracks,
+                                                         loaded.tokenizer.kind)
             self.check_tracks(docs)
             self.check_space(sum(len(d) for d in docs), [loaded.config.state_dim] * len(names),
                              compressed=self.faiss and not self.exact_nearest)
@@ -684,6 +689,9 @@ class RayJob(Job):
                                                  loaded.tokenizer)
             if not docs:
                 raise BuildError(f"corpus {name!r} has no documents with tokens to add")
+            self.tracks = meta.get("tracks", "none")
+            docs, self.untokenized = add_computed_tracks(docs, self.tracks,
+                                                         loaded.tokenizer.kind)
             self.check_tracks(docs)
             writer.remove_unlisted()
             self.check_append_space(writer, docs)
@@ -798,6 +806,7 @@ def build_with_ray(
     progress: bool | None = None,
     on_segment: Callable[[int], None] | None = None,
     surprisal: bool = True,
+    tracks: str = "auto",
     address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0,
@@ -845,7 +854,7 @@ def build_with_ray(
                      exact_nearest, progress, on_segment, surprisal, space_check,
                      runtime=runtime,
                      workers=workers, gpus_per_worker=float(gpus_per_worker),
-                     cpus_per_worker=float(cpus_per_worker))
+                     cpus_per_worker=float(cpus_per_worker), tracks=tracks)
         sizes = (segment_tokens, segment_docs)
         if resume:
             return job.resume(corpus, model, layers, kinds, limit, corpus_options, sizes)

@@ -163,8 +163,9 @@ def run_index(args: argparse.Namespace) -> None:
                 if given]
     if args.engine != "ray" and ray_only:
         raise UsageError(f"{ray_only[0]} goes with --engine ray")
-    if args.tracks is not None and (args.engine == "ray" or user_model(args)):
-        raise UsageError("--tracks goes with --engine local and an lstmsearch checkpoint")
+    if args.tracks is not None and user_model(args):
+        raise UsageError("--tracks goes with an lstmsearch checkpoint (a model of your own "
+                         "indexes the tracks its corpus brings)")
     if args.engine == "ray":
         if user_model(args):
             raise UsageError("--engine ray indexes with lstmsearch checkpoints; index your own "
@@ -180,8 +181,8 @@ def run_index(args: argparse.Namespace) -> None:
             segment_tokens=args.segment_tokens, segment_docs=args.segment_docs,
             faiss=not args.no_faiss, exact_nearest=args.exact_nearest,
             space_check=not args.no_space_check,
-            surprisal=not args.no_surprisal, address=args.address, workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
+            surprisal=not args.no_surprisal, tracks=args.tracks or "auto",
+            address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         )
     elif user_model(args):
         result = index_user_model(args)

@@ -655,8 +655,10 @@ def test_resume_keeps_token_tracks_of_a_word_tokenizer(tmp_path):
         np.testing.assert_array_equal(got.track("where"), starts)  # the first character's
 
 
-def test_cli_tracks_only_with_the_local_engine(tmp_path, tiny_model_path, capsys):
-    assert main(["index", "parens", "--model", str(tiny_model_path), "--out",
-                 str(tmp_path / "x"), "--tracks", "code", "--engine", "ray"]) == 2
-    assert "--tracks goes with --engine local" in capsys.readouterr().err
+def test_cli_tracks_only_with_an_lstmsearch_checkpoint(tmp_path, capsys):
+    """A model of the user's own indexes the tracks its corpus brings: --tracks is refused."""
+    example = Path(__file__).resolve().parents[1] / "data" / "examples" / "my_model.py"
+    assert main(["index", "parens", "--model", f"{example}:factory", "--tokenizer", "char",
+                 "--out", str(tmp_path / "x"), "--tracks", "code"]) == 2
+    assert "--tracks goes with an lstmsearch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -20,6 +20,8 @@ from conftest import TINY_SHARD, make_tiny_model, tiny_parens
 from indexer.build import build_index
 from indexer.writer import BuildError
 from lstmsearch.index import open_index
+from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint
+from lstmsearch.tokenize import train_tokenizer
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -288,3 +290,26 @@ def test_bad_numbers_are_refused(tmp_path, tiny_model_path):
             build_with_ray("parens", tiny_model_path, tmp_path / "i", **kwargs)
     assert not (tmp_path / "i").exists()
 
+
+
+def test_ray_computes_the_tracks_a_local_build_does(ray_runtime, tmp_path):
+    """A code corpus through both engines: the same computed tracks, the same index."""
+    from indexer.ray_engine import build_with_ray
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    files = {"a.py": 'def f(x):\n    return (x, "s)")  # (\n', "b.py": "s = '''open\n",
+             "c.py": "y = [1,\n     2]\n"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    tokenizer = train_tokenizer("char", [*files.values()])
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
+                                      layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    local = build_index(str(folder), tmp_path / "m.pt", tmp_path / "local", progress=False)
+    ray = build_with_ray(str(folder), tmp_path / "m.pt", tmp_path / "ray", workers=2,
+                         progress=False)
+    assert (ray.tracks, ray.untokenized) == (local.tracks, local.untokenized) == ("code", 1)
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
+    with open_index(tmp_path / "ray") as index:
+        assert "in_string" in index.track_names()
