@@ -848,6 +848,105 @@ def run_sql(args: argparse.Namespace) -> None:
         print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
 
 
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="compare two models over one corpus: surprisal, units, layers",
+        description="Compare two indexes of the same corpus cut into the same tokens (two "
+        "checkpoints, an LSTM and a GRU): where B predicts better than A (stored surprisal), "
+        "for each unit of A the best-correlated unit of B, each shared state's linear CKA; "
+        "with a span or phrase and --threshold, the pattern's matches in A next to the "
+        "matches of its corresponding units in B.",
+    )
+    p.add_argument("index_a", help="index directory A")
+    p.add_argument("index_b", help="index directory B (the same documents and tokens)")
+    p.add_argument("--state", default=None,
+                   help="compare this state only, e.g. layers.0.c (default: every shared one)")
+    p.add_argument("--sample", type=L.int_arg(2, 1 << 24), default=1 << 16,
+                   help="tokens the unit correlations and CKA use (evenly spaced; default "
+                   "65,536)")
+    p.add_argument("--top", type=L.RESULTS, default=10,
+                   help="tokens and units to list (default 10)")
+    p.add_argument("--start", type=L.INDEX, help="first token of a span to select in A")
+    p.add_argument("--end", type=L.INDEX, help="one past the span's last token")
+    p.add_argument("--phrase", help="select in A on this text instead of --start/--end")
+    p.add_argument("--threshold", default=None, help="with a span: a unit is on where >= this")
+    p.add_argument("--negative", action="store_true", help="select units <= -THRESHOLD")
+    p.add_argument("--limit", type=L.RESULTS, default=10,
+                   help="matches to show on each side (default 10)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from lstmsearch.compare import compare, side_by_side
+    from lstmsearch.index import open_index
+
+    by_span = args.start is not None or args.end is not None
+    if by_span and None in (args.start, args.end):
+        raise UsageError("give both --start and --end")
+    if by_span and args.phrase is not None:
+        raise UsageError("give either --start and --end, or --phrase")
+    selects = by_span or args.phrase is not None
+    if selects != (args.threshold is not None):
+        raise UsageError("a span (--start/--end or --phrase) goes with --threshold")
+    if selects and args.state is None:
+        raise UsageError("a span goes with --state, the state to select on (e.g. layers.0.c)")
+    with open_index(args.index_a) as a, open_index(args.index_b) as b:
+        result = compare(a, b, state=args.state, sample=args.sample, k=args.top)
+        pair = None
+        if selects:
+            threshold = number(args.threshold, "--threshold")
+            sign = -1 if args.negative else 1
+            if by_span:
+                pattern = a.select(args.start, args.end, threshold, state=args.state,
+                                   sign=sign)
+            else:
+                pattern = a.select_phrase(args.phrase, threshold, args.state, sign=sign)
+            pair = side_by_side(a, b, pattern, result.states[0], limit=args.limit)
+            span_text = a.text(pattern.start, pattern.end)
+    if args.json:
+        out = asdict(result)
+        if pair is not None:
+            out["side_by_side"] = {"a": match_json(pair.matches_a, span_text),
+                                   "b": match_json(pair.matches_b, span_text),
+                                   "left_out": list(pair.left_out)}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    print(f"A  {result.a}\nB  {result.b}\n   {result.documents:,} documents, "
+          f"{result.tokens:,} tokens in both")
+    s = result.surprisal
+    if s is None:
+        print("\nsurprisal: not stored in both (build with surprisal to compare predictions)")
+    else:
+        print(f"\nsurprisal: A {s.mean_a:.3f} nats, B {s.mean_b:.3f}; B predicts "
+              f"{100 * s.b_better:.1f}% of {s.tokens:,} tokens better")
+        for title, rows in (("where B gains most", s.b_wins), ("where A gains most", s.a_wins)):
+            if rows:
+                print(f"  {title}:  pos  doc  token  A  B")
+                for t in rows:
+                    print(f"    {t.pos:>9,} {t.document:>5} {visible(t.text)!r:>8} "
+                          f"{t.surprisal_a:6.2f} {t.surprisal_b:6.2f}")
+    for st in result.states:
+        print(f"\n{st.state_a} (A) against {st.state_b} (B) over {st.tokens:,} tokens: "
+              f"linear CKA {st.cka:.3f}, mean best |r| {st.mean_best_r:.3f}")
+        strongest = sorted(st.units, key=lambda c: c.sort_key)[: args.top]
+        print("  unit of A -> best unit of B  r")
+        for c in strongest:
+            print(f"    {c.unit:>5} -> {c.best:<5} {c.r:+.3f}")
+    if pair is not None:
+        print(f"\npattern in A: {len(pair.pattern_a.units)} units of {pair.pattern_a.state} "
+              f"on {visible(span_text)!r}; in B: {len(pair.pattern_b.units)} corresponding "
+              f"units {list(pair.pattern_b.units)}"
+              + (f" (left out, anti-correlated: {list(pair.left_out)})" if pair.left_out else ""))
+        for side, res in (("A", pair.matches_a), ("B", pair.matches_b)):
+            print(f"  matches in {side}:")
+            for m in res.matches:
+                print(f"    doc {m.document:>5} [{m.start:,}, {m.end:,}) "
+                      f"{m.overlap}/{len(res.pattern.units)} extra {m.extra}  {visible(m.text)!r}")
+
+
 def write_json_rows(batches: Iterator[Any]) -> None:
     """A JSON array of row objects, written a batch at a time (any number of rows, in the
     memory of one batch)."""
@@ -865,7 +964,7 @@ def write_json_rows(batches: Iterator[Any]) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train, add_index, add_info, add_compact, add_upgrade, add_verify, add_annotate, add_analyze, add_serve, add_demo,
     add_import_lstmvis, add_export, add_index_states, add_match, add_nearest, add_neurons,
-    add_probe, add_sql,
+    add_probe, add_compare, add_sql,
 ]
 
 
