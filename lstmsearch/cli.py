@@ -342,6 +342,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("index", help="index directory")
     add_server_options(p)
+    p.add_argument("--compare", metavar="INDEX_B", default=None,
+                   help="a second index of the same corpus and tokens (another model) to "
+                   "compare with in the Compare tab")
     p.set_defaults(run=run_serve)
 
 
@@ -360,7 +363,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from lstmsearch.serve import serve
 
     serve(args.index, port=args.port, host=args.host, open_browser=args.open,
-          allow_origin=args.allow_origin)
+          allow_origin=args.allow_origin, compare=args.compare)
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:

@@ -113,8 +113,11 @@ def make_server(
     threads: int = QUERY_THREADS,
     io_loop: Any = None,
     session_linger_ms: int = SESSION_LINGER_MS,
+    compare: str | os.PathLike | Any = None,
 ) -> Any:
-    """A started-but-not-running Bokeh `Server` for `index` (a path or an open `Index`).
+    """A started-but-not-running Bokeh `Server` for `index` (a path or an open `Index`);
+    with `compare` (another index of the same corpus and tokens) its Compare tab sets the
+    two models side by side.
 
     `port=0` picks a free port (see `server.port`). Only connections from `host` itself are
     accepted as websocket origins unless `allow_origin` lists more (e.g. a proxy's name).
@@ -139,6 +142,12 @@ def make_server(
 
     if not isinstance(index, Index):
         index = open_index(index)
+    other = None
+    if compare is not None:
+        from lstmsearch.compare import check_comparable
+
+        other = compare if isinstance(compare, Index) else open_index(compare)
+        check_comparable(index, other)  # refused before anything listens
     if port == 0:
         try:
             port = free_port(host)
@@ -146,7 +155,7 @@ def make_server(
             raise OSError(exc.errno, exc.strerror or str(exc), host) from exc
     from server.fetch import Shared
 
-    shared = Shared(index)  # opened once per server: every session shares it and its caches
+    shared = Shared(index, other)  # opened once per server: every session shares them
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmsearch-query")
     # the compiled query kernels, loaded (or compiled) while the first page loads, and the
     # quantiles of the state it shows (its threshold slider's scale)
@@ -200,13 +209,19 @@ def serve(
     *,
     allow_origin: list[str] | None = None,
     on_ready: Callable[[str], None] | None = None,
+    compare: str | os.PathLike | None = None,
 ) -> None:
-    """Serve the web UI for the index at `index_path` until interrupted (Ctrl-C)."""
+    """Serve the web UI for the index at `index_path` until interrupted (Ctrl-C); with
+    `compare`, a second index of the same corpus for the Compare tab."""
     check_port(port)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    server = make_server(index_path, port=port, host=host, allow_origin=allow_origin)
+    server = make_server(index_path, port=port, host=host, allow_origin=allow_origin,
+                         compare=compare)
     url = url_of(server, host)
     index = server.lstmsearch_index
+    if server.lstmsearch_shared.other is not None:
+        print(f"lstmsearch: comparing with {server.lstmsearch_shared.other.path} (the Compare "
+              "tab)", flush=True)
     print(f"lstmsearch: serving {index.path} ({index.n_docs:,} documents, "
           f"{index.n_tokens:,} tokens) at {url}", flush=True)
     if not is_loopback(host):

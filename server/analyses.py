@@ -34,6 +34,7 @@ from lstmsearch.analysis.surprisal import DocumentLoss, SurprisalReport
 from lstmsearch.analysis.trajectories import Trajectory
 from lstmsearch.analysis.units import MAX_TOKENS, CoClustering, IndexResponse
 from lstmsearch.analysis.weights import MatrixStats
+from lstmsearch.compare import StateComparison, SurprisalComparison
 from server.fetch import (
     MatchRow,
     Shared,
@@ -589,3 +590,66 @@ def units(shared: Shared, params: UnitParams) -> UnitsData:
             error = str(exc)
     return UnitsData(params, response, clusters, ranking, error, response_seconds, cached,
                      time.perf_counter() - t0)
+
+
+# --- compare ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """The state whose units are compared and the window whose surprisal is drawn."""
+
+    state: str
+    window: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CompareData:
+    """The other model beside the server's: unit correspondence and CKA of one state (or
+    why there is none), both surprisals and their difference over the window."""
+
+    params: CompareParams
+    other: str  # the other index's directory
+    state: StateComparison | None
+    state_note: str  # why `state` is None (the other index does not store it)
+    totals: SurprisalComparison | None
+    positions: np.ndarray
+    texts: tuple[str, ...]
+    surprisal_a: np.ndarray
+    surprisal_b: np.ndarray
+    seconds: float
+
+
+def compare(shared: Shared, params: CompareParams) -> CompareData:
+    """`lstmsearch.compare` of the server's index (A) with `serve --compare`'s (B): the state
+    comparison once per state per server, the surprisal totals once per server."""
+    from lstmsearch.compare import SAMPLE, compare_states, compare_surprisal, sample_positions
+
+    other = shared.other
+    if other is None:
+        raise ValueError("this server compares no second index: start it with "
+                         "lstmsearch serve INDEX_A --compare INDEX_B")
+    t0 = time.perf_counter()
+    a = shared.index
+    state, note = None, ""
+    if params.state in other.state_names:
+        positions = sample_positions(a.n_tokens, SAMPLE)
+        state, _ = shared.remember(("compare-state", params.state),
+                                   lambda: compare_states(a, other, params.state, params.state,
+                                                          positions))
+    else:
+        note = (f"{other.path.name} does not store {params.state} (it stores "
+                f"{', '.join(other.state_names)})")
+    totals, _ = shared.remember(("compare-surprisal",), lambda: compare_surprisal(a, other))
+    start, end = params.window
+    window = np.arange(start, end)
+    texts = tuple(a.tokens(start, end).text) if end > start else ()
+    has = totals is not None
+    if has:  # both tracks read once per server
+        sa = shared.track("surprisal")[start:end]
+        sb = shared.remember(("compare-surprisal-b",), lambda: other.track("surprisal"))[0]
+        sb = sb[start:end]
+    else:
+        sa = sb = np.full(window.size, np.nan)
+    return CompareData(params, str(other.path), state, note, totals, window, texts, sa, sb,
+                       time.perf_counter() - t0)

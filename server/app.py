@@ -40,6 +40,7 @@ from bokeh.themes import Theme
 
 from lstmsearch.index import SURPRISAL_TRACK, Index
 from server import analyses, fetch, url_state
+from server.compare_view import CompareView
 from server.display import stylesheet
 from server.gate_view import GateView
 from server.gradient_view import GradientView
@@ -98,6 +99,7 @@ ANALYSIS_VIEWS: list[type] = [
     GateView,
     WeightView,
     UnitView,
+    CompareView,
 ]
 """The analysis views, in tab order; each is built with `View(shared)`."""
 

@@ -41,8 +41,9 @@ class Shared:
     Annotation tracks are read once (they are small: one float per token) and kept.
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, other: Index | None = None) -> None:
         self.index = index
+        self.other = other  # the index `serve --compare` compares this one with
         self._tracks: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.char_level = index.meta.get("tokenizer_kind", "char") == "char"

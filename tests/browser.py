@@ -144,11 +144,13 @@ def screenshot(d: Any, name: str, top: bool = True) -> Path:
     return path
 
 
-def start_server(index_path: Path | str) -> tuple[subprocess.Popen, str]:
-    """`lstmsearch serve INDEX --port 0` in a subprocess; the process and its printed URL."""
+def start_server(index_path: Path | str, *options: str) -> tuple[subprocess.Popen, str]:
+    """`lstmsearch serve INDEX --port 0 [OPTIONS]` in a subprocess; the process and its
+    printed URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lstmsearch.cli", "serve", str(index_path), "--port", "0"],
+        [sys.executable, "-m", "lstmsearch.cli", "serve", str(index_path), "--port", "0",
+         *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     lines = []
