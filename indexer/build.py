@@ -48,6 +48,7 @@ from indexer.writer import (
     copy_atomic,
     meta_for_model,
 )
+from lstmsearch.attention import attention_tracks
 from lstmsearch.corpus import Corpus, load_corpus
 from lstmsearch.extract import extract, iter_states, state_names
 from lstmsearch.index import (
@@ -547,7 +548,13 @@ class Job:
         first_doc = plans[0].doc_start
         bar = progress_bar(sum(p.n_tokens for p in plans), self.progress, "indexing")
         open_segments: dict[int, SegmentWriter] = {}
-        surprisal: dict[int, np.ndarray] = {}  # segment -> its tokens' surprisal
+        # segment -> track -> its tokens' values: the surprisal, an attention model's attention
+        gathered: dict[int, dict[str, np.ndarray]] = {}
+
+        def gather(plan: SegmentPlan, name: str, at: int, values: np.ndarray) -> None:
+            column = gathered.setdefault(plan.number, {}).setdefault(
+                name, np.full(plan.n_tokens, np.nan, dtype=np.float32))
+            column[at : at + len(values)] = values
 
         def store(step: str, plan: SegmentPlan, *item) -> None:
             t0 = time.perf_counter()
@@ -556,12 +563,13 @@ class Job:
             segment = open_segments[plan.number]
             if step == "block":
                 doc_starts, block = item
-                if block.surprisal is not None:
-                    values = surprisal.setdefault(
-                        plan.number, np.full(plan.n_tokens, np.nan, dtype=np.float32))
-                    for j, doc in enumerate(block.docs):
-                        at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start
-                        values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
+                for j, doc in enumerate(block.docs):
+                    at, n = int(doc_starts[doc] + block.starts[j]) - plan.tok_start, int(block.lengths[j])
+                    if block.surprisal is not None:
+                        gather(plan, SURPRISAL_TRACK, at, block.surprisal[j, :n])
+                    if block.attention is not None:
+                        for name, values in attention_tracks(block.attention[j, :n]).items():
+                            gather(plan, name, at, values)
                 for name, values in block.states.items():
                     for j, doc in enumerate(block.docs):
                         n = int(block.lengths[j])
@@ -569,10 +577,10 @@ class Job:
                                             values[j, :n], block.unit_offset)
             else:
                 (segment_docs,) = item
-                tracks = {}
+                tracks = gathered.pop(plan.number, {})
                 if self.surprisal:
-                    tracks[SURPRISAL_TRACK] = surprisal.pop(
-                        plan.number, np.full(plan.n_tokens, np.nan, dtype=np.float32))
+                    tracks.setdefault(SURPRISAL_TRACK,
+                                      np.full(plan.n_tokens, np.nan, dtype=np.float32))
                 written = segment.finish(segment_docs, tracks, faiss=self.faiss)
                 del open_segments[plan.number]
                 writer.add_segment(written, base_seconds + time.perf_counter() - self.started)

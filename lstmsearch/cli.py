@@ -49,6 +49,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embed", type=L.int_arg(1, 65_536), default=64, help="embedding size")
     p.add_argument("--dropout", type=L.float_arg(0.0, 1.0, below_maximum=True), default=0.0)
     p.add_argument("--bidirectional", action="store_true", help="add a backward stack (ELMo style)")
+    p.add_argument("--attention", type=L.int_arg(1, 1024), default=None, metavar="W",
+                   help="the prediction also attends over the top layer's outputs at the W "
+                   "positions before it (dot-product attention; W from 1 to --seq-len)")
     p.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
     p.add_argument("--vocab-size", type=L.int_arg(2, 10_000_000), default=None)
     p.add_argument("--epochs", type=L.int_arg(1, 1_000_000), default=1)
@@ -77,6 +80,7 @@ def run_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         corpus=args.corpus, arch=args.arch, layers=args.layers, hidden=args.hidden,
         embed_dim=args.embed, dropout=args.dropout, bidirectional=args.bidirectional,
+        attention=args.attention or 0,
         tokenizer=args.tokenizer, vocab_size=args.vocab_size, epochs=args.epochs,
         steps=args.steps, seq_len=args.seq_len, batch=args.batch,
         lr=TrainConfig.lr if args.lr is None else args.lr,

@@ -347,6 +347,7 @@ class StateBlock:
     unit_offset: int
     states: dict[str, np.ndarray]
     surprisal: np.ndarray | None = None  # (B, T): -ln p(token | the tokens before it), NaN at 0
+    attention: np.ndarray | None = None  # (B, T, W) of an attention model, with the surprisal
 
 
 def iter_states(
@@ -446,6 +447,10 @@ def run_lanes(
     state = [tuple(torch.zeros(0, hidden, device=device, dtype=parameter.dtype)
                    for _ in range(parts))
              for _ in range(n_layers)]
+    window = model.config.attention if head is not None else 0
+    # an attention model's memory of every lane: its last W top outputs and how many count
+    memory = (torch.zeros(window, 0, hidden, device=device, dtype=parameter.dtype),
+              torch.zeros(1, 0, 1, device=device, dtype=parameter.dtype))
 
     while queue or lane_doc:
         joined = 0
@@ -457,6 +462,8 @@ def run_lanes(
         if joined:  # new documents start from a zero state
             zeros = torch.zeros(joined, hidden, device=device, dtype=parameter.dtype)
             state = [tuple(torch.cat([part, zeros]) for part in layer) for layer in state]
+            memory = (torch.cat([memory[0], memory[0].new_zeros(window, joined, hidden)], 1),
+                      torch.cat([memory[1], memory[1].new_zeros(1, joined, 1)], 1))
         remaining = [len(docs[d]) - p for d, p in zip(lane_doc, lane_pos)]
         steps = min(chunk, max(remaining))
         lengths = np.minimum(remaining, steps)
@@ -475,10 +482,14 @@ def run_lanes(
             x, out, state[layer] = run(layer, x, state[layer], kinds)
             for kind in kinds:
                 states[state_name(layer, kind)] = out[kind].transpose(0, 1)
-        block_surprisal = None
+        block_surprisal = block_attention = None
         if head is not None:
-            block_surprisal = next_token_surprisal(head, x.transpose(0, 1), ids, lengths,
-                                                   lane_logp)
+            top = x.transpose(0, 1)
+            if window:  # the prediction reads the attention's context too
+                context, weights, memory = model.attend(top, memory)
+                top = torch.cat([top, context], dim=-1)
+                block_attention = weights.float().cpu().numpy()
+            block_surprisal = next_token_surprisal(head, top, ids, lengths, lane_logp)
         if backward:
             states = {k: flip_rows(v, lengths) for k, v in states.items()}
         starts = np.array(
@@ -491,6 +502,7 @@ def run_lanes(
             unit_offset=unit_offset,
             states={k: as_block(v, dtype) for k, v in states.items()},
             surprisal=block_surprisal,
+            attention=block_attention,
         )
         # carry each lane's state to its next stretch; finished lanes make room
         for j in range(len(lane_doc)):
@@ -499,6 +511,7 @@ def run_lanes(
         if len(keep) < len(lane_doc):
             rows = torch.tensor(keep, dtype=torch.long, device=device)
             state = [tuple(part.index_select(0, rows) for part in layer) for layer in state]
+            memory = tuple(part.index_select(1, rows) for part in memory)
             lane_doc = [lane_doc[j] for j in keep]
             lane_pos = [lane_pos[j] for j in keep]
             lane_logp = [lane_logp[j] for j in keep]

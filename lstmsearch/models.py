@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 import re
 import warnings
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from lstmsearch.tokenize import Tokenizer
 
 ARCHS = ("lstm", "gru")
+MAX_ATTENTION = 1024
+"""The largest attention window (earlier positions a prediction can look at)."""
 CHECKPOINT_FORMAT = 1
 
 
@@ -45,6 +48,7 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     bidirectional: bool = False
+    attention: int = 0  # a window of earlier positions the prediction attends over (0: none)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -55,6 +59,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.attention, bool) or not isinstance(self.attention, int) or not (
+                0 <= self.attention <= MAX_ATTENTION):
+            raise ValueError(f"attention must be a window of 1..{MAX_ATTENTION} earlier "
+                             f"positions (0: no attention), got {self.attention!r}")
+        if self.attention and self.bidirectional:
+            raise ValueError("attention goes with a forward-only model, not a bidirectional one")
 
     @property
     def directions(self) -> int:
@@ -84,7 +94,10 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.drop = nn.Dropout(config.dropout)
         self.forward_layers = make_stack(config)
-        self.head = nn.Linear(config.hidden, config.vocab_size)
+        if config.attention:  # dot-product attention over the top layer's earlier outputs
+            self.query = nn.Linear(config.hidden, config.hidden, bias=False)
+            self.key = nn.Linear(config.hidden, config.hidden, bias=False)
+        self.head = nn.Linear(config.hidden * (2 if config.attention else 1), config.vocab_size)
         if config.bidirectional:
             self.backward_layers = make_stack(config)
             self.backward_head = nn.Linear(config.hidden, config.vocab_size)
@@ -109,15 +122,65 @@ class LanguageModel(nn.Module):
         """Next-token logits (B, T, V) and the final state of the forward stack.
 
         For a bidirectional model this is the forward direction only; `backward_logits` gives
-        the previous-token logits of the backward stack.
+        the previous-token logits of the backward stack. With attention the state ends with
+        the attention's memory (`attend`), carried like the recurrent state.
         """
-        top, new_state = self.run_stack(self.forward_layers, ids, state)
-        return self.head(top), new_state
+        if not self.config.attention:
+            top, new_state = self.run_stack(self.forward_layers, ids, state)
+            return self.head(top), new_state
+        layers_state, memory = (None, None) if state is None else (state[:-1], state[-1])
+        top, new_state = self.run_stack(self.forward_layers, ids, layers_state)
+        context, _, memory = self.attend(top, memory)
+        return self.head(torch.cat([top, context], dim=-1)), [*new_state, memory]
+
+    def attend(self, top: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Windowed attention of each step over the top layer's outputs at the W positions
+        before it, in its own document: (context (B, T, H), weights (B, T, W), memory).
+
+        weights[b, t, k - 1] is the attention on the output k steps back (0 where that is
+        before the document's start; all 0 at its first token, whose context is 0). `memory`
+        carries the last W outputs and how many of them belong to the document, as
+        ((W, B, H), (1, B, 1)) so that `train.reset_state` clears it where a document starts.
+        """
+        window = self.config.attention
+        b, t, h = top.shape
+        if memory is None:
+            past = top.new_zeros(b, window, h)
+            n_past = top.new_zeros(b)
+        else:
+            past, n_past = memory[0].transpose(0, 1), memory[1].reshape(b)
+        seq = torch.cat([past, top], dim=1)  # (B, W + T, H): position W + i is step i
+        keys = self.key(seq)
+        query = self.query(top)
+        # the W outputs before step i are seq[i : i + W]; offset k = W - j for window slot j
+        windows = keys.unfold(1, window, 1)[:, :t]  # (B, T, H, W)
+        scores = torch.einsum("bth,bthw->btw", query, windows).flip(-1) / math.sqrt(h)
+        before = n_past[:, None] + torch.arange(t, device=top.device)[None, :]  # (B, T)
+        offsets = torch.arange(1, window + 1, device=top.device)
+        valid = offsets[None, None, :] <= before[:, :, None]
+        scores = scores.masked_fill(~valid, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no past: all 0
+        values = seq.unfold(1, window, 1)[:, :t].flip(-1)  # (B, T, H, W), slot k-1: k back
+        context = torch.einsum("btw,bthw->bth", weights, values)
+        kept = seq[:, -window:]
+        n_kept = torch.clamp(n_past + t, max=window)
+        memory = (kept.detach().transpose(0, 1), n_kept.detach().reshape(1, b, 1))
+        return context, weights, memory
 
     def backward_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Previous-token logits (B, T, V) of the backward stack, aligned with `ids`."""
         top, _ = self.run_stack(self.backward_layers, ids.flip(1))
         return self.backward_head(top).flip(1)
+
+
+def check_no_attention(model: LanguageModel, what: str) -> None:
+    """Refuse an attention model in an analysis that reads the prediction from the top
+    layer's state alone (its head also reads the attention's context)."""
+    if model.config.attention:
+        raise ValueError(f"{what} is not available for an attention model yet (its prediction "
+                         "also reads the attention over earlier positions); `lstmsearch "
+                         "analyze attention` shows where it looks")
 
 
 @dataclass

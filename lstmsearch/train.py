@@ -52,6 +52,7 @@ class TrainConfig:
     embed_dim: int = 64
     dropout: float = 0.0
     bidirectional: bool = False
+    attention: int = 0  # window of earlier positions the prediction attends over (0: none)
     tokenizer: str = "char"
     vocab_size: int | None = None
     epochs: int = 1
@@ -79,6 +80,14 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not isinstance(self.attention, int) or self.attention < 0:
+            raise ValueError(f"attention must be a window of 1 or more earlier positions "
+                             f"(0: none), got {self.attention!r}")
+        if self.attention and self.bidirectional:
+            raise ValueError("attention goes with a forward-only model, not a bidirectional one")
+        if self.attention > self.seq_len:
+            raise ValueError(f"attention window {self.attention} is larger than the training "
+                             f"context (seq_len {self.seq_len}): use a window up to {self.seq_len}")
 
 
 @dataclass
@@ -268,7 +277,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     model_config = ModelConfig(
         arch=config.arch, vocab_size=tokenizer.vocab_size, embed_dim=config.embed_dim,
         hidden=config.hidden, layers=config.layers, dropout=config.dropout,
-        bidirectional=config.bidirectional,
+        bidirectional=config.bidirectional, attention=config.attention,
     )
     model = LanguageModel(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

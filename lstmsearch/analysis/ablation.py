@@ -39,7 +39,7 @@ from torch import nn
 
 from lstmsearch.analysis import one_torch_thread
 from lstmsearch.index import SURPRISAL_TRACK
-from lstmsearch.models import LanguageModel
+from lstmsearch.models import LanguageModel, check_no_attention
 
 if TYPE_CHECKING:
     from lstmsearch.index import Index
@@ -101,6 +101,7 @@ class AblationResult:
 
 def check_clamp(model: LanguageModel, layer: int, kind: str, unit: int) -> None:
     """A one-line error unless `layers.{layer}.{kind}` unit `unit` can be clamped."""
+    check_no_attention(model, "ablation")
     config = model.config
     if not 0 <= layer < config.layers:
         raise ValueError(f"layer {layer} out of range: the model has layers "

@@ -359,6 +359,38 @@ def run_ablate(args: argparse.Namespace) -> None:
     emit(args, result, "\n".join(lines))
 
 
+def run_attention(args: argparse.Namespace) -> None:
+    from lstmsearch.attention import heatmap, worst_tokens
+    from lstmsearch.index import open_index
+
+    by_span = args.start is not None or args.end is not None
+    if by_span == (args.worst is not None) or (by_span and None in (args.start, args.end)):
+        raise ValueError("give either --start and --end, or --worst K")
+    with open_index(args.index) as index:
+        if args.worst is not None:
+            rows = worst_tokens(index, args.worst)
+            lines = ["surprisal  entropy  token       looked at (weight)"]
+            for r in rows:
+                looked = ", ".join(f"{show(t)}@{p} ({w:.2f})"
+                                   for p, w, t in zip(r.positions, r.weights, r.texts,
+                                                      strict=True))
+                lines.append(f"{r.surprisal:9.2f} {r.entropy:8.2f}  {show(r.text):10s} "
+                             f"{looked}")
+            emit(args, rows, "\n".join(lines))
+            return
+        result = heatmap(index, args.start, args.end)
+    lines = [f"attention of tokens [{args.start}, {args.end}) over {len(result.columns)} "
+             "positions (rows: tokens; weight per attended position)"]
+    for i, (pos, text) in enumerate(zip(result.rows, result.row_text, strict=True)):
+        looks = [(result.weights[i, j], result.columns[j], result.column_text[j])
+                 for j in np.flatnonzero(result.weights[i] > 0)]
+        looks.sort(key=lambda x: -x[0])
+        cells = ", ".join(f"{show(t)}@{p} {w:.2f}" for w, p, t in looks)
+        lines.append(f"  {pos:>9,} {show(text):8s} entropy {result.entropy[i]:5.2f}: "
+                     f"{cells or '(nothing before it)'}")
+    emit(args, result, "\n".join(lines))
+
+
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -376,7 +408,7 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
     """Register `analyze` and its sub-commands on the top-level sub-parsers."""
     p = sub.add_parser(
         "analyze", help="analyses of a model: surprisal, gradients, saliency, trajectory, "
-        "gates, weights, units, ablate",
+        "gates, weights, units, ablate, attention",
         description="Analyses of a recurrent language model and its states. SOURCE is a model "
         "checkpoint or an index directory (its model.pt is used).",
     )
@@ -464,6 +496,20 @@ def add_analyze_commands(sub: argparse._SubParsersAction) -> None:
                    help="clamp to zero (default) or to the unit's mean over the index")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(run=run_ablate)
+
+    t = an.add_parser(
+        "attention", help="where an attention model looks: a span's heatmap, the worst tokens",
+        description="From an index of an attention model (train --attention W): the "
+        "attention of the tokens [START, END) over the positions they look at (--start, "
+        "--end), or of the predictions of the K tokens of highest surprisal (--worst K).",
+    )
+    t.add_argument("index", metavar="INDEX", help="index directory of an attention model")
+    t.add_argument("--start", type=L.INDEX, help="first token of the span")
+    t.add_argument("--end", type=L.INDEX, help="one past the span's last token")
+    t.add_argument("--worst", type=L.RESULTS, default=None, metavar="K",
+                   help="the K worst-predicted tokens and where their prediction looked")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.set_defaults(run=run_attention)
 
     u = an.add_parser("units", help="per-word expected response, co-clusters, track correlation")
     add_inputs(u)

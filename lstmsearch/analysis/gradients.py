@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmsearch.extract import state_name, state_names
-from lstmsearch.models import LanguageModel
+from lstmsearch.models import LanguageModel, check_no_attention
 
 if TYPE_CHECKING:
     from lstmsearch.index import Index
@@ -287,6 +287,7 @@ def gradient_flow(
     steps at least `max_lag` into their document when there are such. `names` picks the
     states to report (default: h and c of every layer).
     """
+    check_no_attention(model, "gradient flow")
     if max_lag < 0:
         raise ValueError(f"max_lag must be >= 0, got {max_lag}")
     config = model.config

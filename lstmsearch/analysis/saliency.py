@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lstmsearch.models import LanguageModel
+from lstmsearch.models import LanguageModel, check_no_attention
 
 if TYPE_CHECKING:
     from lstmsearch.index import Index
@@ -126,6 +126,7 @@ def saliency(
     tokens start..position (see the module docstring). `target` is a token id, "next" or
     None for `ids[position + 1]` (the model's most likely next token when there is none),
     or "top" for the model's most likely next token."""
+    check_no_attention(model, "saliency")
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}: choose one of {', '.join(METHODS)}")
     if objective not in OBJECTIVES:
