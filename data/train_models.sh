@@ -12,6 +12,10 @@ if [ "$what" = all ] || [ "$what" = parens ]; then
     $run parens --arch lstm --layers 1 --hidden 64 --embed 16 --tokenizer char \
         --epochs 4 --batch 32 --seq-len 128 --lr 0.005 --slim --out data/models/parens-lstm.pt
 fi
+if [ "$what" = all ] || [ "$what" = parens-attention ]; then
+    $run parens --arch lstm --layers 1 --hidden 64 --embed 16 --tokenizer char --attention 16 \
+        --epochs 4 --batch 32 --seq-len 128 --lr 0.005 --slim --out data/models/parens-attention-lstm.pt
+fi
 if [ "$what" = all ] || [ "$what" = english ]; then
     $run english --arch lstm --layers 2 --hidden 192 --embed 64 --tokenizer word --vocab-size 2000 \
         --epochs 12 --batch 8 --seq-len 64 --lr 0.003 --dropout 0.2 --slim --out data/models/english-word-lstm.pt

@@ -151,18 +151,19 @@ class LanguageModel(nn.Module):
         else:
             past, n_past = memory[0].transpose(0, 1), memory[1].reshape(b)
         seq = torch.cat([past, top], dim=1)  # (B, W + T, H): position W + i is step i
-        keys = self.key(seq)
-        query = self.query(top)
-        # the W outputs before step i are seq[i : i + W]; offset k = W - j for window slot j
-        windows = keys.unfold(1, window, 1)[:, :t]  # (B, T, H, W)
-        scores = torch.einsum("bth,bthw->btw", query, windows).flip(-1) / math.sqrt(h)
-        before = n_past[:, None] + torch.arange(t, device=top.device)[None, :]  # (B, T)
+        # every step against every position (one batched product), then each step's band of
+        # the W positions before it: column W + i - k is k steps back from step i
+        scores = torch.bmm(self.query(top), self.key(seq).transpose(1, 2)) / math.sqrt(h)
         offsets = torch.arange(1, window + 1, device=top.device)
+        band = (window + torch.arange(t, device=top.device)[:, None] - offsets[None, :])
+        band = band.expand(b, t, window)
+        scores = scores.gather(2, band)  # (B, T, W): slot k - 1 is k steps back
+        before = n_past[:, None] + torch.arange(t, device=top.device)[None, :]  # (B, T)
         valid = offsets[None, None, :] <= before[:, :, None]
         scores = scores.masked_fill(~valid, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no past: all 0
-        values = seq.unfold(1, window, 1)[:, :t].flip(-1)  # (B, T, H, W), slot k-1: k back
-        context = torch.einsum("btw,bthw->bth", weights, values)
+        spread = top.new_zeros(b, t, window + t).scatter_(2, band, weights)
+        context = torch.bmm(spread, seq)
         kept = seq[:, -window:]
         n_kept = torch.clamp(n_past + t, max=window)
         memory = (kept.detach().transpose(0, 1), n_kept.detach().reshape(1, b, 1))
