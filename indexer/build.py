@@ -50,7 +50,7 @@ from indexer.writer import (
 )
 from lstmsearch.attention import attention_tracks
 from lstmsearch.corpus import Corpus, load_corpus
-from lstmsearch.extract import extract, iter_states, state_names
+from lstmsearch.extract import StateBlock, extract, iter_states, state_names
 from lstmsearch.index import (
     CODEBOOKS_DIR,
     DB_FILE,
@@ -184,6 +184,22 @@ def add_computed_tracks(docs: Sequence[PlannedDoc], tracks: str,
         values = at_tokens(doc.text, doc.starts, token_level_tracks(computed, tokenizer_kind))
         out.append(replace(doc, tracks={**values, **doc.tracks}))
     return out, untokenized
+
+
+def gather_block_tracks(block: StateBlock, doc_starts: np.ndarray, plan: SegmentPlan,
+                        into: dict[str, np.ndarray]) -> None:
+    """A block's per-token values (the surprisal; an attention model's attention tracks)
+    into its segment's track columns `into`, each made (all NaN) on first use."""
+    for j, doc in enumerate(block.docs):
+        at, n = int(doc_starts[doc] + block.starts[j]) - plan.tok_start, int(block.lengths[j])
+        found = {}
+        if block.surprisal is not None:
+            found[SURPRISAL_TRACK] = block.surprisal[j, :n]
+        if block.attention is not None:
+            found.update(attention_tracks(block.attention[j, :n]))
+        for name, values in found.items():
+            column = into.setdefault(name, np.full(plan.n_tokens, np.nan, dtype=np.float32))
+            column[at : at + n] = values
 
 
 def choose_tracks(tracks: str, names: Sequence[str], texts: Sequence[str]) -> str:
@@ -551,11 +567,6 @@ class Job:
         # segment -> track -> its tokens' values: the surprisal, an attention model's attention
         gathered: dict[int, dict[str, np.ndarray]] = {}
 
-        def gather(plan: SegmentPlan, name: str, at: int, values: np.ndarray) -> None:
-            column = gathered.setdefault(plan.number, {}).setdefault(
-                name, np.full(plan.n_tokens, np.nan, dtype=np.float32))
-            column[at : at + len(values)] = values
-
         def store(step: str, plan: SegmentPlan, *item) -> None:
             t0 = time.perf_counter()
             if plan.number not in open_segments:
@@ -563,13 +574,8 @@ class Job:
             segment = open_segments[plan.number]
             if step == "block":
                 doc_starts, block = item
-                for j, doc in enumerate(block.docs):
-                    at, n = int(doc_starts[doc] + block.starts[j]) - plan.tok_start, int(block.lengths[j])
-                    if block.surprisal is not None:
-                        gather(plan, SURPRISAL_TRACK, at, block.surprisal[j, :n])
-                    if block.attention is not None:
-                        for name, values in attention_tracks(block.attention[j, :n]).items():
-                            gather(plan, name, at, values)
+                gather_block_tracks(block, doc_starts, plan,
+                                    gathered.setdefault(plan.number, {}))
                 for name, values in block.states.items():
                     for j, doc in enumerate(block.docs):
                         n = int(block.lengths[j])

@@ -53,6 +53,7 @@ from indexer.build import (
     at_tokens,
     choose_tracks,
     claim_new,
+    gather_block_tracks,
     open_complete,
     read_corpus,
     start_over,
@@ -480,13 +481,10 @@ def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[Plann
     doc_starts = plan.tok_start + np.concatenate([[0], np.cumsum(lengths)[:-1]])
     segment = SegmentWriter(out, plan, states, codebooks)
     try:
-        values = np.full(plan.n_tokens, np.nan, dtype=np.float32)
+        tracks: dict[str, np.ndarray] = {}  # the surprisal (and an attention model's tracks)
         for block in iter_states(model, [d.ids for d in docs], names, chunk=chunk, lanes=lanes,
                                  surprisal=surprisal, stored=True):
-            if block.surprisal is not None:
-                for j, doc in enumerate(block.docs):
-                    at = int(doc_starts[doc] + block.starts[j]) - plan.tok_start
-                    values[at : at + int(block.lengths[j])] = block.surprisal[j, : block.lengths[j]]
+            gather_block_tracks(block, doc_starts, plan, tracks)
             for name, state in block.states.items():
                 for j, doc in enumerate(block.docs):
                     n = int(block.lengths[j])
@@ -494,7 +492,8 @@ def write_segment(out: Path, model: Any, plan: SegmentPlan, docs: Sequence[Plann
                                         state[j, :n], block.unit_offset)
             if after_block is not None:
                 after_block()
-        tracks = {SURPRISAL_TRACK: values} if surprisal else {}
+        if surprisal:
+            tracks.setdefault(SURPRISAL_TRACK, np.full(plan.n_tokens, np.nan, dtype=np.float32))
         return segment.finish(docs, tracks, faiss=faiss)
     except BaseException:
         segment.abort()

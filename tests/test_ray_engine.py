@@ -313,3 +313,20 @@ def test_ray_computes_the_tracks_a_local_build_does(ray_runtime, tmp_path):
     assert_same_index(tmp_path / "local", tmp_path / "ray")
     with open_index(tmp_path / "ray") as index:
         assert "in_string" in index.track_names()
+
+
+def test_ray_stores_an_attention_models_attention_as_a_local_build_does(
+        ray_runtime, tmp_path, tiny_corpus):
+    from indexer.ray_engine import build_with_ray
+
+    tokenizer = train_tokenizer("char", [d.text for d in tiny_corpus.documents])
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
+                                      layers=1, attention=5))
+    save_checkpoint(tmp_path / "m.pt", model, tokenizer)
+    build_index(tiny_corpus, tmp_path / "m.pt", tmp_path / "local", **TINY_SHARD,
+                progress=False)
+    build_with_ray(tiny_corpus, tmp_path / "m.pt", tmp_path / "ray", **TINY_SHARD, workers=2,
+                   progress=False)
+    assert_same_index(tmp_path / "local", tmp_path / "ray")
+    with open_index(tmp_path / "ray") as index:
+        assert "attention_entropy" in index.track_names()
