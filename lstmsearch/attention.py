@@ -158,3 +158,61 @@ def worst_tokens(index: Any, k: int = 20) -> tuple[LookedAt, ...]:
                             tuple(float(w) for w in weights[at][keep]),
                             tuple(index.text(p, p + 1) for p in looked)))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class AttentionMatch:
+    """A span that attends like the query span: the mean cosine, token by token, of their
+    attention over relative offsets."""
+
+    document: int
+    start: int
+    end: int
+    score: float
+    text: str
+
+    @property
+    def sort_key(self) -> tuple[float, int]:
+        """Most alike first, then corpus order."""
+        return (-self.score, self.start)
+
+
+def offset_vectors(index: Any) -> np.ndarray:
+    """Every token's attention over offsets 1..W as stored (its strongest positions; 0
+    elsewhere), rows scaled to unit length (a token that looks nowhere stays 0)."""
+    k = check_attention(index)
+    offsets, weights = stored_attention(index, k)
+    width = int(np.nanmax(offsets)) if np.isfinite(offsets).any() else 1
+    dense = np.zeros((index.n_tokens, width), dtype=np.float32)
+    rows, ranks = np.nonzero(np.isfinite(offsets))
+    dense[rows, offsets[rows, ranks].astype(np.int64) - 1] = weights[rows, ranks]
+    norm = np.linalg.norm(dense, axis=1, keepdims=True)
+    return dense / np.where(norm > 0, norm, 1.0)
+
+
+def attends_like(index: Any, start: int, end: int, *, limit: int = 20,
+                 vectors: np.ndarray | None = None) -> tuple[AttentionMatch, ...]:
+    """The spans of the query's length, inside one document, whose tokens attend most like
+    the tokens of [start, end) (the query span itself left out), best first. `vectors`:
+    `offset_vectors(index)`, when the caller keeps them."""
+    if not 0 <= start < end <= index.n_tokens:
+        raise ValueError(f"span [{start}, {end}) out of range: the index has tokens "
+                         f"0..{index.n_tokens - 1}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive whole number, got {limit!r}")
+    v = offset_vectors(index) if vectors is None else vectors
+    length, n = end - start, index.n_tokens
+    if length > n:
+        return ()
+    score = np.zeros(n - length + 1)
+    for i in range(length):
+        score += v[i : n - length + 1 + i] @ v[start + i]
+    score /= length
+    doc_of, _, _ = index.token_offsets()
+    crosses = doc_of[: n - length + 1] != doc_of[length - 1 :]
+    score[crosses] = -np.inf
+    score[max(0, start - length + 1) : start + length] = -np.inf  # the query and its overlaps
+    order = np.argsort(-score, kind="stable")
+    picks = [int(p) for p in order[: limit] if np.isfinite(score[p])]
+    return tuple(AttentionMatch(int(doc_of[p]), p, p + length, float(score[p]),
+                                index.text(p, p + length)) for p in picks)

@@ -616,8 +616,12 @@ def add_match(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doc", type=L.INDEX, default=None, help="look for --phrase in this document")
     p.add_argument("--occurrence", type=L.int_arg(0, L.MAX_RESULTS - 1), default=0,
                    help="which occurrence of --phrase (from 0; default the first)")
-    p.add_argument("--threshold", required=True, help="a unit is on where its value >= this")
-    add_state_options(p)
+    p.add_argument("--threshold", help="a unit is on where its value >= this")
+    p.add_argument("--attention", action="store_true",
+                   help="instead of units: the spans that attend like the span (an attention "
+                   "model's index; mean cosine of the tokens' attention over offsets)")
+    p.add_argument("--layer", type=L.INDEX, help="layer number (from 0)")
+    p.add_argument("--kind", help="state kind: c or h (or a stored gate)")
     p.add_argument("--pad-left", type=L.PADDING, default=1, help="tokens before the span where "
                    f"units must be off (default 1, at most {L.MAX_PADDING:,})")
     p.add_argument("--pad-right", type=L.PADDING, default=0, help="tokens after the span where "
@@ -640,10 +644,15 @@ def add_match(sub: argparse._SubParsersAction) -> None:
 def run_match(args: argparse.Namespace) -> None:
     from lstmsearch.index import open_index
 
-    threshold = number(args.threshold, "--threshold")
     by_span = args.start is not None or args.end is not None
     if by_span == (args.phrase is not None) or (by_span and None in (args.start, args.end)):
         raise UsageError("give either --start and --end, or --phrase")
+    if args.attention:
+        run_attention_match(args, by_span)
+        return
+    if args.threshold is None or args.layer is None or args.kind is None:
+        raise UsageError("match needs --threshold, --layer and --kind (or --attention)")
+    threshold = number(args.threshold, "--threshold")
     if args.min_length is not None and args.length is not None:
         raise UsageError("give --min-length or --length, not both")
     options = {"pad_left": args.pad_left, "pad_right": args.pad_right,
@@ -853,6 +862,34 @@ def run_sql(args: argparse.Namespace) -> None:
               "OFFSET, or write them all with --json > FILE)")
     else:
         print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
+
+
+def run_attention_match(args: argparse.Namespace, by_span: bool) -> None:
+    """`match --attention`: the spans whose tokens attend like the span's."""
+    from dataclasses import asdict
+
+    from lstmsearch.attention import attends_like
+    from lstmsearch.index import open_index
+    from lstmsearch.spans import find_span
+
+    with open_index(args.index) as index:
+        if by_span:
+            start, end = args.start, args.end
+        else:
+            span = find_span(index, args.phrase, doc=args.doc, occurrence=args.occurrence)
+            start, end = span.start, span.end
+        matches = attends_like(index, start, end, limit=args.limit)
+        text = index.text(start, end)
+    if args.json:
+        print(json.dumps({"query": {"start": start, "end": end, "text": text},
+                          "matches": [asdict(m) for m in matches]}, indent=2,
+                         ensure_ascii=False))
+        return
+    print(f"spans attending like [{start:,}, {end:,}) {visible(text)!r} (mean cosine of the "
+          "tokens' attention over offsets)")
+    for rank, m in enumerate(matches, start=1):
+        print(f"{rank:>4}  {m.score:.3f}  doc {m.document:>5} [{m.start:,}, {m.end:,})  "
+              f"{visible(m.text)!r}")
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:

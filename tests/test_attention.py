@@ -15,6 +15,7 @@ from indexer.build import build_index
 from lstmsearch.attention import (
     ENTROPY_TRACK,
     NoAttentionError,
+    attends_like,
     attention_tracks,
     heatmap,
     offset_track,
@@ -256,3 +257,52 @@ def test_an_attention_model_trains_resumes_and_loads(tmp_path):
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.config.attention == 4
     assert read_checkpoint(tmp_path / "m.pt")["config"]["attention"] == 4
+
+
+def test_attends_like_equals_a_brute_force_cosine_over_every_span(attention_index):
+    path, _, _ = attention_index
+    with open_index(path) as index:
+        n = index.n_tokens
+        offsets = np.stack([index.track(offset_track(r)) for r in (1, 2, 3)], axis=1)
+        weights = np.stack([index.track(weight_track(r)) for r in (1, 2, 3)], axis=1)
+
+        def vector(t: int) -> np.ndarray:
+            v = np.zeros(3)
+            for o, w in zip(offsets[t], weights[t], strict=True):
+                if np.isfinite(o):
+                    v[int(o) - 1] = w
+            return v
+
+        def cosine(a: np.ndarray, b: np.ndarray) -> float:
+            na, nb = np.linalg.norm(a), np.linalg.norm(b)
+            return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+        doc = [index.doc_of(t) for t in range(n)]
+        for start, end in ((2, 4), (9, 12), (20, 21)):
+            length = end - start
+            want = []
+            for p in range(n - length + 1):
+                if doc[p] != doc[p + length - 1] or p + length > start and p < end:
+                    continue
+                score = np.mean([cosine(vector(p + i), vector(start + i)) for i in range(length)])
+                want.append((-score, p))
+            want.sort()
+            got = attends_like(index, start, end, limit=8)
+            assert [m.start for m in got] == [p for _, p in want[:8]]
+            np.testing.assert_allclose([m.score for m in got], [-s for s, _ in want[:8]],
+                                       atol=1e-6)
+            assert all(m.end - m.start == length and doc[m.start] == m.document for m in got)
+        with pytest.raises(ValueError, match="out of range"):
+            attends_like(index, 3, n + 1)
+
+
+def test_cli_match_by_attention(attention_index, capsys):
+    path, _, _ = attention_index
+    assert main(["match", str(path), "--start", "2", "--end", "4", "--attention", "--limit",
+                 "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"] == {"start": 2, "end": 4, "text": out["query"]["text"]}
+    assert len(out["matches"]) == 3 and {"document", "start", "end", "score",
+                                         "text"} <= set(out["matches"][0])
+    assert main(["match", str(path), "--start", "2", "--end", "4"]) == 2
+    assert "needs --threshold" in capsys.readouterr().err
