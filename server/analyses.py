@@ -34,6 +34,7 @@ from lstmsearch.analysis.surprisal import DocumentLoss, SurprisalReport
 from lstmsearch.analysis.trajectories import Trajectory
 from lstmsearch.analysis.units import MAX_TOKENS, CoClustering, IndexResponse
 from lstmsearch.analysis.weights import MatrixStats
+from lstmsearch.attention import Heatmap, LookedAt
 from lstmsearch.compare import StateComparison, SurprisalComparison
 from server.fetch import (
     MatchRow,
@@ -653,3 +654,41 @@ def compare(shared: Shared, params: CompareParams) -> CompareData:
         sa = sb = np.full(window.size, np.nan)
     return CompareData(params, str(other.path), state, note, totals, window, texts, sa, sb,
                        time.perf_counter() - t0)
+
+
+# --- attention ----------------------------------------------------------------------------
+
+ATTENTION_ROWS = 48
+"""Tokens of the window the attention heatmap shows (the window's first ones)."""
+ATTENTION_WORST = 15
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """The window whose tokens' attention is drawn."""
+
+    window: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class AttentionData:
+    """An attention model's heatmap over the window and its worst-predicted tokens."""
+
+    params: AttentionParams
+    heatmap: Heatmap
+    worst: tuple[LookedAt, ...]
+    seconds: float
+
+
+def attention(shared: Shared, params: AttentionParams) -> AttentionData:
+    """`lstmsearch.attention.heatmap` of the window's first tokens; the worst tokens' once
+    per server. A ValueError (shown by the tab) for an index without attention."""
+    from lstmsearch.attention import heatmap, worst_tokens
+
+    t0 = time.perf_counter()
+    start, end = params.window
+    end = min(end, start + ATTENTION_ROWS)
+    found = heatmap(shared.index, start, end)
+    worst, _ = shared.remember(("attention-worst",),
+                               lambda: worst_tokens(shared.index, ATTENTION_WORST))
+    return AttentionData(params, found, worst, time.perf_counter() - t0)

@@ -40,6 +40,7 @@ from bokeh.themes import Theme
 
 from lstmsearch.index import SURPRISAL_TRACK, Index
 from server import analyses, fetch, url_state
+from server.attention_view import AttentionView
 from server.compare_view import CompareView
 from server.display import stylesheet
 from server.gate_view import GateView
@@ -99,6 +100,7 @@ ANALYSIS_VIEWS: list[type] = [
     GateView,
     WeightView,
     UnitView,
+    AttentionView,
     CompareView,
 ]
 """The analysis views, in tab order; each is built with `View(shared)`."""

@@ -1,0 +1,99 @@
+"""The Attention tab: without a browser its heatmap and worst tokens hold
+`lstmsearch.attention`'s numbers; in headless Chromium it draws them; an index of a model
+without attention says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bokeh.document import Document
+from conftest import analysis_view
+
+from indexer.build import build_index
+from lstmsearch.attention import heatmap, worst_tokens
+from lstmsearch.corpus import Corpus
+from lstmsearch.corpus import Document as CorpusDocument
+from lstmsearch.index import open_index
+from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint
+from lstmsearch.tokenize import train_tokenizer
+from server.app import SELECT_TAB, build
+from server.attention_view import AttentionView
+from server.fetch import Shared
+
+
+@pytest.fixture(scope="module")
+def attention_index_path(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("attention-view")
+    texts = ["(()(1))((2)())", "((2)())(()", "()(((3)))()", "(1)(2)(3)"]
+    corpus = Corpus("brackets", [CorpusDocument(f"d{i}", t) for i, t in enumerate(texts)])
+    tokenizer = train_tokenizer("char", texts)
+    torch.manual_seed(4)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
+                                      layers=1, attention=4))
+    save_checkpoint(tmp / "m.pt", model, tokenizer)
+    build_index(corpus, tmp / "m.pt", tmp / "index", progress=False)
+    return tmp / "index"
+
+
+def test_the_tab_draws_the_windows_heatmap_and_the_worst_tokens(attention_index_path):
+    with open_index(attention_index_path) as index:
+        app = build(Document(), Shared(index))
+        view = analysis_view(app, AttentionView)
+        assert view.data is not None
+        start, end = app.session.window
+        want = heatmap(index, start, min(end, start + 48))
+        assert view.data.heatmap.rows == want.rows
+        cells = view.cells.data
+        assert len(cells["x"]) == int((want.weights > 0).sum())
+        np.testing.assert_allclose(sorted(cells["weight"]), sorted(want.weights[want.weights > 0]))
+        worst = worst_tokens(index, 15)
+        assert list(view.worst_source.data["pos"]) == [w.pos for w in worst]
+        # a worst token opens in the select view
+        view.worst_source.selected.indices = [0]
+        assert app.tabs.active == SELECT_TAB
+        assert app.session.focus == (worst[0].pos, worst[0].pos + 1)
+
+
+def test_an_index_without_attention_says_so(shared):
+    view = analysis_view(build(Document(), shared), AttentionView)
+    assert view.data is None and "stores no attention" in view.summary.text
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()),
+    reason="headless Chromium not installed (`bash scripts/setup.sh --test` installs it)",
+)
+def test_the_attention_tab_in_the_browser(attention_index_path):
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from browser import (
+        assert_no_errors,
+        load,
+        make_driver,
+        model_value,
+        quit_driver,
+        rows_in,
+        screenshot,
+        start_server,
+        stop_server,
+    )
+    from test_browser_analyses import show
+
+    with open_index(attention_index_path) as index:
+        want = heatmap(index, 0, min(index.n_tokens, 48))
+    proc, url = start_server(attention_index_path)
+    d = make_driver()
+    try:
+        load(d, url)
+        show(d, "Attention", "attention-cells")
+        assert rows_in(d, "attention-cells") == int((want.weights > 0).sum())
+        assert rows_in(d, "attention-worst-data", "pos") == 15
+        assert "Attention of tokens" in model_value(d, "attention-summary", "m.text")
+        screenshot(d, "attention-view.png")
+        assert_no_errors(d, "the attention tab")
+    finally:
+        quit_driver(d)
+        stop_server(proc)
