@@ -377,7 +377,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "progress bar; cached in $LSTMSEARCH_CACHE or ~/.cache/lstmsearch) and serve it.",
     )
     p.add_argument("name", nargs="?", default="parens",
-                   help="parens (default), english or python-stdlib")
+                   help="parens (default), parens-attention, english or python-stdlib")
     add_server_options(p)
     p.add_argument("--rebuild", action="store_true", help="build the demo index again")
     p.add_argument("--limit", type=L.COUNT, default=None,

@@ -53,6 +53,10 @@ DEMOS: dict[str, DemoSpec] = {
         "parens", "parens", ("parens-lstm.pt",), None,
         "nested brackets with a depth track: look for units that count depth",
     ),
+    "parens-attention": DemoSpec(
+        "parens-attention", "parens", ("parens-attention-lstm.pt",), None,
+        "nested brackets, a model with attention: the Attention tab shows where it looks",
+    ),
     "english": DemoSpec(
         "english", "english", ("english-word-lstm.pt",), None,
         "English prose (the Python reference manual), word-level LSTM",

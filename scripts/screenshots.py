@@ -116,15 +116,26 @@ def stdlib(d: Any, url: str, out: Path, index_path: Path) -> None:
     save(d, out, "select-surprisal.png")
 
 
+def parens_attention(d: Any, url: str, out: Path, index_path: Path) -> None:
+    """The parens model with attention: where a window of brackets looks."""
+    load(d, url)
+    set_value(d, "pos-input", 440)
+    wait_idle(d)
+    show(d, "Attention", "attention-cells")
+    save(d, out, "attention-view.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
-    parser.add_argument("--demo", choices=("parens", "python-stdlib"), action="append",
+    parser.add_argument("--demo", choices=("parens", "python-stdlib", "parens-attention"),
+                        action="append",
                         help="only this demo's screenshots (again for more)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, take in (("parens", parens), ("python-stdlib", stdlib)):
+    for name, take in (("parens", parens), ("python-stdlib", stdlib),
+                       ("parens-attention", parens_attention)):
         if args.demo and name not in args.demo:
             continue
         index_path = demo_index(name)

@@ -128,8 +128,11 @@ def default_state(names: list[str]) -> str:
 
 def default_track(names: list[str]) -> str | None:
     """The annotation track a session starts with: the first one other than the model's
-    surprisal, which has a strip of its own."""
-    return next((n for n in names if n != SURPRISAL_TRACK), None)
+    surprisal (it has a strip of its own), a label of the text before the attention model's
+    own tracks (`attention_...`)."""
+    others = [n for n in names if n != SURPRISAL_TRACK]
+    return next((n for n in others if not n.startswith("attention_")), others[0] if others
+                else None)
 
 
 def default_window(char_level: bool) -> int:

@@ -97,3 +97,12 @@ def test_the_attention_tab_in_the_browser(attention_index_path):
     finally:
         quit_driver(d)
         stop_server(proc)
+
+
+def test_a_session_starts_on_a_label_of_the_text_rather_than_the_attention():
+    from server.app import default_track
+
+    assert default_track(["attention_1_offset", "attention_entropy", "depth",
+                          "surprisal"]) == "depth"
+    assert default_track(["attention_entropy", "surprisal"]) == "attention_entropy"
+    assert default_track(["surprisal"]) is None
