@@ -50,7 +50,8 @@ class Context:
 
     `window` is the select view's token window [start, end) and `document` the document
     its first token belongs to; `focus` the outlined span, if any (a clicked match, a found
-    phrase); `unit` the neuron view's unit of `state`; `track` the chosen annotation track.
+    phrase); `unit` the neuron view's unit of `state`; `track` the chosen annotation track;
+    `span` the brushed span, if any.
     """
 
     state: str
@@ -60,6 +61,7 @@ class Context:
     unit: int
     track: str | None
     char_level: bool
+    span: tuple[int, int] | None = None
 
 
 # --- surprisal ------------------------------------------------------------------------------
@@ -665,7 +667,7 @@ ATTENTION_WORST = 15
 
 @dataclass(frozen=True)
 class AttentionParams:
-    """The window whose tokens' attention is drawn."""
+    """The tokens whose attention is drawn: the brushed span, else the window's first."""
 
     window: tuple[int, int]
 

@@ -84,9 +84,10 @@ class AttentionView:
         )
         self.cells.selected.on_change("indices", self._on_cell)
         self.worst_source.selected.on_change("indices", self._on_worst)
-        hint = Div(text=f"<span style='color:{MUTED_TEXT}'>Rows: the select view's window "
-                   "(its first tokens); columns: the earlier positions they attend to. Click a "
-                   "cell or a worst token to show it in the select view.</span>", width=470)
+        hint = Div(text=f"<span style='color:{MUTED_TEXT}'>Rows: the span brushed in the "
+                   "select view (else its window's first tokens); columns: the earlier "
+                   "positions they attend to. Click a cell or a worst token to show it in the "
+                   "select view.</span>", width=470)
         self.layout = column(
             self.summary,
             row(self.heatmap, column(hint, self.legend, self.worst)),
@@ -96,8 +97,8 @@ class AttentionView:
     # --- protocol ----------------------------------------------------------------------------
 
     def params(self, context: analyses.Context) -> analyses.AttentionParams:
-        """The select view's window."""
-        return analyses.AttentionParams(window=context.window)
+        """The brushed span, else the select view's window."""
+        return analyses.AttentionParams(window=context.span or context.window)
 
     def show_message(self, text: str) -> None:
         """Explain why there is nothing to show (not an attention model's index)."""

@@ -51,6 +51,10 @@ def test_the_tab_draws_the_windows_heatmap_and_the_worst_tokens(attention_index_
         np.testing.assert_allclose(sorted(cells["weight"]), sorted(want.weights[want.weights > 0]))
         worst = worst_tokens(index, 15)
         assert list(view.worst_source.data["pos"]) == [w.pos for w in worst]
+        # a brushed span's tokens are the rows
+        app.session.span = (5, 9)
+        app.refresh_analysis(view)
+        assert view.data.heatmap.rows == (5, 6, 7, 8) == heatmap(index, 5, 9).rows
         # a worst token opens in the select view
         view.worst_source.selected.indices = [0]
         assert app.tabs.active == SELECT_TAB
