@@ -35,7 +35,7 @@ from lstmsearch.analysis.trajectories import Trajectory
 from lstmsearch.analysis.units import MAX_TOKENS, CoClustering, IndexResponse
 from lstmsearch.analysis.weights import MatrixStats
 from lstmsearch.attention import Heatmap, LookedAt
-from lstmsearch.compare import StateComparison, SurprisalComparison
+from lstmsearch.compare import SideBySide, StateComparison, SurprisalComparison
 from server.fetch import (
     MatchRow,
     Shared,
@@ -62,6 +62,9 @@ class Context:
     track: str | None
     char_level: bool
     span: tuple[int, int] | None = None
+    threshold: float = 0.3
+    sign: int = 1
+    padding: tuple[int, int] = (1, 0)
 
 
 # --- surprisal ------------------------------------------------------------------------------
@@ -600,10 +603,15 @@ def units(shared: Shared, params: UnitParams) -> UnitsData:
 
 @dataclass(frozen=True)
 class CompareParams:
-    """The state whose units are compared and the window whose surprisal is drawn."""
+    """The state whose units are compared, the window whose surprisal is drawn, and the
+    brushed span with its threshold, sign and padding (the pattern matched in both)."""
 
     state: str
     window: tuple[int, int]
+    span: tuple[int, int] | None = None
+    threshold: float = 0.3
+    sign: int = 1
+    padding: tuple[int, int] = (1, 0)
 
 
 @dataclass(frozen=True)
@@ -621,6 +629,8 @@ class CompareData:
     surprisal_a: np.ndarray
     surprisal_b: np.ndarray
     seconds: float
+    side_by_side: SideBySide | None = None  # the brushed pattern's matches in A and in B
+    side_note: str = ""  # why there is none
 
 
 def compare(shared: Shared, params: CompareParams) -> CompareData:
@@ -654,8 +664,23 @@ def compare(shared: Shared, params: CompareParams) -> CompareData:
         sb = sb[start:end]
     else:
         sa = sb = np.full(window.size, np.nan)
+    pair, side_note = None, ""
+    if params.span is not None and state is not None:
+        from lstmsearch.compare import CompareError, side_by_side
+
+        pattern = a.select(*params.span, params.threshold, state=params.state,
+                           pad_left=params.padding[0], pad_right=params.padding[1],
+                           sign=params.sign)
+        try:
+            pair = side_by_side(a, other, pattern, state, limit=COMPARE_MATCHES)
+        except CompareError as exc:
+            side_note = str(exc)
     return CompareData(params, str(other.path), state, note, totals, window, texts, sa, sb,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, pair, side_note)
+
+
+COMPARE_MATCHES = 10
+"""Matches of the brushed pattern listed for each model."""
 
 
 # --- attention ----------------------------------------------------------------------------

@@ -1063,7 +1063,9 @@ class App:
         doc = int(self.shared.index.doc_of(start)) if self.shared.index.n_tokens else 0
         return analyses.Context(state=s.state, window=(start, end), document=doc,
                                 focus=s.focus, unit=s.unit, track=s.track,
-                                char_level=self.shared.char_level, span=s.span)
+                                char_level=self.shared.char_level, span=s.span,
+                                threshold=s.threshold, sign=s.sign,
+                                padding=(s.pad_left, s.pad_right))
 
     def active_analysis(self) -> object | None:
         """The analysis view whose tab is shown, if any."""

@@ -28,6 +28,22 @@ from server.inputs import tapped
 from server.surprisal_view import SURPRISAL_PALETTE
 
 UNIT_COLUMNS = ("unit", "best", "r", "abs_r")
+MATCH_COLUMNS = ("document", "start", "end", "overlap", "extra", "text")
+
+
+def match_table(name: str, title: str, source: ColumnDataSource) -> DataTable:
+    """A list of matches: where, how many units of the pattern on, extra units, text."""
+    return DataTable(
+        source=source, name=name, width=540, height=280, index_position=None,
+        reorderable=False,
+        columns=[
+            TableColumn(field="document", title=title, width=60),
+            TableColumn(field="start", title="start", width=70),
+            TableColumn(field="overlap", title="of S", width=45),
+            TableColumn(field="extra", title="extra", width=45),
+            TableColumn(field="text", title="text", width=300),
+        ],
+    )
 
 
 class CompareView:
@@ -65,20 +81,32 @@ class CompareView:
                                     "the token better)", width=1100, max_rows=1, left=0,
                                     right=80, label_width=120, char_level=char_level,
                                     value_name="B − A")
+        self.matches_a = ColumnDataSource({k: [] for k in MATCH_COLUMNS},
+                                          name="compare-matches-a-data")
+        self.matches_b = ColumnDataSource({k: [] for k in MATCH_COLUMNS},
+                                          name="compare-matches-b-data")
+        self.side_title = Div(text="", width=1100, name="compare-side-title",
+                              stylesheets=[style])
+        tables = row(match_table("compare-matches-a", "doc (A)", self.matches_a),
+                     match_table("compare-matches-b", "doc (B)", self.matches_b))
+        for source in (self.matches_a, self.matches_b):
+            source.selected.on_change("indices", self._on_match(source))
         self.units_source.selected.on_change("indices", self._on_unit_row)
         hint = Div(text=f"<span style='color:{MUTED_TEXT}'>For the select view's state and "
                    "window. Click a unit to open it in the neuron view.</span>", width=420)
         self.layout = column(
             row(column(self.summary, hint, self.legend), self.units_table),
-            self.both.fig, self.difference.fig,
+            self.both.fig, self.difference.fig, self.side_title, tables,
             name="compare-view",
         )
 
     # --- protocol ----------------------------------------------------------------------------
 
     def params(self, context: analyses.Context) -> analyses.CompareParams:
-        """The select view's state and window."""
-        return analyses.CompareParams(state=context.state, window=context.window)
+        """The select view's state, window and brushed pattern."""
+        return analyses.CompareParams(state=context.state, window=context.window,
+                                      span=context.span, threshold=context.threshold,
+                                      sign=context.sign, padding=context.padding)
 
     def show_message(self, text: str) -> None:
         """Explain why there is nothing to compare (no second index)."""
@@ -87,6 +115,9 @@ class CompareView:
                              f"<div class='error'>{text}</div>")
         self.legend.text = ""
         self.units_source.data = {k: [] for k in UNIT_COLUMNS}
+        self.side_title.text = ""
+        for source in (self.matches_a, self.matches_b):
+            source.data = {k: [] for k in MATCH_COLUMNS}
         self.both.show([], low=0.0, high=1.0, palette=SURPRISAL_PALETTE)
         self.difference.show([], low=-1.0, high=1.0, palette=DIVERGING_PALETTE)
 
@@ -126,8 +157,42 @@ class CompareView:
             gradient_legend("surprisal (nats)", SURPRISAL_PALETTE, "0", f"≥ {fmt(high)}")
             + gradient_legend("B − A (nats)", DIVERGING_PALETTE, fmt(-spread), fmt(spread))
         )
+        self._show_side_by_side(data)
+
+    def _show_side_by_side(self, data: analyses.CompareData) -> None:
+        pair = data.side_by_side
+        if pair is None:
+            why = data.side_note or ("Brush a span in the select view to match its pattern "
+                                     "in both models.")
+            self.side_title.text = f"<div class='hint'>{why}</div>"
+            for source in (self.matches_a, self.matches_b):
+                source.data = {k: [] for k in MATCH_COLUMNS}
+            return
+        left = (f"; left out, anti-correlated in B: {list(pair.left_out)}"
+                if pair.left_out else "")
+        self.side_title.text = (
+            f"<div class='panel-title'>The brushed pattern: {len(pair.pattern_a.units)} units "
+            f"of {pair.pattern_a.state} in A {list(pair.pattern_a.units)}; their best "
+            f"units in B {list(pair.pattern_b.units)}{left}</div>")
+        for source, result in ((self.matches_a, pair.matches_a),
+                               (self.matches_b, pair.matches_b)):
+            ms = result.matches
+            source.data = {
+                "document": [m.document for m in ms], "start": [m.start for m in ms],
+                "end": [m.end for m in ms],
+                "overlap": [f"{m.overlap}/{len(result.pattern.units)}" for m in ms],
+                "extra": [m.extra for m in ms], "text": [m.text for m in ms],
+            }
 
     # --- events ------------------------------------------------------------------------------
+
+    def _on_match(self, source: ColumnDataSource) -> Callable[[str, list[int], list[int]], None]:
+        def handler(attr: str, old: list[int], new: list[int]) -> None:
+            start, end = (tapped(source, c, new) for c in ("start", "end"))
+            if start is not None and end is not None and self.on_span is not None:
+                self.on_span(int(start), int(end))  # the same tokens in both indexes
+
+        return handler
 
     def _on_unit_row(self, attr: str, old: list[int], new: list[int]) -> None:
         unit = tapped(self.units_source, "unit", new)

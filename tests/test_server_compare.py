@@ -51,6 +51,24 @@ def test_the_tab_shows_the_units_and_surprisal_of_both_models(compared: Shared) 
     stored = compared.index.track("surprisal")[start:end]
     np.testing.assert_array_equal(data.surprisal_a, stored)
     assert np.nanmax(np.abs(view.difference.cells.data["value"].astype(float))) == 0.0
+    # nothing brushed: no pattern to match; a brushed span: its matches in both (a copy: the
+    # same units and the same matches)
+    assert "Brush a span" in view.side_title.text
+    s = app.session
+    start = next(t for t in range(200) if compared.index.select(
+        t, t + 2, s.threshold, state=state, pad_left=s.pad_left, pad_right=s.pad_right,
+        sign=s.sign).units)
+    s.span = (start, start + 2)
+    app.refresh_analysis(view)
+    pair = view.data.side_by_side
+    assert pair is not None and pair.pattern_b.units == pair.pattern_a.units
+    a_rows, b_rows = view.matches_a.data, view.matches_b.data
+    assert list(a_rows["start"]) == list(b_rows["start"]) == [
+        m.start for m in pair.matches_a.matches]
+    assert "The brushed pattern" in view.side_title.text
+    view.matches_b.selected.indices = [0]
+    assert s.focus == (b_rows["start"][0], b_rows["end"][0])
+    s.span = None
     # a unit of the table opens in the neuron view
     view.units_source.selected.indices = [0]
     assert app.session.unit == table["unit"][0] and app.tabs.active == NEURON_TAB
