@@ -121,6 +121,7 @@ def parens_attention(d: Any, url: str, out: Path, index_path: Path) -> None:
     load(d, url)
     set_value(d, "pos-input", 440)
     wait_idle(d)
+    save(d, out, "select-attention.png")
     show(d, "Attention", "attention-cells")
     save(d, out, "attention-view.png")
 

@@ -205,7 +205,8 @@ def build_page(shared: fetch.Shared) -> Page:
     has_surprisal = fetch.has_stored_surprisal(shared)
     has_track = any(n != SURPRISAL_TRACK or not has_surprisal for n in shared.track_names)
     select_view = SelectView(char_level=char_level, has_track=has_track,
-                             has_surprisal=has_surprisal)
+                             has_surprisal=has_surprisal,
+                             has_attention=fetch.has_attention(shared))
     select_view.set_threshold(DEFAULT_THRESHOLD, 1)
     select_view.pattern_div.stylesheets = [style]
     select_view.show_window(window, shared.track_range(track))

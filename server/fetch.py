@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lstmsearch import query
+from lstmsearch.attention import offset_track, weight_track
 from lstmsearch.index import Index
 from lstmsearch.thresholds import (
     StateScale,
@@ -277,6 +278,8 @@ class Window:
     doc_bounds: tuple[tuple[int, int, str], ...]  # (position, document, name) of each doc start
     surprisal: np.ndarray | None = None  # nats per token (NaN at a document's first token)
     surprisal_range: tuple[float, float] | None = None  # its colour scale
+    # an attention model's strongest look of each token: offset back and weight (NaN: none)
+    attention: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def positions(self) -> np.ndarray:
@@ -299,13 +302,23 @@ def load_window(shared: Shared, state: str, start: int, end: int, track: str | N
         pos = int(index.doc_starts[doc])
         bounds.append((max(pos, start), doc, shared.doc_name(doc)))
     found = window_surprisal(shared, start, end)
+    attention = None
+    if has_attention(shared):
+        attention = (shared.track(offset_track(1))[start:end],
+                     shared.track(weight_track(1))[start:end])
     return Window(
         state=state, start=start, end=end, texts=tokens.text, docs=docs, values=values,
         track=None if track_values is None else track_values[start:end],
         doc_bounds=tuple(bounds),
         surprisal=None if found is None else found[0],
         surprisal_range=None if found is None else found[1],
+        attention=attention,
     )
+
+
+def has_attention(shared: Shared) -> bool:
+    """Whether the index stores an attention model's attention (its tracks)."""
+    return offset_track(1) in shared.track_names and weight_track(1) in shared.track_names
 
 
 def document_window(shared: Shared, doc: int, width: int) -> tuple[int, int]:

@@ -66,10 +66,36 @@ SURPRISAL_TEXT_PX = 26
 strip; narrower cells show it on hover only."""
 
 
+ARC_COLUMNS = ("x0", "x1", "cx", "cy", "alpha", "weight")
+ARC_HEIGHT = 0.9
+"""Room above the token row for the attention arcs (in the row's height)."""
+ARC_MIN_WEIGHT = 0.25
+"""Weakest strongest-look drawn as an arc (a token that spreads its attention draws none)."""
+ARC_COLOR = "#6f42c1"
+
+
+def attention_arcs(window: Window) -> dict[str, np.ndarray]:
+    """Arcs from each token of the window to the position it attends to most, inside the
+    window, when that weight is at least ARC_MIN_WEIGHT; taller for farther looks."""
+    if window.attention is None:
+        return {k: np.zeros(0) for k in ARC_COLUMNS}
+    offsets, weights = window.attention
+    pos = np.arange(window.start, window.end)
+    target = pos - offsets
+    keep = (np.isfinite(offsets) & np.isfinite(weights) & (weights >= ARC_MIN_WEIGHT)
+            & (target >= window.start))
+    x1, x0, w = pos[keep].astype(float), target[keep].astype(float), weights[keep]
+    span = np.maximum(1.0, x1 - x0)
+    height = 1.0 + ARC_HEIGHT * np.minimum(1.0, 0.15 + span / 24)
+    return {"x0": x0, "x1": x1, "cx": (x0 + x1) / 2, "cy": height,
+            "alpha": 0.25 + 0.75 * w, "weight": w}
+
+
 class SelectView:
     """The select plot, the token row and the list of S. `show_*` methods update them."""
 
-    def __init__(self, *, char_level: bool, has_track: bool, has_surprisal: bool = False) -> None:
+    def __init__(self, *, char_level: bool, has_track: bool, has_surprisal: bool = False,
+                 has_attention: bool = False) -> None:
         self.char_level = char_level
         self.window: Window | None = None
         self.units: tuple[int, ...] = ()
@@ -172,14 +198,19 @@ class SelectView:
         strips = int(has_track) + int(has_surprisal)
         track_y = -0.55
         self.surprisal_y = track_y - STRIP_ROW * int(has_track)
-        height = 70 + 30 * strips + (0 if char_level else 100)
+        height = 70 + 30 * strips + (0 if char_level else 100) + (50 if has_attention else 0)
+        top = 1.05 + (ARC_HEIGHT if has_attention else 0.0)
         tok = figure(
             name="token-plot", width=PLOT_WIDTH, height=height, x_range=x_range,
-            y_range=Range1d(-0.15 - 0.95 * strips, 1.05), tools="",
+            y_range=Range1d(-0.15 - 0.95 * strips, top), tools="",
             toolbar_location=None, min_border_left=PLOT_BORDER_LEFT, min_border_right=10,
             min_border_top=0, output_backend="canvas",
         )
         self.tok_fig = tok
+        # an attention model: an arc from each token to where it looks most (above the row)
+        self.arcs = ColumnDataSource({k: [] for k in ARC_COLUMNS}, name="select-attention-arcs")
+        tok.quadratic(x0="x0", y0=1.0, x1="x1", y1=1.0, cx="cx", cy="cy", source=self.arcs,
+                      line_color=ARC_COLOR, line_alpha="alpha", line_width=1.5)
         tok.ygrid.visible = False
         tok.xgrid.visible = False
         tok.outline_line_color = "#d0d7de"
@@ -376,6 +407,7 @@ class SelectView:
             })
         finally:
             self._quiet = False
+        self.arcs.data = attention_arcs(window)
         self.plot_quads.data = {"left": xs - 0.5, "right": xs + 0.5}
         self.lines.data = {
             "xs": [xs] * window.values.shape[0],

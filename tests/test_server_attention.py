@@ -95,6 +95,7 @@ def test_the_attention_tab_in_the_browser(attention_index_path):
         show(d, "Attention", "attention-cells")
         assert rows_in(d, "attention-cells") == int((want.weights > 0).sum())
         assert rows_in(d, "attention-worst-data", "pos") == 15
+        assert rows_in(d, "select-attention-arcs", "x0") > 0  # the select view's arcs
         assert "Attention of tokens" in model_value(d, "attention-summary", "m.text")
         screenshot(d, "attention-view.png")
         assert_no_errors(d, "the attention tab")
@@ -110,3 +111,23 @@ def test_a_session_starts_on_a_label_of_the_text_rather_than_the_attention():
                           "surprisal"]) == "depth"
     assert default_track(["attention_entropy", "surprisal"]) == "attention_entropy"
     assert default_track(["surprisal"]) is None
+
+
+def test_the_select_view_draws_an_arc_to_where_each_token_looks_most(attention_index_path,
+                                                                     shared):
+    from lstmsearch.attention import offset_track, weight_track
+
+    with open_index(attention_index_path) as index:
+        app = build(Document(), Shared(index))
+        start, end = app.session.window
+        offsets = index.track(offset_track(1))
+        weights = index.track(weight_track(1))
+        want = sorted((float(p - offsets[p]), float(p)) for p in range(start, end)
+                      if np.isfinite(offsets[p]) and weights[p] >= 0.25
+                      and p - offsets[p] >= start)
+        arcs = app.select_view.arcs.data
+        assert want and sorted(zip(arcs["x0"], arcs["x1"], strict=True)) == want
+        assert (np.asarray(arcs["cy"]) > 1.0).all()
+    # an index without attention draws none
+    plain = build(Document(), shared)
+    assert len(plain.select_view.arcs.data["x0"]) == 0
