@@ -211,7 +211,8 @@ def build_page(shared: fetch.Shared) -> Page:
     select_view.pattern_div.stylesheets = [style]
     select_view.show_window(window, shared.track_range(track))
     select_view.show_pattern(None, None, (0, 0), None)
-    match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240)
+    match_view = MatchView(char_level=char_level, width=PLOT_WIDTH + 240,
+                           has_attention=fetch.has_attention(shared))
     match_view.summary.stylesheets = [style]
     match_view.legend.stylesheets = [style]
     plots = column(select_view.fig, select_view.tok_fig, name="select-plots")
@@ -874,6 +875,13 @@ class App:
         track = s.track
         width = RIGHT_CELLS if self.shared.char_level else RIGHT_WORDS
         self._clear_error()
+        if s.mode == "attention":
+            def attends() -> tuple[object, fetch.PatternResult]:
+                return None, fetch.run_attends_like(self.shared, q.start, q.end, 50, track,
+                                                    width)
+
+            self.runner.submit("pattern", attends, self._apply_nearest, label="attends like")
+            return
         if s.mode == "nearest":
             def work() -> tuple[object, fetch.PatternResult]:
                 pattern = fetch.select(self.shared, q)
@@ -958,10 +966,11 @@ class App:
         s = self.session
         if s.span is None:
             return ""
-        what = "nearest" if s.mode == "nearest" else "matches"
+        what = {"nearest": ("nearest", "neuron"), "attention": ("neuron",)}.get(
+            s.mode, ("matches", "neuron"))
         links = [f"<a href='{escape(f'download?{query}&what={w}&format={f}')}' download "
                  f"class='download' target='_blank'>{w} ({f.upper()})</a>"
-                 for w in (what, "neuron") for f in ("csv", "json")]
+                 for w in what for f in ("csv", "json")]
         return ("<span class='hint'>Download, with the query that gave them: </span>"
                 + " · ".join(links))
 
@@ -1002,8 +1011,12 @@ class App:
             self.neuron_stale = True
         if self._neuron_view is not None:
             self._neuron_view.set_unit(s.unit, dim)
-        s.mode = q.mode
-        self._quietly(self.match_view.mode, active=url_state.MODES.index(q.mode))
+        mode, problems = q.mode, list(decoded.problems)
+        if url_state.MODES.index(mode) >= len(self.match_view.mode.labels):
+            problems.append(f"mode {mode!r}: this index stores no attention")
+            mode = "match"
+        s.mode = mode
+        self._quietly(self.match_view.mode, active=url_state.MODES.index(mode))
         self._sync_threshold_widgets()
         self._show_axis()
         s.span = q.span
@@ -1020,8 +1033,8 @@ class App:
         else:
             self._on_tab(active)
         self._show_downloads()
-        if decoded.problems:
-            self._show_error("; ".join(decoded.problems))
+        if problems:
+            self._show_error("; ".join(problems))
 
     def on_key(self, value: object) -> None:
         """A key pressed on the page (outside text fields): see KEYS."""

@@ -516,6 +516,32 @@ def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int)
     return PatternResult(pattern, result, tuple(rows), time.perf_counter() - t0)
 
 
+def run_attends_like(
+    shared: Shared, start: int, end: int, k: int, track: str | None, width: int
+) -> PatternResult:
+    """The k spans whose tokens attend most like the span's (`attention.attends_like`), the
+    offset vectors built once per server."""
+    from lstmsearch.attention import attends_like, offset_vectors
+
+    t0 = time.perf_counter()
+    vectors, _ = shared.remember(("attention-offset-vectors",),
+                                 lambda: offset_vectors(shared.index))
+    found = attends_like(shared.index, start, end, limit=k, vectors=vectors)
+    spans = [(m.start, m.end) for m in found]
+    contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
+                           after=max(MATCH_CONTEXT, width), track=track)
+    rows = []
+    for rank, (m, (positions, texts, track_values)) in enumerate(zip(found, contexts),
+                                                                  start=1):
+        inside = (positions >= m.start) & (positions < m.end)
+        rows.append(MatchRow(
+            rank=rank, start=m.start, end=m.end, anchor=m.start, positions=positions,
+            texts=texts, values=np.where(inside, 1.0, np.nan), emphasis=inside,
+            track=track_values, score=m.score, is_query=False, **shared.place(m.start),
+        ))
+    return PatternResult(None, found, tuple(rows), time.perf_counter() - t0)
+
+
 def run_nearest(
     shared: Shared, state: str, start: int, end: int, k: int, track: str | None, width: int
 ) -> PatternResult:

@@ -27,14 +27,16 @@ from server.display import (
 from server.fetch import MatchRow, PatternResult
 from server.inputs import chosen_index
 
-MODES = ("match", "nearest")
+MODES = ("match", "nearest", "attention")
 RIGHT_CELLS, RIGHT_WORDS = 22, 10
 """Cells shown right of a match's start (character / word tokens): the rest is cut."""
 MATCH_TITLE = ("Matches, best first, aligned on their start "
                "(row label: rank. |A∩S|/|S| +extra units, document:position)")
 NEAREST_TITLE = ("Nearest stored states to the span's mean state "
                  "(row label: rank. distance, document:position)")
-MODE_LABELS = ["Pattern match", "Nearest states (FAISS)"]
+ATTENTION_TITLE = ("Spans whose tokens attend like the span's "
+                   "(row label: rank. mean cosine of the attention, document:position)")
+MODE_LABELS = ["Pattern match", "Nearest states (FAISS)", "Attends like (attention)"]
 MAX_LENGTH = 1000
 """The largest match length the length controls offer."""
 
@@ -42,7 +44,8 @@ MAX_LENGTH = 1000
 class MatchView:
     """The match list, its summary and the length histogram."""
 
-    def __init__(self, *, char_level: bool, width: int = 1140) -> None:
+    def __init__(self, *, char_level: bool, width: int = 1140,
+                 has_attention: bool = False) -> None:
         self.char_level = char_level
         self.on_row: Callable[[MatchRow], None] | None = None
         self.on_mode: Callable[[str], None] | None = None
@@ -57,7 +60,9 @@ class MatchView:
         self.summary = Div(name="match-summary", width=width - 260, text=self._idle_html())
         self.suggest = Button(label="use the suggested threshold", visible=False, width=240,
                               name="use-suggestion", button_type="success")
-        self.mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="match-mode")
+        # the attention mode only for an index of an attention model
+        labels = MODE_LABELS if has_attention else MODE_LABELS[:2]
+        self.mode = RadioButtonGroup(labels=labels, active=0, name="match-mode")
         # match lengths: 0 leaves the default (at least 2 tokens for a span of 2 or more)
         self.min_length = Spinner(title="Min tokens (0: auto)", low=0, high=MAX_LENGTH, step=1,
                                   value=0, width=140, name="match-min-length")
@@ -92,11 +97,11 @@ class MatchView:
 
     @property
     def mode_name(self) -> str:
-        return MODES[chosen_index(self.mode.active, len(MODES))]
+        return MODES[chosen_index(self.mode.active, len(self.mode.labels))]
 
     def _on_mode(self, attr: str, old: int, new: int) -> None:
         if self.on_mode is not None:
-            self.on_mode(MODES[chosen_index(new, len(MODES))])
+            self.on_mode(MODES[chosen_index(new, len(self.mode.labels))])
 
     def _on_suggest(self) -> None:
         if self.suggestions and self.on_suggestion is not None:
@@ -157,8 +162,11 @@ class MatchView:
         nearest = result.pattern is None
         size = 1 if nearest else len(result.pattern.units)
         strip_rows = []
+        attention = nearest and self.mode_name == "attention"
         for r in result.rows:
-            if nearest:
+            if attention:
+                label = f"{r.rank:>2}. cos={fmt(r.score, 3)}  {place_label(r.doc_name, r.offset)}"
+            elif nearest:
                 label = f"{r.rank:>2}. d={fmt(r.score, 3)}  {place_label(r.doc_name, r.offset)}"
             else:
                 tag = " (query)" if r.is_query else ""
@@ -172,7 +180,7 @@ class MatchView:
         self.strips.show(strip_rows, low=0, high=max(1, size), palette=COUNT_PALETTE,
                          track_range=track_range,
                          left=-5, right=RIGHT_CELLS if self.char_level else RIGHT_WORDS)
-        title = NEAREST_TITLE if nearest else MATCH_TITLE
+        title = ATTENTION_TITLE if attention else NEAREST_TITLE if nearest else MATCH_TITLE
         if self.strips.fig.title.text != title:
             self.strips.fig.title.text = title
         self.show_mode(nearest)
@@ -197,8 +205,11 @@ class MatchView:
         if legend != self.legend.text:  # unchanged text: no message, no re-layout
             self.legend.text = legend
         if nearest:
+            what = ("spans whose tokens attend like the span's"
+                    if self.mode_name == "attention"
+                    else "nearest stored states to the span's mean state")
             self.summary.text = (
-                f"<b>{len(result.rows)}</b> nearest stored states to the span's mean state "
+                f"<b>{len(result.rows)}</b> {what} "
                 f"<span style='color:{MUTED_TEXT}'>({1000 * result.seconds:.0f} ms)</span>"
             )
             self.hist_source.data = {"length": [], "count": []}

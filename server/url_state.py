@@ -23,7 +23,7 @@ MAX_THRESHOLD = 65504.0
 differently (and a larger one would overflow the float16 and float32 comparisons)."""
 MAX_PAD = 50
 """The most padding tokens a page asks for (its spinners' bound)."""
-MODES = ("match", "nearest")
+MODES = ("match", "nearest", "attention")
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def decode(
             unit = int(text)
     mode = _one(args, "mode") or "match"
     if mode not in MODES:
-        problems.append(f"mode {mode!r} is neither match nor nearest")
+        problems.append(f"mode {mode!r} is none of match, nearest and attention")
         mode = "match"
     return Decoded(Query(index=index_name, view=view, state=state, span=span,
                          threshold=threshold, sign=sign, padding=padding, unit=unit,

@@ -131,3 +131,29 @@ def test_the_select_view_draws_an_arc_to_where_each_token_looks_most(attention_i
     # an index without attention draws none
     plain = build(Document(), shared)
     assert len(plain.select_view.arcs.data["x0"]) == 0
+
+
+def test_the_match_view_lists_spans_that_attend_like_the_brushed_one(attention_index_path,
+                                                                      shared):
+    from lstmsearch.attention import attends_like
+    from server.match_view import ATTENTION_TITLE
+
+    with open_index(attention_index_path) as index:
+        app = build(Document(), Shared(index))
+        mv = app.match_view
+        assert len(mv.mode.labels) == 3
+        mv.mode.active = 2
+        app.select_view.tokens.selected.indices = [4, 5, 6]  # brush tokens 4..6
+        start, end = app.session.span
+        rows = mv.rows
+        want = attends_like(index, start, end, limit=50)
+        assert [(r.start, r.end) for r in rows] == [(m.start, m.end) for m in want]
+        assert [r.score for r in rows] == pytest.approx([m.score for m in want])
+        assert mv.strips.fig.title.text == ATTENTION_TITLE
+        assert "attend like" in mv.summary.text
+        assert "mode=attention" in app.url.text
+    # an index without attention has two modes, and a URL asking for it is told so
+    plain = build(Document(), shared)
+    assert len(plain.match_view.mode.labels) == 2
+    plain.restore({"mode": [b"attention"]})
+    assert plain.session.mode == "match" and "stores no attention" in plain.status.text
