@@ -516,6 +516,25 @@ def _run_pattern(shared: Shared, q: PatternQuery, track: str | None, width: int)
     return PatternResult(pattern, result, tuple(rows), time.perf_counter() - t0)
 
 
+def span_rows(shared: Shared, spans: list[tuple[int, int]], scores: list[float],
+              query: tuple[int, int], track: str | None, width: int) -> list[MatchRow]:
+    """Rows of ranked spans with no pattern (nearest states, spans that attend alike): each
+    span marked inside its context, its score beside it."""
+    contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
+                           after=max(MATCH_CONTEXT, width), track=track)
+    rows = []
+    for rank, ((s, e), score, (positions, texts, track_values)) in enumerate(
+        zip(spans, scores, contexts, strict=True), start=1
+    ):
+        inside = (positions >= s) & (positions < e)
+        rows.append(MatchRow(
+            rank=rank, start=s, end=e, anchor=s, positions=positions, texts=texts,
+            values=np.where(inside, 1.0, np.nan), emphasis=inside, track=track_values,
+            score=score, is_query=(s, e) == tuple(query), **shared.place(s),
+        ))
+    return rows
+
+
 def run_attends_like(
     shared: Shared, start: int, end: int, k: int, track: str | None, width: int
 ) -> PatternResult:
@@ -527,18 +546,8 @@ def run_attends_like(
     vectors, _ = shared.remember(("attention-offset-vectors",),
                                  lambda: offset_vectors(shared.index))
     found = attends_like(shared.index, start, end, limit=k, vectors=vectors)
-    spans = [(m.start, m.end) for m in found]
-    contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
-                           after=max(MATCH_CONTEXT, width), track=track)
-    rows = []
-    for rank, (m, (positions, texts, track_values)) in enumerate(zip(found, contexts),
-                                                                  start=1):
-        inside = (positions >= m.start) & (positions < m.end)
-        rows.append(MatchRow(
-            rank=rank, start=m.start, end=m.end, anchor=m.start, positions=positions,
-            texts=texts, values=np.where(inside, 1.0, np.nan), emphasis=inside,
-            track=track_values, score=m.score, is_query=False, **shared.place(m.start),
-        ))
+    rows = span_rows(shared, [(m.start, m.end) for m in found], [m.score for m in found],
+                     (start, end), track, width)
     return PatternResult(None, found, tuple(rows), time.perf_counter() - t0)
 
 
@@ -555,21 +564,8 @@ def run_nearest(
     result = method(start, end, store.layer, store.kind, k)
     hits = list(getattr(result, "hits", getattr(result, "matches", result)))
     spans = [(int(h.start), int(getattr(h, "end", h.start + 1))) for h in hits]
-    contexts = rows_around(shared, spans, before=MATCH_CONTEXT,
-                           after=max(MATCH_CONTEXT, width), track=track)
-    rows = []
-    for rank, (h, (s, e), (positions, texts, track_values)) in enumerate(
-        zip(hits, spans, contexts), start=1
-    ):
-        inside = (positions >= s) & (positions < e)
-        distance = float(getattr(h, "distance", getattr(h, "score", np.nan)))
-        values = np.where(inside, 1.0, np.nan)
-        rows.append(MatchRow(
-            rank=rank, start=s, end=e, anchor=s,
-            positions=positions, texts=texts, values=values, emphasis=inside,
-            track=track_values, score=distance,
-            is_query=(s == start and e == end), **shared.place(s),
-        ))
+    scores = [float(getattr(h, "distance", getattr(h, "score", np.nan))) for h in hits]
+    rows = span_rows(shared, spans, scores, (start, end), track, width)
     return PatternResult(None, result, tuple(rows), time.perf_counter() - t0)
 
 
