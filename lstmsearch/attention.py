@@ -92,21 +92,39 @@ class Heatmap:
     entropy: tuple[float, ...]
 
 
-def stored_attention(index: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, weights) of every token's k strongest positions, tokens x k (NaN: none)."""
+@dataclass(frozen=True)
+class StoredAttention:
+    """Every token's stored attention: its k strongest offsets and their weights (tokens x
+    k, NaN: none) and its entropy. A pass over all the attention tracks reads it, so a
+    caller that asks again (the server) keeps it."""
+
+    offsets: np.ndarray
+    weights: np.ndarray
+    entropy: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return self.offsets.shape[1]
+
+
+def stored_attention(index: Any) -> StoredAttention:
+    """The index's stored attention; a clear error for an index without any."""
+    k = check_attention(index)
     offsets = np.stack([index.track(offset_track(r)) for r in range(1, k + 1)], axis=1)
     weights = np.stack([index.track(weight_track(r)) for r in range(1, k + 1)], axis=1)
-    return offsets, weights
+    return StoredAttention(offsets, weights, index.track(ENTROPY_TRACK))
 
 
-def heatmap(index: Any, start: int, end: int) -> Heatmap:
-    """The attention of tokens [start, end) over the positions they look at."""
-    k = check_attention(index)
+def heatmap(index: Any, start: int, end: int,
+            stored: StoredAttention | None = None) -> Heatmap:
+    """The attention of tokens [start, end) over the positions they look at (`stored`:
+    `stored_attention(index)`, when the caller keeps it)."""
+    stored = stored_attention(index) if stored is None else stored
+    k = stored.k
     if not 0 <= start < end <= index.n_tokens:
         raise ValueError(f"span [{start}, {end}) out of range: the index has tokens "
                          f"0..{index.n_tokens - 1}")
-    offsets, weights = stored_attention(index, k)
-    offsets, weights = offsets[start:end], weights[start:end]
+    offsets, weights = stored.offsets[start:end], stored.weights[start:end]
     rows = np.arange(start, end)
     targets = rows[:, None] - offsets
     cols = sorted({int(p) for p in targets[np.isfinite(targets)]})
@@ -116,7 +134,7 @@ def heatmap(index: Any, start: int, end: int) -> Heatmap:
         for r in range(k):
             if np.isfinite(offsets[i, r]):
                 grid[i, where[int(targets[i, r])]] += weights[i, r]
-    entropy = index.track(ENTROPY_TRACK)[start:end]
+    entropy = stored.entropy[start:end]
     return Heatmap(tuple(int(p) for p in rows), tuple(cols),
                    tuple(index.text(int(p), int(p) + 1) for p in rows),
                    tuple(index.text(p, p + 1) for p in cols), grid,
@@ -137,17 +155,17 @@ class LookedAt:
     texts: tuple[str, ...]
 
 
-def worst_tokens(index: Any, k: int = 20) -> tuple[LookedAt, ...]:
+def worst_tokens(index: Any, k: int = 20,
+                 stored: StoredAttention | None = None) -> tuple[LookedAt, ...]:
     """The `k` tokens of highest surprisal and the attention of the prediction of each (made
     at the token before it, which is where its attention is stored)."""
-    top = check_attention(index)
+    stored = stored_attention(index) if stored is None else stored
     if SURPRISAL_TRACK not in index.track_names():
         raise NoAttentionError(f"index {index.path.name} stores no surprisal")
     surprisal = index.track(SURPRISAL_TRACK)
     finite = np.flatnonzero(np.isfinite(surprisal))
     worst = finite[np.argsort(-surprisal[finite], kind="stable")[:k]]
-    offsets, weights = stored_attention(index, top)
-    entropy = index.track(ENTROPY_TRACK)
+    offsets, weights, entropy = stored.offsets, stored.weights, stored.entropy
     out = []
     for pos in worst:
         at = int(pos) - 1  # the prediction of token pos was made at pos - 1
@@ -177,11 +195,11 @@ class AttentionMatch:
         return (-self.score, self.start)
 
 
-def offset_vectors(index: Any) -> np.ndarray:
+def offset_vectors(index: Any, stored: StoredAttention | None = None) -> np.ndarray:
     """Every token's attention over offsets 1..W as stored (its strongest positions; 0
     elsewhere), rows scaled to unit length (a token that looks nowhere stays 0)."""
-    k = check_attention(index)
-    offsets, weights = stored_attention(index, k)
+    stored = stored_attention(index) if stored is None else stored
+    offsets, weights = stored.offsets, stored.weights
     width = int(np.nanmax(offsets)) if np.isfinite(offsets).any() else 1
     dense = np.zeros((index.n_tokens, width), dtype=np.float32)
     rows, ranks = np.nonzero(np.isfinite(offsets))

@@ -39,6 +39,7 @@ from lstmsearch.compare import SideBySide, StateComparison, SurprisalComparison
 from server.fetch import (
     MatchRow,
     Shared,
+    attention_stored,
     surprisal_scale,
     surprisal_values,
 )
@@ -715,7 +716,8 @@ def attention(shared: Shared, params: AttentionParams) -> AttentionData:
     t0 = time.perf_counter()
     start, end = params.window
     end = min(end, start + ATTENTION_ROWS)
-    found = heatmap(shared.index, start, end)
+    stored = attention_stored(shared)
+    found = heatmap(shared.index, start, end, stored)
     worst, _ = shared.remember(("attention-worst",),
-                               lambda: worst_tokens(shared.index, ATTENTION_WORST))
+                               lambda: worst_tokens(shared.index, ATTENTION_WORST, stored))
     return AttentionData(params, found, worst, time.perf_counter() - t0)

@@ -316,6 +316,13 @@ def load_window(shared: Shared, state: str, start: int, end: int, track: str | N
     )
 
 
+def attention_stored(shared: Shared) -> Any:
+    """The index's stored attention (`attention.stored_attention`), read once per server."""
+    from lstmsearch.attention import stored_attention
+
+    return shared.remember(("attention-stored",), lambda: stored_attention(shared.index))[0]
+
+
 def has_attention(shared: Shared) -> bool:
     """Whether the index stores an attention model's attention (its tracks)."""
     return offset_track(1) in shared.track_names and weight_track(1) in shared.track_names
@@ -544,7 +551,7 @@ def run_attends_like(
 
     t0 = time.perf_counter()
     vectors, _ = shared.remember(("attention-offset-vectors",),
-                                 lambda: offset_vectors(shared.index))
+                                 lambda: offset_vectors(shared.index, attention_stored(shared)))
     found = attends_like(shared.index, start, end, limit=k, vectors=vectors)
     rows = span_rows(shared, [(m.start, m.end) for m in found], [m.score for m in found],
                      (start, end), track, width)
