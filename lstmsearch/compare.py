@@ -14,7 +14,6 @@ near 1. Both are computed on evenly spaced tokens (`sample`), every token of a s
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,8 @@ import numpy as np
 from lstmsearch.query import MatchResult, Pattern
 
 SURPRISAL = "surprisal"
+TEXT_BATCH = 1024
+"""Documents whose texts are compared at once."""
 SAMPLE = 1 << 16
 """Tokens the unit correspondence and CKA are computed on (evenly spaced over the corpus)."""
 
@@ -117,11 +118,15 @@ def check_comparable(a: Any, b: Any) -> None:
         raise CompareError(f"the indexes hold different corpora: {a.n_docs:,} documents "
                            f"against {b.n_docs:,}")
     docs_a, docs_b = a.documents(), b.documents()
-    for da, db in zip(docs_a, docs_b, strict=True):
-        if da.n_chars != db.n_chars or text_digest(a, da.doc) != text_digest(b, db.doc):
-            raise CompareError(f"the indexes hold different corpora: document {da.doc} is "
-                               f"{da.name!r} ({da.n_chars:,} characters) in one and "
-                               f"{db.name!r} ({db.n_chars:,}) in the other")
+    for first in range(0, len(docs_a), TEXT_BATCH):  # texts read a batch at a time
+        batch = range(first, min(len(docs_a), first + TEXT_BATCH))
+        texts_a, texts_b = a.document_texts(batch), b.document_texts(batch)
+        for d in batch:
+            da, db = docs_a[d], docs_b[d]
+            if da.n_chars != db.n_chars or texts_a[d] != texts_b[d]:
+                raise CompareError(f"the indexes hold different corpora: document {d} is "
+                                   f"{da.name!r} ({da.n_chars:,} characters) in one and "
+                                   f"{db.name!r} ({db.n_chars:,}) in the other")
     kind_a, kind_b = a.meta.get("tokenizer_kind"), b.meta.get("tokenizer_kind")
     if a.n_tokens != b.n_tokens or kind_a != kind_b:
         raise CompareError(f"the indexes cut the text into different tokens ({kind_a} "
@@ -135,11 +140,6 @@ def check_comparable(a: Any, b: Any) -> None:
         raise CompareError(f"the indexes cut the text into different tokens: token {pos} "
                            f"is {a.text(pos, pos + 1)!r} in one and {b.text(pos, pos + 1)!r} "
                            "in the other; compare models that share a tokenizer")
-
-
-def text_digest(index: Any, doc: int) -> bytes:
-    """SHA-256 of one document's text."""
-    return hashlib.sha256(index.document_text(doc).encode("utf-8")).digest()
 
 
 def check_sample(sample: object) -> int:

@@ -647,10 +647,10 @@ def compare(shared: Shared, params: CompareParams) -> CompareData:
     a = shared.index
     state, note = None, ""
     if params.state in other.state_names:
-        positions = sample_positions(a.n_tokens, SAMPLE)
-        state, _ = shared.remember(("compare-state", params.state),
-                                   lambda: compare_states(a, other, params.state, params.state,
-                                                          positions))
+        state, _ = shared.remember(
+            ("compare-state", params.state),
+            lambda: compare_states(a, other, params.state, params.state,
+                                   sample_positions(a.n_tokens, SAMPLE)))
     else:
         note = (f"{other.path.name} does not store {params.state} (it stores "
                 f"{', '.join(other.state_names)})")
