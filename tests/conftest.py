@@ -128,6 +128,33 @@ def analysis_view(app, view_class):
     return view
 
 
+def attention_model_index(folder: Path, texts: list[str], window: int, seed: int,
+                          **build_options) -> tuple[Path, LanguageModel, list]:
+    """An untrained, seeded char LSTM with attention over `window` positions, its index of
+    `texts` in `folder`: (index path, the model in eval mode, each text's token ids)."""
+    from indexer.build import build_index
+    from lstmsearch.corpus import Document
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = Corpus("brackets", [Document(f"d{i}", t) for i, t in enumerate(texts)])
+    tokenizer = train_tokenizer("char", texts)
+    torch.manual_seed(seed)
+    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
+                                      layers=1, attention=window))
+    save_checkpoint(folder / "m.pt", model, tokenizer)
+    build_index(corpus, folder / "m.pt", folder / "index", progress=False, **build_options)
+    return folder / "index", model.eval(), [tokenizer.encode(t).ids for t in texts]
+
+
+def browser_test(test):
+    """Mark a test that drives headless Chromium: `browser`, skipped without Chromium."""
+    skip = pytest.mark.skipif(
+        not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()),
+        reason="headless Chromium not installed (`bash scripts/setup.sh --test` installs it)",
+    )
+    return pytest.mark.browser(skip(test))
+
+
 def states_only_index(folder: Path):
     """An index of stored states (`index-states` from .npy files): it has no model."""
     import numpy as np

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import attention_model_index
 
-from indexer.build import build_index
 from lstmsearch.attention import (
     ENTROPY_TRACK,
     NoAttentionError,
@@ -24,11 +24,9 @@ from lstmsearch.attention import (
     worst_tokens,
 )
 from lstmsearch.cli import main
-from lstmsearch.corpus import Corpus, Document
 from lstmsearch.extract import iter_states
 from lstmsearch.index import open_index
-from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint
-from lstmsearch.tokenize import train_tokenizer
+from lstmsearch.models import LanguageModel, ModelConfig
 from lstmsearch.train import TrainConfig
 
 
@@ -138,17 +136,9 @@ def test_stored_tracks_equal_a_brute_force_ranking():
 @pytest.fixture(scope="module")
 def attention_index(tmp_path_factory):
     """A char attention LSTM (untrained, seeded) and its index over a few documents."""
-    tmp = tmp_path_factory.mktemp("attention")
-    texts = ["(()(1))", "((2)())(", "()", "(((3)))()"]
-    corpus = Corpus("brackets", [Document(f"d{i}", t) for i, t in enumerate(texts)])
-    tokenizer = train_tokenizer("char", texts)
-    torch.manual_seed(2)
-    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
-                                      layers=1, attention=3))
-    save_checkpoint(tmp / "m.pt", model, tokenizer)
-    build_index(corpus, tmp / "m.pt", tmp / "index", progress=False, segment_docs=2)
-    ids = [tokenizer.encode(t).ids for t in texts]
-    return tmp / "index", model.eval(), ids
+    return attention_model_index(tmp_path_factory.mktemp("attention"),
+                                 ["(()(1))", "((2)())(", "()", "(((3)))()"], window=3, seed=2,
+                                 segment_docs=2)
 
 
 def test_an_index_stores_each_tokens_attention(attention_index):

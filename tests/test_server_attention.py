@@ -8,17 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from bokeh.document import Document
-from conftest import analysis_view
+from conftest import analysis_view, attention_model_index, browser_test
 
-from indexer.build import build_index
 from lstmsearch.attention import heatmap, worst_tokens
-from lstmsearch.corpus import Corpus
-from lstmsearch.corpus import Document as CorpusDocument
 from lstmsearch.index import open_index
-from lstmsearch.models import LanguageModel, ModelConfig, save_checkpoint
-from lstmsearch.tokenize import train_tokenizer
 from server.app import SELECT_TAB, build
 from server.attention_view import AttentionView
 from server.fetch import Shared
@@ -26,16 +20,9 @@ from server.fetch import Shared
 
 @pytest.fixture(scope="module")
 def attention_index_path(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("attention-view")
-    texts = ["(()(1))((2)())", "((2)())(()", "()(((3)))()", "(1)(2)(3)"]
-    corpus = Corpus("brackets", [CorpusDocument(f"d{i}", t) for i, t in enumerate(texts)])
-    tokenizer = train_tokenizer("char", texts)
-    torch.manual_seed(4)
-    model = LanguageModel(ModelConfig("lstm", tokenizer.vocab_size, embed_dim=4, hidden=6,
-                                      layers=1, attention=4))
-    save_checkpoint(tmp / "m.pt", model, tokenizer)
-    build_index(corpus, tmp / "m.pt", tmp / "index", progress=False)
-    return tmp / "index"
+    return attention_model_index(
+        tmp_path_factory.mktemp("attention-view"),
+        ["(()(1))((2)())", "((2)())(()", "()(((3)))()", "(1)(2)(3)"], window=4, seed=4)[0]
 
 
 def test_the_tab_draws_the_windows_heatmap_and_the_worst_tokens(attention_index_path):
@@ -66,11 +53,7 @@ def test_an_index_without_attention_says_so(shared):
     assert view.data is None and "stores no attention" in view.summary.text
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(
-    not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()),
-    reason="headless Chromium not installed (`bash scripts/setup.sh --test` installs it)",
-)
+@browser_test
 def test_the_attention_tab_in_the_browser(attention_index_path):
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from browser import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bokeh.document import Document
-from conftest import analysis_view, states_only_index
+from conftest import analysis_view, browser_test, states_only_index
 
 from lstmsearch.compare import CompareError, compare
 from lstmsearch.index import open_index
@@ -88,11 +88,7 @@ def test_a_server_is_refused_an_index_of_another_corpus(tiny_index_path, tmp_pat
             make_server(tiny_index_path, port=0, compare=other)
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(
-    not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()),
-    reason="headless Chromium not installed (`bash scripts/setup.sh --test` installs it)",
-)
+@browser_test
 def test_the_compare_tab_in_the_browser(tiny_index_path, copy_path) -> None:
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from browser import (
