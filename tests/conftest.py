@@ -146,6 +146,26 @@ def attention_model_index(folder: Path, texts: list[str], window: int, seed: int
     return folder / "index", model.eval(), [tokenizer.encode(t).ids for t in texts]
 
 
+@pytest.fixture(scope="module")
+def server_url(tiny_index_path: Path) -> Iterator[str]:
+    """`lstmsearch serve` on the tiny index, for the whole module (browser tests)."""
+    from browser import start_server, stop_server
+
+    proc, url = start_server(tiny_index_path)
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator:
+    """One headless Chromium for the whole module (browser tests)."""
+    from browser import make_driver, quit_driver
+
+    d = make_driver()
+    yield d
+    quit_driver(d)
+
+
 def browser_test(test):
     """Mark a test that drives headless Chromium: `browser`, skipped without Chromium."""
     skip = pytest.mark.skipif(

@@ -8,7 +8,6 @@ for a fixed time. Screenshots of each view are saved under `test-artifacts/`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +28,12 @@ from browser import (  # noqa: E402
     click,
     drag,
     load,
-    make_driver,
     model_value,
     plot_point,
     pointer,
-    quit_driver,
     screenshot,
-    start_server,
-    stop_server,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_index_path: Path) -> Iterator[str]:
-    """`lstmsearch serve` on the tiny index, for the whole module."""
-    proc, url = start_server(tiny_index_path)
-    yield url
-    stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    d = make_driver()
-    yield d
-    quit_driver(d)
 
 
 def brush_until_pattern(d: Any) -> list[int]:

@@ -10,7 +10,6 @@ a second browser opens the copied URL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +37,11 @@ from browser import (  # noqa: E402
     press_button,
     quit_driver,
     set_value,
-    start_server,
-    stop_server,
     wait_for,
     wait_idle,
 )
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from test_cli_query import run as run_cli  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_index_path: Path) -> Iterator[str]:
-    proc, url = start_server(tiny_index_path)
-    yield url
-    stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    d = make_driver()
-    yield d
-    quit_driver(d)
 
 
 def a_phrase(index) -> tuple[str, Any]:
